@@ -1,0 +1,174 @@
+"""FeatureSpec: the fields of a dataset and how raw values become embedding ids.
+
+This is part of the contract between training and serving (it travels inside every
+bundle), so it lives in `serving` and uses nothing but the standard library: the server
+maps raw request values through exactly the code that built the training cache.
+
+Id convention for every field: id 0 is the OOV / "others" id (unseen values and values
+whose train-split count is below `min_count`); vocab entry i has id i + 1.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Iterable
+
+SPEC_VERSION = 1
+OOV_ID = 0
+KINDS = ("categorical", "numerical", "bag")
+MISSING = ""
+
+
+class FeatureSpecError(ValueError):
+    """A feature spec (file or in-memory) or a value to encode is invalid."""
+
+
+def bucket_token(raw: str | float | None) -> str:
+    """Criteo bucketization of a numerical value into a categorical token.
+
+    floor(ln(x)^2) for x > 2, else the value itself (floored to an integer). Missing
+    values ("" / None) are their own token, so "missing" can carry signal.
+    """
+    if raw is None or raw == MISSING:
+        return MISSING
+    x = float(raw)
+    if math.isnan(x) or math.isinf(x):
+        raise FeatureSpecError(f"numerical value {raw!r} is not finite")
+    if x > 2:
+        return str(int(math.floor(math.log(x) ** 2)))
+    return str(int(math.floor(x)))
+
+
+def dense_value(raw: str | float | None) -> float:
+    """Numerical value as a dense input (DLRM bottom MLP): log(1 + max(x, 0)), missing = 0."""
+    if raw is None or raw == MISSING:
+        return 0.0
+    x = float(raw)
+    if math.isnan(x) or math.isinf(x):
+        raise FeatureSpecError(f"numerical value {raw!r} is not finite")
+    return math.log1p(max(x, 0.0))
+
+
+@dataclass(frozen=True)
+class Field:
+    """One input field.
+
+    Args:
+        name: field name, also the TorchRec feature name.
+        kind: "categorical" (one token per row), "numerical" (a number, bucketized to a
+            token with `bucket_token`), or "bag" (multi-hot: a list of tokens per row).
+        vocab: tokens kept from the train split, in id order (token vocab[i] has id i+1).
+        counts: train-split count of each kept token (same order as vocab); used by
+            frequency-aware methods such as AutoDPQ. Empty when unknown.
+    """
+
+    name: str
+    kind: str
+    vocab: tuple[str, ...]
+    counts: tuple[int, ...] = ()
+    _index: dict = field(default=None, init=False, repr=False, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise FeatureSpecError(f"field {self.name!r}: kind {self.kind!r} not one of {KINDS}")
+        if self.counts and len(self.counts) != len(self.vocab):
+            raise FeatureSpecError(f"field {self.name!r}: {len(self.counts)} counts for {len(self.vocab)} tokens")
+        object.__setattr__(self, "_index", {t: i + 1 for i, t in enumerate(self.vocab)})
+        if len(self._index) != len(self.vocab):
+            raise FeatureSpecError(f"field {self.name!r}: vocab has duplicate tokens")
+
+    @property
+    def num_embeddings(self) -> int:
+        return len(self.vocab) + 1
+
+    def token_id(self, token: str) -> int:
+        return self._index.get(token, OOV_ID)
+
+    def encode(self, raw) -> int | list[int]:
+        """Raw value(s) as found in the data → id(s). Bags take an iterable of tokens."""
+        if self.kind == "bag":
+            if isinstance(raw, str):
+                raise FeatureSpecError(f"field {self.name!r} is a bag: give a list of tokens")
+            return [self.token_id(str(t)) for t in raw]
+        if self.kind == "numerical":
+            return self.token_id(bucket_token(raw))
+        return self.token_id(MISSING if raw is None else str(raw))
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """All fields of a dataset, in the order models see them.
+
+    Args:
+        dataset: dataset id; bundles and caches refuse a spec of another dataset.
+        label: name of the label column in the source data.
+        fields: the fields, in model order.
+        min_count: tokens seen fewer times than this in the train split map to OOV.
+    """
+
+    dataset: str
+    label: str
+    fields: tuple[Field, ...]
+    min_count: int = 1
+
+    def __post_init__(self) -> None:
+        names = [f.name for f in self.fields]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise FeatureSpecError(f"duplicate field names: {dup}")
+
+    @property
+    def names(self) -> list[str]:
+        return [f.name for f in self.fields]
+
+    @property
+    def numerical(self) -> list[str]:
+        return [f.name for f in self.fields if f.kind == "numerical"]
+
+    def field(self, name: str) -> Field:
+        for f in self.fields:
+            if f.name == name:
+                return f
+        raise FeatureSpecError(f"unknown field {name!r}; fields are {self.names}")
+
+    def select(self, names: Iterable[str]) -> "FeatureSpec":
+        keep = set(names)
+        return FeatureSpec(self.dataset, self.label, tuple(f for f in self.fields if f.name in keep), self.min_count)
+
+    def to_dict(self) -> dict:
+        return {
+            "spec_version": SPEC_VERSION,
+            "dataset": self.dataset,
+            "label": self.label,
+            "min_count": self.min_count,
+            "fields": [
+                {"name": f.name, "kind": f.kind, "vocab": list(f.vocab), "counts": list(f.counts)}
+                for f in self.fields
+            ],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FeatureSpec":
+        try:
+            if d["spec_version"] != SPEC_VERSION:
+                raise FeatureSpecError(f"spec_version {d['spec_version']} != supported {SPEC_VERSION}")
+            fields = tuple(
+                Field(f["name"], f["kind"], tuple(f["vocab"]), tuple(f.get("counts", ()))) for f in d["fields"]
+            )
+            return cls(d["dataset"], d["label"], fields, int(d.get("min_count", 1)))
+        except (KeyError, TypeError) as e:
+            raise FeatureSpecError(f"malformed feature spec: missing or bad {e}") from e
+
+    def save(self, path: str) -> None:
+        with open(path, "w") as fh:
+            json.dump(self.to_dict(), fh)
+
+    @classmethod
+    def load(cls, path: str) -> "FeatureSpec":
+        try:
+            with open(path) as fh:
+                return cls.from_dict(json.load(fh))
+        except json.JSONDecodeError as e:
+            raise FeatureSpecError(f"{path}: not valid JSON ({e})") from e

@@ -1,0 +1,123 @@
+"""Process group, sharding plan, DistributedModelParallel and the optimizers.
+
+One code path for 1 process and `torchrun`: a lone process joins a 1-rank gloo group,
+so the model is always a DMP-sharded model with FBGEMM fused tables (or, with
+storage="local", a plain module whose tables train under the dense optimizer).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from fbgemm_gpu.split_embedding_configs import EmbOptimType
+from torch import nn
+from torchrec import EmbeddingBagCollection
+from torchrec.distributed import DistributedModelParallel
+from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
+from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
+from torchrec.distributed.types import ShardingEnv, ShardingType
+from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
+from torchrec.optim.optimizers import in_backward_optimizer_filter
+
+FUSED_OPTIMIZERS = {
+    "rowwise_adagrad": EmbOptimType.EXACT_ROWWISE_ADAGRAD,
+    "adagrad": EmbOptimType.EXACT_ADAGRAD,
+    "sgd": EmbOptimType.EXACT_SGD,
+    "adam": EmbOptimType.ADAM,
+}
+SHARDING_TYPES = {
+    "table_wise": ShardingType.TABLE_WISE,
+    "column_wise": ShardingType.COLUMN_WISE,
+    "data_parallel": ShardingType.DATA_PARALLEL,
+    "row_wise": ShardingType.ROW_WISE,
+}
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_distributed() -> DistEnv:
+    """Join the torchrun group (nccl on GPU, gloo on CPU) or form a 1-rank gloo group."""
+    if not dist.is_initialized():
+        if "RANK" not in os.environ:
+            os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
+            os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    return DistEnv(dist.get_rank(), dist.get_world_size(), device)
+
+
+def _tables(model: nn.Module) -> list[str]:
+    return [t.name for m in model.modules() if isinstance(m, EmbeddingBagCollection) for t in m.embedding_bag_configs()]
+
+
+def shard(
+    model: nn.Module, env: DistEnv, *, sharding: str, optimizer: str, lr: float, eps: float = 1e-8, log=print
+) -> DistributedModelParallel:
+    """Wrap `model` (built on the meta device) in DMP with an explicit, logged plan.
+
+    Every table gets the requested sharding type and the FUSED kernel (the optimizer
+    step runs inside the FBGEMM backward). data_parallel tables can only use the DENSE
+    kernel, so they train under the dense optimizer: the log says so.
+    """
+    if optimizer == "adam" and env.device.type == "cpu":
+        raise ValueError(
+            "train.embedding_optimizer = 'adam': FBGEMM's fused Adam is GPU-only; on CPU use "
+            "'rowwise_adagrad', 'adagrad' or 'sgd', or train.storage = 'local' for plain Adam"
+        )
+    kernel = "dense" if sharding == "data_parallel" else "fused"
+    constraints = {
+        name: ParameterConstraints(sharding_types=[SHARDING_TYPES[sharding].value], compute_kernels=[kernel])
+        for name in _tables(model)
+    }
+    sharder = EmbeddingBagCollectionSharder(
+        fused_params={"optimizer": FUSED_OPTIMIZERS[optimizer], "learning_rate": lr, "eps": eps}
+    )
+    topology = Topology(world_size=env.world_size, compute_device=env.device.type)
+    planner = EmbeddingShardingPlanner(topology=topology, constraints=constraints)
+    pg = dist.GroupMember.WORLD
+    plan = planner.collective_plan(model, [sharder], pg)
+    if env.is_main:
+        log(f"sharding plan ({sharding}, kernel {kernel}, embedding optimizer {optimizer} lr {lr}):\n{plan}")
+        if kernel == "dense":
+            log("note: data_parallel tables use the DENSE kernel and train under the dense optimizer")
+    return DistributedModelParallel(
+        model, env=ShardingEnv.from_process_group(pg), device=env.device, plan=plan, sharders=[sharder]
+    )
+
+
+def dense_optimizer(params: dict[str, nn.Parameter], lr: float, weight_decay: float) -> KeyedOptimizerWrapper:
+    return KeyedOptimizerWrapper(params, lambda ps: torch.optim.Adam(ps, lr=lr, weight_decay=weight_decay))
+
+
+def combined_optimizer(model: nn.Module, *, lr: float, weight_decay: float) -> CombinedOptimizer:
+    """Fused table optimizer (if sharded) + Adam for every parameter not updated in backward."""
+    dense_params = dict(in_backward_optimizer_filter(model.named_parameters()))
+    parts = [dense_optimizer(dense_params, lr, weight_decay)]
+    if isinstance(model, DistributedModelParallel):
+        parts.insert(0, model.fused_optimizer)
+    return CombinedOptimizer(parts)

@@ -1,0 +1,99 @@
+"""Train one CTR model and write its test metrics.
+
+    python -m trainer train --config configs/deepfm_ml100k.toml --out runs/deepfm
+    torchrun --nproc_per_node 2 -m trainer train --config configs/deepfm_ml100k.toml --out runs/deepfm2
+
+Writes OUT/metrics.json and OUT/checkpoints/ (one per epoch, `--resume` continues from
+the newest complete one). Rank 0 alone logs and writes files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from trainer.config import load_sections
+from trainer.data.config import DataConfig, load_dataset
+from trainer.distributed import DistEnv, init_distributed
+from trainer.models.ctr import ModelConfig, build_model
+from trainer.training import TrainConfig, evaluate, fit, wrap
+
+
+@dataclass
+class TrainExperiment:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def load_experiment(path: str, overrides: list[str]) -> TrainExperiment:
+    return TrainExperiment(**load_sections(path, {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}, overrides))
+
+
+def write_json(path: Path, obj: dict) -> None:
+    """Atomic: a reader sees the old file or the whole new one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def prepare(exp: TrainExperiment, env: DistEnv, log):
+    """Seeded process state + the dataset (rank 0 builds the cache, the others reuse it)."""
+    if exp.train.threads:
+        torch.set_num_threads(exp.train.threads)
+    torch.manual_seed(exp.train.seed)
+    if env.is_main:
+        ds = load_dataset(exp.data, log=log)
+    dist.barrier()
+    if not env.is_main:
+        ds = load_dataset(exp.data, log=lambda _: None)
+    return ds
+
+
+def table_stats(model) -> dict[str, int]:
+    layouts = [model.embeddings.layout]
+    params = sum(lay.embedding_params for lay in layouts)
+    stored = sum(lay.embedding_bytes for lay in layouts)
+    if model.linear is not None:
+        rows = sum(cfg.num_embeddings for cfg in model.linear.ebc.embedding_bag_configs())
+        params += rows
+        stored += rows * 4 * 4
+    return {"embedding_params": params, "embedding_bytes": stored}
+
+
+def run(exp: TrainExperiment, out: str | Path, *, resume: bool = False, log=print) -> dict:
+    env = init_distributed()
+    out = Path(out)
+    if env.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    ds = prepare(exp, env, log)
+    sharded = exp.train.storage == "sharded"
+    if exp.train.storage == "local" and env.world_size > 1 and env.is_main:
+        log("train.storage = 'local' under torchrun: tables are replicated and synchronised by DDP")
+    model = build_model(ds.spec, exp.model, device=torch.device("meta") if sharded else env.device)
+    stats = table_stats(model)
+    train, optimizer = wrap(model, exp.train, env, log)
+    result = fit(train, optimizer, ds, exp.train, env, out / "checkpoints", log, resume=resume)
+    val = evaluate(train, ds, "val", exp.train, env)
+    test = evaluate(train, ds, "test", exp.train, env)
+    metrics = {
+        "test_auc": test["auc"],
+        "test_logloss": test["logloss"],
+        "val_auc": val["auc"],
+        "val_logloss": val["logloss"],
+        "best_epoch": result.best_epoch,
+        **stats,
+        "train_samples_per_s": result.samples_per_s,
+        "world_size": env.world_size,
+        "history": result.history,
+        "config": asdict(exp),
+    }
+    if env.is_main:
+        write_json(out / "metrics.json", metrics)
+        log(f"test auc {test['auc']:.4f} logloss {test['logloss']:.4f} (val auc {val['auc']:.4f}) → {out / 'metrics.json'}")
+    return metrics

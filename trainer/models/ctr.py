@@ -1,0 +1,196 @@
+"""The base CTR models over mixed-dim pooled embeddings: FM, Wide&Deep, DeepFM, IPNN, DCN, DLRM.
+
+Every model maps (dense [B, n_numerical], sparse KJT) → logits [B]. Numerical fields
+always reach the model as bucketized categorical embeddings; `dense_input` additionally
+feeds their log-scaled values to the MLP (DLRM always uses them for its bottom MLP).
+Interactions that need equal dims (FM, IPNN, DLRM dot products) zero-pad shorter
+embeddings to the widest kept dim (`blocks.stack_zero_padded`); the MLP and the cross
+network consume the plain concatenation, which needs no padding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torchrec import KeyedJaggedTensor
+
+from serving.features import FeatureSpec
+from trainer.models.blocks import CrossNetwork, fm_interaction, mlp, pairwise_inner, stack_zero_padded
+from trainer.models.tables import FieldEmbeddings, LinearWeights
+
+
+@dataclass
+class ModelConfig:
+    """Which CTR model and its sizes.
+
+    Args:
+        name: one of MODELS ("fm", "wide_deep", "deepfm", "ipnn", "dcn", "dlrm", "mlp").
+        embedding_dim: default dim of every field.
+        dims: per-field dim overrides; 0 drops a field.
+        mlp: hidden sizes of the deep part.
+        dropout: dropout after each hidden layer.
+        cross_layers: DCN cross layers.
+        dense_input: also feed log-scaled numerical values to the MLP.
+        init_scale: embedding tables start uniform in ±init_scale.
+    """
+
+    name: str = "deepfm"
+    embedding_dim: int = 16
+    dims: dict[str, int] = field(default_factory=dict)
+    mlp: list[int] = field(default_factory=lambda: [400, 400, 400])
+    dropout: float = 0.0
+    cross_layers: int = 3
+    dense_input: bool = False
+    init_scale: float = 0.01
+
+    def validate(self) -> list[str]:
+        problems = []
+        if self.name not in MODELS:
+            problems.append(f"model.name: {self.name!r} is not one of {sorted(MODELS)}")
+        if self.embedding_dim <= 0:
+            problems.append(f"model.embedding_dim: must be > 0, got {self.embedding_dim}")
+        problems += [f"model.dims.{k}: must be >= 0, got {v}" for k, v in self.dims.items() if v < 0]
+        problems += [f"model.mlp: sizes must be > 0, got {self.mlp}"] if any(h <= 0 for h in self.mlp) else []
+        if not 0 <= self.dropout < 1:
+            problems.append(f"model.dropout: must be in [0, 1), got {self.dropout}")
+        return problems
+
+    def field_dims(self, spec: FeatureSpec) -> dict[str, int]:
+        unknown = sorted(set(self.dims) - set(spec.names))
+        if unknown:
+            raise ValueError(f"model.dims names unknown fields {unknown}; fields are {spec.names}")
+        return {n: self.dims.get(n, self.embedding_dim) for n in spec.names}
+
+
+class CTRModel(nn.Module):
+    """Shared embedding front end; subclasses define `head`.
+
+    Args:
+        spec: the dataset's fields.
+        cfg: model config.
+        dims: logical dim per field (0 = dropped).
+        device: "meta" when DistributedModelParallel will materialise the tables.
+    """
+
+    uses_linear = False
+
+    def __init__(self, spec: FeatureSpec, cfg: ModelConfig, dims: dict[str, int], device=None):
+        super().__init__()
+        self.embeddings = FieldEmbeddings(spec, dims, cfg.init_scale, device)
+        layout = self.embeddings.layout
+        if not layout.fields:
+            raise ValueError("every field has dim 0: the model would have no input")
+        self.concat_dim = sum(layout.dims)
+        self.max_dim = max(layout.dims)
+        self.n_fields = len(layout.fields)
+        self.n_dense = len(spec.numerical) if cfg.dense_input else 0
+        self.linear = LinearWeights(spec, tuple(spec.names), device) if self.uses_linear else None
+        self.bias = nn.Parameter(torch.zeros(1))
+
+    def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:
+        embs = self.embeddings(sparse)
+        logit = self.head(dense, embs) + self.bias
+        if self.linear is not None:
+            logit = logit + self.linear(sparse)
+        return logit
+
+    def deep_input(self, dense: torch.Tensor, embs: list[torch.Tensor]) -> torch.Tensor:
+        parts = embs + ([dense] if self.n_dense else [])
+        return torch.cat(parts, dim=1)
+
+    def head(self, dense: torch.Tensor, embs: list[torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class MLPModel(CTRModel):
+    """Concatenated embeddings → MLP (the iHAS paper's base network)."""
+
+    def __init__(self, spec, cfg, dims, device=None):
+        super().__init__(spec, cfg, dims, device)
+        self.deep = mlp(self.concat_dim + self.n_dense, cfg.mlp, cfg.dropout)
+
+    def head(self, dense, embs):
+        return self.deep(self.deep_input(dense, embs)).squeeze(1)
+
+
+class FM(CTRModel):
+    uses_linear = True
+
+    def head(self, dense, embs):
+        return fm_interaction(stack_zero_padded(embs, self.max_dim))
+
+
+class WideDeep(MLPModel):
+    uses_linear = True
+
+
+class DeepFM(MLPModel):
+    uses_linear = True
+
+    def head(self, dense, embs):
+        return super().head(dense, embs) + fm_interaction(stack_zero_padded(embs, self.max_dim))
+
+
+class IPNN(CTRModel):
+    """Product-based network with inner products: [embeddings, <e_i, e_j>] → MLP."""
+
+    def __init__(self, spec, cfg, dims, device=None):
+        super().__init__(spec, cfg, dims, device)
+        n_pairs = self.n_fields * (self.n_fields - 1) // 2
+        self.deep = mlp(self.concat_dim + self.n_dense + n_pairs, cfg.mlp, cfg.dropout)
+
+    def head(self, dense, embs):
+        products = pairwise_inner(stack_zero_padded(embs, self.max_dim))
+        return self.deep(torch.cat([self.deep_input(dense, embs), products], dim=1)).squeeze(1)
+
+
+class DCN(CTRModel):
+    """Deep & Cross: cross network and MLP side by side on the concatenation."""
+
+    def __init__(self, spec, cfg, dims, device=None):
+        super().__init__(spec, cfg, dims, device)
+        width = self.concat_dim + self.n_dense
+        self.cross = CrossNetwork(width, cfg.cross_layers)
+        self.deep = mlp(width, cfg.mlp, cfg.dropout, out_dim=None)
+        self.out = nn.Linear(width + (cfg.mlp[-1] if cfg.mlp else width), 1)
+
+    def head(self, dense, embs):
+        x0 = self.deep_input(dense, embs)
+        return self.out(torch.cat([self.cross(x0), self.deep(x0)], dim=1)).squeeze(1)
+
+
+class DLRM(CTRModel):
+    """DLRM: bottom MLP on dense values to the widest embedding dim, pairwise dots, top MLP."""
+
+    def __init__(self, spec, cfg, dims, device=None):
+        cfg = ModelConfig(**{**cfg.__dict__, "dense_input": True})
+        super().__init__(spec, cfg, dims, device)
+        self.bottom = mlp(self.n_dense, [max(self.max_dim, 4)], out_dim=self.max_dim) if self.n_dense else None
+        n = self.n_fields + (1 if self.bottom is not None else 0)
+        self.top = mlp(self.max_dim + n * (n - 1) // 2, cfg.mlp, cfg.dropout)
+
+    def head(self, dense, embs):
+        vecs = list(embs)
+        if self.bottom is not None:
+            vecs.append(self.bottom(dense))
+        stacked = stack_zero_padded(vecs, self.max_dim)
+        first = vecs[-1] if self.bottom is not None else stacked.mean(dim=1)
+        return self.top(torch.cat([first, pairwise_inner(stacked)], dim=1)).squeeze(1)
+
+
+MODELS: dict[str, type[CTRModel]] = {
+    "mlp": MLPModel,
+    "fm": FM,
+    "wide_deep": WideDeep,
+    "deepfm": DeepFM,
+    "ipnn": IPNN,
+    "dcn": DCN,
+    "dlrm": DLRM,
+}
+
+
+def build_model(spec: FeatureSpec, cfg: ModelConfig, dims: dict[str, int] | None = None, device=None) -> CTRModel:
+    """The configured model; `dims` (e.g. from a search) overrides the config's dims."""
+    return MODELS[cfg.name](spec, cfg, dims if dims is not None else cfg.field_dims(spec), device)
