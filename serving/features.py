@@ -62,12 +62,15 @@ class Field:
         vocab: tokens kept from the train split, in id order (token vocab[i] has id i+1).
         counts: train-split count of each kept token (same order as vocab); used by
             frequency-aware methods such as AutoDPQ. Empty when unknown.
+        num_ids: for pre-coded fields (synthetic data, benchmarks) whose raw values are
+            already ids: the id range [0, num_ids); vocab must then be empty.
     """
 
     name: str
     kind: str
     vocab: tuple[str, ...]
     counts: tuple[int, ...] = ()
+    num_ids: int = 0
     _index: dict = field(default=None, init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
@@ -75,15 +78,23 @@ class Field:
             raise FeatureSpecError(f"field {self.name!r}: kind {self.kind!r} not one of {KINDS}")
         if self.counts and len(self.counts) != len(self.vocab):
             raise FeatureSpecError(f"field {self.name!r}: {len(self.counts)} counts for {len(self.vocab)} tokens")
+        if self.num_ids and self.vocab:
+            raise FeatureSpecError(f"field {self.name!r}: a pre-coded field (num_ids) has no vocab")
         object.__setattr__(self, "_index", {t: i + 1 for i, t in enumerate(self.vocab)})
         if len(self._index) != len(self.vocab):
             raise FeatureSpecError(f"field {self.name!r}: vocab has duplicate tokens")
 
     @property
     def num_embeddings(self) -> int:
-        return len(self.vocab) + 1
+        return self.num_ids or len(self.vocab) + 1
 
     def token_id(self, token: str) -> int:
+        if self.num_ids:
+            try:
+                i = int(token)
+            except ValueError:
+                return OOV_ID
+            return i if 0 <= i < self.num_ids else OOV_ID
         return self._index.get(token, OOV_ID)
 
     def encode(self, raw) -> int | list[int]:
@@ -144,7 +155,7 @@ class FeatureSpec:
             "label": self.label,
             "min_count": self.min_count,
             "fields": [
-                {"name": f.name, "kind": f.kind, "vocab": list(f.vocab), "counts": list(f.counts)}
+                {"name": f.name, "kind": f.kind, "vocab": list(f.vocab), "counts": list(f.counts), "num_ids": f.num_ids}
                 for f in self.fields
             ],
         }
@@ -155,7 +166,7 @@ class FeatureSpec:
             if d["spec_version"] != SPEC_VERSION:
                 raise FeatureSpecError(f"spec_version {d['spec_version']} != supported {SPEC_VERSION}")
             fields = tuple(
-                Field(f["name"], f["kind"], tuple(f["vocab"]), tuple(f.get("counts", ()))) for f in d["fields"]
+                Field(f["name"], f["kind"], tuple(f["vocab"]), tuple(f.get("counts", ())), int(f.get("num_ids", 0))) for f in d["fields"]
             )
             return cls(d["dataset"], d["label"], fields, int(d.get("min_count", 1)))
         except (KeyError, TypeError) as e:

@@ -1,6 +1,7 @@
 """embstack trainer CLI.
 
     python -m trainer train --config configs/deepfm_ml100k.toml --out runs/x [section.key=value ...]
+    python -m trainer search --config configs/ihas_ml100k.toml --out runs/ihas [--resume]
     torchrun --nproc_per_node 2 -m trainer train --config ... --out ...
 """
 
@@ -27,11 +28,21 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--out", required=True, help="output directory")
     train.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in OUT")
     train.add_argument("overrides", nargs="*", help="section.key=value overrides (TOML values)")
+    search = sub.add_parser("search", help="run an architecture search end to end (method from [search] method)")
+    search.add_argument("--config", required=True, help="experiment TOML")
+    search.add_argument("--out", required=True, help="output directory")
+    search.add_argument("--resume", action="store_true", help="reuse completed stages found in OUT")
+    search.add_argument("overrides", nargs="*", help="section.key=value overrides (TOML values)")
     args = parser.parse_args(argv)
     try:
         if args.command == "train":
             from trainer.jobs import train as job
 
+            job.run(job.load_experiment(args.config, args.overrides), args.out, resume=args.resume, log=_log)
+        elif args.command == "search":
+            from trainer.search.registry import recipe_for
+
+            job = recipe_for(args.config, args.overrides)
             job.run(job.load_experiment(args.config, args.overrides), args.out, resume=args.resume, log=_log)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 from fbgemm_gpu.split_embedding_configs import EmbOptimType
 from torch import nn
+from torch.distributed._shard.sharded_tensor import ShardedTensor
 from torchrec import EmbeddingBagCollection
 from torchrec.distributed import DistributedModelParallel
 from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
@@ -71,12 +72,49 @@ def init_distributed() -> DistEnv:
     return DistEnv(dist.get_rank(), dist.get_world_size(), device)
 
 
-def _tables(model: nn.Module) -> list[str]:
-    return [t.name for m in model.modules() if isinstance(m, EmbeddingBagCollection) for t in m.embedding_bag_configs()]
+def _table_configs(model: nn.Module) -> dict:
+    return {t.name: t for m in model.modules() if isinstance(m, EmbeddingBagCollection) for t in m.embedding_bag_configs()}
+
+
+@torch.no_grad()
+def init_tables(dmp: nn.Module, configs: dict, seed: int) -> None:
+    """Give every table the same initial values whatever the world size and sharding.
+
+    Each table is drawn in full from a generator seeded by (seed, table index) and each
+    rank copies in the slices it holds, so a 2-process run starts from exactly the
+    weights of a 1-process run (FBGEMM would otherwise draw each shard from the local
+    RNG stream).
+    """
+    index = {name: i for i, name in enumerate(sorted(configs))}
+    for key, value in dmp.state_dict().items():
+        name = key.rsplit(".", 2)[-2] if key.endswith(".weight") else None
+        if name not in configs:
+            continue
+        cfg = configs[name]
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + index[name])
+        full = torch.empty(cfg.num_embeddings, cfg.embedding_dim)
+        full.uniform_(cfg.get_weight_init_min(), cfg.get_weight_init_max(), generator=gen)
+        if isinstance(value, ShardedTensor):
+            for shard in value.local_shards():
+                r, c = shard.metadata.shard_offsets
+                h, w = shard.metadata.shard_sizes
+                shard.tensor.copy_(full[r : r + h, c : c + w])
+        elif isinstance(value, torch.Tensor):
+            value.copy_(full)
+        else:
+            raise TypeError(f"table {name}: cannot initialise a {type(value).__name__} shard")
 
 
 def shard(
-    model: nn.Module, env: DistEnv, *, sharding: str, optimizer: str, lr: float, eps: float = 1e-8, log=print
+    model: nn.Module,
+    env: DistEnv,
+    *,
+    sharding: str,
+    optimizer: str,
+    lr: float,
+    seed: int = 0,
+    eps: float = 1e-8,
+    log=print,
 ) -> DistributedModelParallel:
     """Wrap `model` (built on the meta device) in DMP with an explicit, logged plan.
 
@@ -90,9 +128,10 @@ def shard(
             "'rowwise_adagrad', 'adagrad' or 'sgd', or train.storage = 'local' for plain Adam"
         )
     kernel = "dense" if sharding == "data_parallel" else "fused"
+    configs = _table_configs(model)
     constraints = {
         name: ParameterConstraints(sharding_types=[SHARDING_TYPES[sharding].value], compute_kernels=[kernel])
-        for name in _tables(model)
+        for name in configs
     }
     sharder = EmbeddingBagCollectionSharder(
         fused_params={"optimizer": FUSED_OPTIMIZERS[optimizer], "learning_rate": lr, "eps": eps}
@@ -105,9 +144,11 @@ def shard(
         log(f"sharding plan ({sharding}, kernel {kernel}, embedding optimizer {optimizer} lr {lr}):\n{plan}")
         if kernel == "dense":
             log("note: data_parallel tables use the DENSE kernel and train under the dense optimizer")
-    return DistributedModelParallel(
+    dmp = DistributedModelParallel(
         model, env=ShardingEnv.from_process_group(pg), device=env.device, plan=plan, sharders=[sharder]
     )
+    init_tables(dmp, configs, seed)
+    return dmp
 
 
 def dense_optimizer(params: dict[str, nn.Parameter], lr: float, weight_decay: float) -> KeyedOptimizerWrapper:

@@ -107,7 +107,7 @@ def wrap(model: nn.Module, cfg: TrainConfig, env: DistEnv, log: Log):
     train = CTRTrain(model)
     if cfg.storage == "sharded":
         train = shard(
-            train, env, sharding=cfg.sharding, optimizer=cfg.embedding_optimizer, lr=cfg.embedding_lr, log=log
+            train, env, sharding=cfg.sharding, optimizer=cfg.embedding_optimizer, lr=cfg.embedding_lr, seed=cfg.seed, log=log
         )
     elif env.world_size > 1:
         train = nn.parallel.DistributedDataParallel(train)

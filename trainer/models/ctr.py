@@ -90,7 +90,10 @@ class CTRModel(nn.Module):
         self.bias = nn.Parameter(torch.zeros(1))
 
     def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:
-        embs = self.embeddings(sparse)
+        return self.score(dense, sparse, self.embeddings(sparse))
+
+    def score(self, dense: torch.Tensor, sparse: KeyedJaggedTensor, embs: list[torch.Tensor]) -> torch.Tensor:
+        """Logits from given per-field embeddings (a search method may mask them first)."""
         logit = self.head(dense, embs) + self.bias
         if self.linear is not None:
             logit = logit + self.linear(sparse)

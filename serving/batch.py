@@ -1,0 +1,117 @@
+"""FeatureBatch: encoded rows in spec order, and the model-input contract built from them.
+
+Every CTR model, cluster model and router takes `(dense, sparse)`:
+  dense   float32 [B, n_numerical], the log-scaled numerical values (`numerical_dense`) in
+          `spec.numerical` order;
+  sparse  a KeyedJaggedTensor whose keys are all spec fields in spec order, int64 values,
+          int32 lengths (1 per row for categorical and numerical fields, the bag size for
+          bags) and no weights or offsets.
+This is what the trainer's batches hold and what `serving.bundle` exports models with; an
+exported program checks the structure of its inputs, so both sides build them here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torchrec import KeyedJaggedTensor
+
+from serving.features import FeatureSpec
+
+VALUES_DTYPE = np.int64
+LENGTHS_DTYPE = np.int32
+
+
+def numerical_dense(x: np.ndarray) -> np.ndarray:
+    """log(1 + max(x, 0)) as float32, NaN (missing) → 0: the trainer's dense input.
+
+    Vectorised like the trainer's cache builder, so a served row sees the same float32.
+    """
+    return np.log1p(np.maximum(np.nan_to_num(x, nan=0.0), 0.0)).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class FeatureBatch:
+    """Encoded, validated rows; numpy until the model call, so splitting by cluster is cheap.
+
+    Args:
+        dense: float32 [B, n_numerical] model dense input (see module docstring).
+        ids: one int64 array per spec field, in spec order: one id per row for
+            categorical and numerical fields, the concatenated bags for bag fields.
+        lengths: one int32 [B] array of bag sizes per spec field; None for single-valued
+            fields (their length is 1 for every row).
+    """
+
+    dense: np.ndarray
+    ids: tuple[np.ndarray, ...]
+    lengths: tuple[np.ndarray | None, ...]
+
+    @property
+    def num_rows(self) -> int:
+        return int(self.dense.shape[0])
+
+    def take(self, rows: np.ndarray) -> "FeatureBatch":
+        """The batch of the given row indices, in that order."""
+        rows = np.asarray(rows, dtype=np.int64)
+        ids, lengths = [], []
+        for values, lens in zip(self.ids, self.lengths):
+            if lens is None:
+                ids.append(values[rows])
+                lengths.append(None)
+                continue
+            starts = np.concatenate(([0], np.cumsum(lens, dtype=np.int64)[:-1]))[rows]
+            new_lens = lens[rows]
+            total = int(new_lens.sum())
+            # position of each kept value = its bag's old start + its rank inside the bag
+            new_starts = np.cumsum(new_lens, dtype=np.int64) - new_lens
+            pos = np.repeat(starts - new_starts, new_lens) + np.arange(total, dtype=np.int64)
+            ids.append(values[pos])
+            lengths.append(new_lens)
+        return FeatureBatch(np.ascontiguousarray(self.dense[rows]), tuple(ids), tuple(lengths))
+
+    def to_inputs(self, keys: list[str]) -> tuple[torch.Tensor, KeyedJaggedTensor]:
+        """(dense, sparse) model inputs; `keys` are the spec's field names in order."""
+        n = self.num_rows
+        ones = np.ones(n, dtype=LENGTHS_DTYPE)
+        all_lengths = [ones if lens is None else lens for lens in self.lengths]
+        per_key = [len(v) for v in self.ids]
+        values = np.concatenate(self.ids).astype(VALUES_DTYPE, copy=False) if self.ids else np.zeros(0, VALUES_DTYPE)
+        lengths = np.concatenate(all_lengths).astype(LENGTHS_DTYPE, copy=False) if self.ids else np.zeros(0, LENGTHS_DTYPE)
+        kjt = KeyedJaggedTensor(
+            keys=list(keys),
+            values=torch.from_numpy(values),
+            lengths=torch.from_numpy(lengths),
+            stride=n,
+            # known here for free; saves eager models a device sync (exported ones recompute it)
+            length_per_key=per_key,
+            offset_per_key=[0, *np.cumsum(per_key).tolist()],
+        )
+        return torch.from_numpy(np.ascontiguousarray(self.dense, dtype=np.float32)), kjt
+
+    @classmethod
+    def from_inputs(cls, spec: FeatureSpec, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> "FeatureBatch":
+        """Model inputs → FeatureBatch (checks keys and sizes; ids are not range-checked).
+
+        Raises ValueError naming what does not match the spec.
+        """
+        if list(sparse.keys()) != spec.names:
+            raise ValueError(f"KJT keys {list(sparse.keys())} != spec fields in order {spec.names}")
+        if sparse.weights_or_none() is not None:
+            raise ValueError("KJT has weights; models take unweighted features")
+        n = int(sparse.stride())
+        if dense.dim() != 2 or tuple(dense.shape) != (n, len(spec.numerical)):
+            raise ValueError(f"dense has shape {tuple(dense.shape)}, expected ({n}, {len(spec.numerical)})")
+        ids, lengths = [], []
+        for f, jt in zip(spec.fields, sparse.split([1] * len(spec.fields))):
+            lens = jt.lengths().numpy().astype(LENGTHS_DTYPE)
+            values = jt.values().numpy().astype(VALUES_DTYPE)
+            if f.kind == "bag":
+                lengths.append(lens)
+            elif not (lens == 1).all():
+                raise ValueError(f"field {f.name!r} ({f.kind}) has lengths other than 1")
+            else:
+                lengths.append(None)
+            ids.append(values)
+        return cls(dense.detach().numpy().astype(np.float32), tuple(ids), tuple(lengths))

@@ -1,0 +1,36 @@
+"""Domain errors of the request path. Transport-free: `serving.interceptors` alone maps
+them to gRPC status codes, so the predictor and the encoders never import grpc."""
+
+from __future__ import annotations
+
+
+class ServingError(Exception):
+    """Base of every error the request path raises on purpose."""
+
+
+class InvalidRequest(ServingError):
+    """The caller's input is wrong (→ INVALID_ARGUMENT). The message names row and field.
+
+    Args:
+        message: what is wrong and how to fix it.
+        row: index of the offending request row, when one row is at fault.
+        field: name of the offending field, when one field is at fault.
+    """
+
+    def __init__(self, message: str, *, row: int | None = None, field: str | None = None):
+        where = []
+        if row is not None:
+            where.append(f"row {row}")
+        if field is not None:
+            where.append(f"field {field!r}")
+        super().__init__(f"{', '.join(where)}: {message}" if where else message)
+        self.row = row
+        self.field = field
+
+
+class NotReady(ServingError):
+    """No bundle is loaded yet, or the server is draining (→ UNAVAILABLE)."""
+
+
+class Overloaded(ServingError):
+    """The server refuses work it cannot finish in time (→ RESOURCE_EXHAUSTED)."""

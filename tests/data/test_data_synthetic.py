@@ -1,0 +1,105 @@
+"""The synthetic generator: deterministic, Criteo-shaped, with groups that really differ
+in which fields carry the click signal."""
+
+import numpy as np
+import pytest
+
+from trainer.data.readers.synthetic import BLOCK, SyntheticParams, SyntheticReader
+
+
+def concat(reader, chunk_rows):
+    chunks = list(reader.iter_chunks(chunk_rows))
+    assert all(len(c) <= chunk_rows for c in chunks)
+    cols = {k: np.concatenate([c.columns[k] for c in chunks]) for k in chunks[0].columns}
+    return np.concatenate([c.labels for c in chunks]), cols, np.concatenate([c.groups for c in chunks])
+
+
+def test_deterministic_and_independent_of_chunking():
+    p = SyntheticParams(rows=BLOCK + 1234, n_categorical=6, n_numerical=2, signal_fields_per_group=2, seed=7)
+    a = concat(SyntheticReader(p, threads=1), 5000)
+    b = concat(SyntheticReader(p, threads=2), 1 << 16)
+    assert a[0].tobytes() == b[0].tobytes() and a[2].tobytes() == b[2].tobytes()
+    assert all(a[1][k].tobytes() == b[1][k].tobytes() for k in a[1])
+    c = concat(SyntheticReader(SyntheticParams(**{**p.__dict__, "seed": 8})), 5000)
+    assert c[1]["C1"].tobytes() != a[1]["C1"].tobytes()
+    assert (
+        SyntheticReader(p).fingerprint() != SyntheticReader(SyntheticParams(**{**p.__dict__, "seed": 8})).fingerprint()
+    )
+
+
+def test_shape_vocab_and_ctr():
+    p = SyntheticParams(rows=50_000, vocab_min=5, vocab_max=5000, seed=1)
+    r = SyntheticReader(p)
+    decls = r.fields()
+    assert [d.name for d in decls] == [f"I{i}" for i in range(1, 14)] + [f"C{i}" for i in range(1, 27)]
+    assert all(5 <= v <= 5000 for v in r.vocab_sizes) and max(r.vocab_sizes) / min(r.vocab_sizes) > 10
+    labels, cols, groups = concat(r, 1 << 14)
+    assert 0.2 < labels.mean() < 0.3
+    assert set(np.unique(groups)) == {0, 1} and abs((groups == 0).mean() - 0.5) < 0.02
+    for d, v in zip(decls[13:], r.vocab_sizes):
+        ids = cols[d.name]
+        assert d.num_ids == v + 1 and ids.min() >= 1 and ids.max() <= v
+    # Zipf: the most frequent id of a large field is far above uniform.
+    big = int(np.argmax(r.vocab_sizes))
+    counts = np.bincount(cols[f"C{big + 1}"])
+    assert counts.max() > 50 * len(labels) / r.vocab_sizes[big]
+    x = cols["I1"]
+    assert x.dtype == np.float32 and np.isnan(x).any() and np.nanmin(x) >= 0
+
+
+def _target_encoding_auc(ids, y, half):
+    """AUC on the second half of a per-id click rate fitted on the first half."""
+    fit, ev = slice(0, half), slice(half, None)
+    size = ids.max() + 1
+    pos = np.bincount(ids[fit], weights=y[fit], minlength=size)
+    cnt = np.bincount(ids[fit], minlength=size)
+    prior = y[fit].mean()
+    score = ((pos + 10 * prior) / (cnt + 10))[ids[ev]]
+    return _auc(score, y[ev])
+
+
+def _auc(score, y):
+    order = np.argsort(score, kind="stable")
+    ranks = np.empty(len(score))
+    ranks[order] = np.arange(1, len(score) + 1)
+    for v in np.unique(score):  # average ranks of ties
+        tie = score == v
+        ranks[tie] = ranks[tie].mean()
+    n_pos = y.sum()
+    return (ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * (len(y) - n_pos))
+
+
+def test_groups_differ_in_which_fields_carry_signal():
+    p = SyntheticParams(
+        rows=120_000, n_categorical=8, n_numerical=1, vocab_min=50, vocab_max=500, signal_fields_per_group=2
+    )
+    r = SyntheticReader(p)
+    labels, cols, groups = concat(r, 1 << 16)
+    assert len(r.signal_fields) == 2 and not set(r.signal_fields[0]) & set(r.signal_fields[1])
+    for g in range(2):
+        rows = groups == g
+        y = labels[rows]
+        for name in [f"C{i}" for i in range(1, 9)]:
+            auc = _target_encoding_auc(cols[name][rows], y, len(y) // 2)
+            if name in r.signal_fields[g]:
+                assert auc > 0.6, (g, name, auc)
+            else:
+                assert auc < 0.53, (g, name, auc)
+    # The group is visible in the features through its signal fields only: there the two
+    # groups' most frequent ids differ; elsewhere they coincide.
+    for names in r.signal_fields:
+        for name in names:
+            top = [np.bincount(cols[name][groups == h]).argmax() for h in range(2)]
+            assert top[0] != top[1]
+    plain = next(f"C{i}" for i in range(1, 9) if all(f"C{i}" not in s for s in r.signal_fields))
+    assert np.bincount(cols[plain][groups == 0]).argmax() == np.bincount(cols[plain][groups == 1]).argmax()
+
+
+def test_params_validation():
+    assert SyntheticParams().problems() == []
+    bad = SyntheticParams(rows=0, vocab_min=10, vocab_max=5, zipf_a=0, n_groups=4, signal_fields_per_group=7)
+    text = " ".join(bad.problems())
+    for key in ("rows", "vocab_min", "zipf_a", "signal_fields_per_group"):
+        assert key in text
+    with pytest.raises(ValueError, match="synthetic params"):
+        SyntheticReader(bad)

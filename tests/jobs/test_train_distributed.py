@@ -1,0 +1,63 @@
+"""The train job under torchrun: 2 processes match 1, and a killed run resumes exactly."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG = ROOT / "configs" / "tiny" / "deepfm_synthetic.toml"
+
+
+def _cmd(out: Path, cache: Path, nproc: int, *overrides: str, resume=False) -> list[str]:
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)] if nproc > 1 else [sys.executable]
+    return [*launcher, "-m", "trainer", "train", "--config", str(CONFIG), "--out", str(out),
+            *(["--resume"] if resume else []), f"data.cache_dir={cache}", *overrides]
+
+
+def _run(*args, **kw) -> dict:
+    out = args[0]
+    subprocess.run(_cmd(*args, **kw), cwd=ROOT, check=True, capture_output=True, timeout=600)
+    return json.loads((out / "metrics.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory, cache):
+    return _run(tmp_path_factory.mktemp("one"), cache, 1)
+
+
+@pytest.mark.parametrize("sharding", ["table_wise", "column_wise"])
+def test_two_processes_match_one(single, sharding, tmp_path, cache):
+    two = _run(tmp_path, cache, 2, f"train.sharding={sharding}")
+    assert two["world_size"] == 2
+    assert abs(two["test_auc"] - single["test_auc"]) <= 0.002, (two["test_auc"], single["test_auc"])
+    assert abs(two["test_logloss"] - single["test_logloss"]) <= 0.002
+
+
+def test_killed_run_resumes_to_the_same_metrics(tmp_path, cache):
+    epochs = ["train.epochs=4", "train.patience=4", "data.rows=60000"]
+    full = _run(tmp_path / "full", cache, 2, *epochs)
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(_cmd(out, cache, 2, *epochs), cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    pointer = out / "checkpoints" / "LATEST"
+    deadline = time.time() + 300
+    while not pointer.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both ranks, mid-epoch 2
+    proc.wait()
+    assert pointer.exists() and not (out / "metrics.json").exists(), "the run was not interrupted after epoch 1"
+    resumed = _run(out, cache, 2, *epochs, resume=True)
+    assert resumed["best_epoch"] == full["best_epoch"]
+    for key in ("test_auc", "test_logloss", "val_auc"):
+        assert abs(resumed[key] - full[key]) < 1e-4, (key, resumed[key], full[key])

@@ -1,0 +1,207 @@
+"""Bundle round trip, integrity checks and the no-unpickling guarantee."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from serving_fixtures import DIMS, TinyCTR, in_memory_scores, random_rows
+
+from serving.bundle import MANIFEST, SCHEMA_VERSION, BundleError, _sha256, load_bundle, read_manifest, write_bundle
+from serving.encode import Encoder
+from serving.features import FeatureSpec, Field
+from serving.predictor import Predictor
+
+
+def test_round_trip_reproduces_in_memory_predictions(spec, models, bundle):
+    cluster_models, router = models
+    rows = random_rows(spec, 1000, seed=7)
+    want_p, want_c = in_memory_scores(spec, cluster_models, router, rows)
+    got = Predictor(bundle).predict_rows(rows)
+    assert np.array_equal(got.clusters, want_c)
+    assert len(set(want_c.tolist())) == 2  # both clusters really exercised
+    assert float(np.max(np.abs(got.probabilities - want_p))) < 1e-6
+    assert got.version == "toy-v1"
+
+
+def test_manifest_describes_the_bundle(bundle_dir, spec):
+    m = read_manifest(bundle_dir)
+    assert m.schema_version == SCHEMA_VERSION and m.bundle_version == "toy-v1" and m.dataset == spec.dataset
+    assert m.router == "router.pt2" and [c.model for c in m.clusters] == ["cluster_0.pt2", "cluster_1.pt2"]
+    assert [c.dims for c in m.clusters] == DIMS
+    assert m.metrics == {"auc": 0.5} and m.metadata == {"method": "stand-in"}
+    on_disk = {p.relative_to(bundle_dir).as_posix() for p in Path(bundle_dir).rglob("*") if p.is_file()} - {MANIFEST}
+    assert set(m.files) == on_disk
+    for name, entry in m.files.items():
+        assert entry.sha256 == _sha256(Path(bundle_dir) / name) and entry.bytes == (Path(bundle_dir) / name).stat().st_size
+    assert not list(Path(bundle_dir).parent.glob(".*tmp-*"))  # the temp dir was renamed, not left behind
+
+
+@pytest.fixture
+def copy(bundle_dir, tmp_path) -> Path:
+    dst = tmp_path / "bundle"
+    shutil.copytree(bundle_dir, dst)
+    return dst
+
+
+def edit_manifest(bundle: Path, change) -> None:
+    path = bundle / MANIFEST
+    d = json.loads(path.read_text())
+    change(d)
+    path.write_text(json.dumps(d))
+
+
+def test_bad_hash_refused(copy):
+    path = copy / "cluster_1.pt2"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size, one byte flipped
+    path.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=r"cluster_1\.pt2: sha256 .* does not match"):
+        load_bundle(copy)
+
+
+def test_truncated_file_refused(copy):
+    path = copy / "router.pt2"
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(BundleError, match=r"router\.pt2: 1000 bytes but the manifest says \d+ \(truncated"):
+        load_bundle(copy)
+
+
+def test_missing_cluster_model_refused(copy):
+    (copy / "cluster_1.pt2").unlink()
+    with pytest.raises(BundleError, match=r"cluster_1\.pt2: missing \(cluster 1 model\)"):
+        load_bundle(copy)
+
+
+def test_cluster_dropped_from_manifest_refused(copy):
+    edit_manifest(copy, lambda d: d["clusters"].pop())
+    with pytest.raises(BundleError, match="outputs of 2 cluster models, the manifest lists 1"):
+        load_bundle(copy)
+
+
+def test_unlisted_file_refused(copy):
+    edit_manifest(copy, lambda d: d["files"].pop("cluster_0.pt2"))
+    with pytest.raises(BundleError, match=r"manifest.json: cluster 0 model file 'cluster_0.pt2' is not in the files list"):
+        load_bundle(copy)
+
+
+@pytest.mark.parametrize("version", [SCHEMA_VERSION + 1, 0, "1", None])
+def test_wrong_schema_version_refused(copy, version):
+    edit_manifest(copy, lambda d: d.update(schema_version=version))
+    with pytest.raises(BundleError, match=r"manifest.json: schema_version .* is not supported"):
+        load_bundle(copy)
+
+
+def test_other_dataset_refused(copy, spec):
+    assert load_bundle(copy, dataset=spec.dataset, verify_outputs=False).version == "toy-v1"
+    with pytest.raises(BundleError, match="bundle is for dataset 'toy-serving', expected 'criteo'"):
+        load_bundle(copy, dataset="criteo")
+
+
+@pytest.mark.parametrize(
+    "change,words",
+    [
+        (lambda d: d.pop("files"), "files must be a dict"),
+        (lambda d: d.update(format="something"), "not an embstack bundle"),
+        (lambda d: d["files"].update({"../etc/passwd": {"sha256": "0", "bytes": 1}}), "points outside the bundle"),
+        (lambda d: d.update(router=None), "2 clusters but no router"),
+    ],
+)
+def test_malformed_manifest_refused(copy, change, words):
+    edit_manifest(copy, change)
+    with pytest.raises(BundleError, match=words):
+        load_bundle(copy)
+
+
+def test_unreadable_manifest_refused(copy, tmp_path):
+    (copy / MANIFEST).write_text("{not json")
+    with pytest.raises(BundleError, match="manifest.json: unreadable"):
+        load_bundle(copy)
+    with pytest.raises(BundleError, match="missing; .* is not a bundle directory"):
+        load_bundle(tmp_path / "nothing-here")
+
+
+class Payload:
+    """Unpickling this creates a marker file: proof that code ran on load."""
+
+    marker: Path
+
+    def __reduce__(self):
+        return Path.touch, (self.marker,)
+
+
+def rewrite_member(bundle: Path, file: str, suffix: str, edit) -> None:
+    """Replaces the archive member ending in `suffix` with edit(bytes), then rewrites the
+    manifest's hash and size: an attacker who can write the bundle can do as much."""
+    path = bundle / file
+    with zipfile.ZipFile(io.BytesIO(path.read_bytes())) as zin, zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zout:
+        for item in zin.infolist():
+            data = zin.read(item.filename)
+            zout.writestr(item, edit(data) if item.filename.endswith(suffix) else data)
+    edit_manifest(bundle, lambda d: d["files"][file].update(sha256=_sha256(path), bytes=path.stat().st_size))
+
+
+def test_loading_never_unpickles_code(copy, tmp_path):
+    """torch.export.load falls back to a full unpickle for pickled payloads."""
+    Payload.marker = tmp_path / "code-ran"
+    buf = io.BytesIO()
+    torch.save((Payload(),), buf)
+    rewrite_member(copy, "cluster_0.pt2", "sample_inputs/model.pt", lambda _: buf.getvalue())
+    with pytest.raises(BundleError, match=r"cluster_0\.pt2: refused, .*pickled payload"):
+        load_bundle(copy)
+    assert not Payload.marker.exists()
+
+
+def test_loading_never_evaluates_archive_expressions(copy, tmp_path):
+    """torch.export.load parses shape expressions with sympy.sympify (an eval): a
+    crafted one runs code even with weights-only unpickling. The audit refuses it."""
+    marker = tmp_path / "code-ran"
+    symbol = b"Symbol('s37', positive=True, integer=True)"
+    evil = f"Symbol(__import__('pathlib').Path('{marker}').touch() or 's37', positive=True, integer=True)".encode()
+    rewrite_member(copy, "router.pt2", "models/model.json", lambda data: data.replace(symbol, evil, 1) if symbol in data else data + b"!")
+    with pytest.raises(BundleError, match=r"router\.pt2: refused, .*disallowed"):
+        load_bundle(copy)
+    assert not marker.exists()
+
+
+def test_write_refuses_existing_dir_and_bad_models(tmp_path, spec, models, bundle_dir):
+    cluster_models, router = models
+    example = Encoder(spec).encode_rows(random_rows(spec, 8, seed=2)).to_inputs(spec.names)
+    kw = dict(spec=spec, example=example, version="v")
+    with pytest.raises(BundleError, match="already exists"):
+        write_bundle(bundle_dir, cluster_models=cluster_models, router=router, **kw)
+    with pytest.raises(BundleError, match="2 cluster models need a router"):
+        write_bundle(tmp_path / "b", cluster_models=cluster_models, router=None, **kw)
+    with pytest.raises(BundleError, match="router must return integer cluster ids"):
+        write_bundle(tmp_path / "b", cluster_models=cluster_models, router=cluster_models[0], **kw)
+    small_vocab = FeatureSpec(spec.dataset, "label", (Field("user", "categorical", ("a", "b")),))
+    small = TinyCTR(small_vocab, {"user": 4})  # its table has 3 rows; the bundle's spec has 31 user ids
+    with pytest.raises(BundleError, match="table 't_user' has 3 rows but field 'user' has ids up to 30"):
+        write_bundle(tmp_path / "b", cluster_models=[small], router=None, **kw)
+    one_row = Encoder(spec).encode_rows(random_rows(spec, 1, seed=2)).to_inputs(spec.names)
+    with pytest.raises(BundleError, match="at least 2 rows"):
+        write_bundle(tmp_path / "b", cluster_models=cluster_models[:1], router=None, spec=spec, example=one_row, version="v")
+    assert not (tmp_path / "b").exists() and not list(tmp_path.glob(".*tmp-*"))
+
+
+def test_single_cluster_bundle_without_router(tmp_path, spec, models):
+    model = models[0][1]
+    rows = random_rows(spec, 200, seed=11)
+    out = write_bundle(
+        tmp_path / "plain", spec=spec, cluster_models=[model], router=None, version="plain-1",
+        example=Encoder(spec).encode_rows(rows[:16]).to_inputs(spec.names),
+    )
+    bundle = load_bundle(out)
+    assert bundle.manifest.router is None and bundle.num_clusters == 1
+    assert bundle.dims == [{"user": 4, "item": 16, "age": 0, "genres": 4, "city": 8}]  # stored table widths
+    got = Predictor(bundle).predict_rows(rows)
+    inputs = Encoder(spec).encode_rows(rows).to_inputs(spec.names)
+    with torch.no_grad():
+        want = torch.sigmoid(model(*inputs)).numpy()
+    assert (got.clusters == 0).all() and float(np.max(np.abs(got.probabilities - want))) < 1e-6

@@ -1,0 +1,190 @@
+"""The [data] section of an experiment: which source, how to read it, where to cache it.
+
+    [data]
+    source = "criteo"
+    path = "/data/criteo/train.txt"
+    max_bad_lines = 100
+
+`load_dataset(cfg)` builds (or reuses) the cache and returns the CachedDataset.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Callable
+
+from trainer.data.cache import CHUNK_ROWS, CachedDataset, build_or_load
+from trainer.data.readers.avazu import AvazuReader
+from trainer.data.readers.base import KINDS, NAME_RE, Head, Reader
+from trainer.data.readers.criteo import CriteoReader
+from trainer.data.readers.ml1m import MovieLens1MReader
+from trainer.data.readers.ml100k import MovieLens100KReader
+from trainer.data.readers.synthetic import SyntheticParams, SyntheticReader
+from trainer.data.readers.table import TableReader
+
+# Criteo / Avazu: the usual published preprocessing (rare ids → OOV); MovieLens and the
+# synthetic data are small-vocabulary and keep everything seen in train.
+DEFAULT_MIN_COUNT = {"movielens100k": 1, "movielens1m": 1, "criteo": 10, "avazu": 5, "table": 1, "synthetic": 1}
+SOURCES = tuple(DEFAULT_MIN_COUNT)
+NEEDS_PATH = ("movielens1m", "criteo", "avazu", "table")
+TABLE_KEYS = ("delimiter", "label", "fields", "bag_sep")
+SYNTHETIC_KEYS = tuple(f.name for f in dataclasses.fields(SyntheticParams) if f.name != "seed")
+
+
+@dataclass
+class DataConfig:
+    """Where the rows come from and how they are preprocessed.
+
+    Args:
+        source: movielens100k | movielens1m | criteo | avazu | table | synthetic.
+        path: the source: movielens100k: the recbole-1.2.1 wheel (default
+            data/downloads/recbole-1.2.1-py3-none-any.whl, fetched by `make setup`);
+            movielens1m: the directory with ratings.dat, users.dat, movies.dat; criteo /
+            avazu / table: the file (.gz allowed). Unused by synthetic.
+        min_count: tokens seen fewer times in the train split map to OOV (id 0). Default
+            per source: criteo 10, avazu 5, everything else 1.
+        seed: seed of the train/val/test assignment (and of the synthetic generator).
+        cache_dir: root of the preprocessed caches.
+        max_rows: use only the first max_rows rows of the source (0 = all).
+        max_bad_lines: malformed lines that may be skipped (counted, reported in the
+            cache meta) before the build fails; 0 = the first one fails it.
+        split: train/val/test proportions (8:1:1 as in the papers).
+        chunk_rows: rows per streamed chunk while building (bounds memory).
+        delimiter: table: cell separator (one character, "\\t" for TSV).
+        label: table: name of the 0/1 label column.
+        fields: table: column → kind ("categorical" | "numerical" | "bag"), model order.
+        bag_sep: table: separator of tokens inside a bag cell.
+        rows: synthetic: number of rows.
+        n_categorical: synthetic: categorical fields (C1..).
+        n_numerical: synthetic: numerical fields (I1..).
+        vocab_min: synthetic: smallest vocabulary (vocab sizes are log-uniform).
+        vocab_max: synthetic: largest vocabulary.
+        zipf_a: synthetic: Zipf exponent of the ids.
+        n_groups: synthetic: planted sub-populations.
+        signal_fields_per_group: synthetic: fields that drive each group's clicks.
+    """
+
+    source: str = "movielens100k"
+    path: str = ""
+    min_count: int | None = None
+    seed: int = 0
+    cache_dir: str = ".cache/data"
+    max_rows: int = 0
+    max_bad_lines: int = 0
+    split: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
+    chunk_rows: int = CHUNK_ROWS
+    delimiter: str = ","
+    label: str = "label"
+    fields: dict[str, str] = field(default_factory=dict)
+    bag_sep: str = "|"
+    rows: int = SyntheticParams.rows
+    n_categorical: int = SyntheticParams.n_categorical
+    n_numerical: int = SyntheticParams.n_numerical
+    vocab_min: int = SyntheticParams.vocab_min
+    vocab_max: int = SyntheticParams.vocab_max
+    zipf_a: float = SyntheticParams.zipf_a
+    n_groups: int = SyntheticParams.n_groups
+    signal_fields_per_group: int = SyntheticParams.signal_fields_per_group
+
+    def __post_init__(self) -> None:
+        if self.min_count is None:
+            self.min_count = DEFAULT_MIN_COUNT.get(self.source, 1)
+        self.split = [float(s) for s in self.split]
+
+    def synthetic_params(self) -> SyntheticParams:
+        return SyntheticParams(**{k: getattr(self, k) for k in SYNTHETIC_KEYS}, seed=self.seed)
+
+    def validate(self) -> list[str]:
+        """Every problem found, as "data.<key>: message" strings."""
+        p = []
+        if self.source not in SOURCES:
+            p.append(f"data.source: {self.source!r} is not one of {', '.join(SOURCES)}")
+        if self.source in NEEDS_PATH and not self.path:
+            p.append(f"data.path: source {self.source!r} needs the path of its data")
+        if self.source == "synthetic" and self.path:
+            p.append("data.path: not used by source 'synthetic'")
+        for key in ("min_count", "chunk_rows"):
+            if getattr(self, key) < 1:
+                p.append(f"data.{key}: must be >= 1, got {getattr(self, key)}")
+        for key in ("seed", "max_rows", "max_bad_lines"):
+            if getattr(self, key) < 0:
+                p.append(f"data.{key}: must be >= 0, got {getattr(self, key)}")
+        if not self.cache_dir:
+            p.append("data.cache_dir: must not be empty")
+        if len(self.split) != 3 or min(self.split, default=0) < 0 or not sum(self.split) > 0:
+            p.append(f"data.split: need 3 non-negative train/val/test proportions, got {self.split}")
+        defaults = DataConfig()
+        if self.source == "table":
+            p += self._table_problems()
+        else:
+            p += [
+                f"data.{k}: only used by source 'table'" for k in TABLE_KEYS if getattr(self, k) != getattr(defaults, k)
+            ]
+        if self.source == "synthetic":
+            p += [f"data.{msg}" for msg in self.synthetic_params().problems()]
+        else:
+            p += [
+                f"data.{k}: only used by source 'synthetic'"
+                for k in SYNTHETIC_KEYS
+                if getattr(self, k) != getattr(defaults, k)
+            ]
+        return p
+
+    def _table_problems(self) -> list[str]:
+        p = []
+        if len(self.delimiter) != 1:
+            p.append(f"data.delimiter: must be one character, got {self.delimiter!r}")
+        if not self.label:
+            p.append("data.label: name the label column")
+        if not self.fields:
+            p.append('data.fields: name at least one column, e.g. fields = { user = "categorical" }')
+        for name, kind in self.fields.items():
+            if kind not in KINDS:
+                p.append(f"data.fields.{name}: kind {kind!r} is not one of {', '.join(KINDS)}")
+            if not NAME_RE.match(name):
+                p.append(f"data.fields.{name}: use letters, digits, '_', '.', '-' in field names")
+        if self.label in self.fields:
+            p.append(f"data.fields: the label column {self.label!r} cannot also be a field")
+        if not self.bag_sep:
+            p.append("data.bag_sep: must not be empty")
+        return p
+
+
+READERS: dict[str, Callable[[DataConfig], Reader]] = {
+    "movielens100k": lambda c: MovieLens100KReader(c.path or None, c.max_bad_lines),
+    "movielens1m": lambda c: MovieLens1MReader(c.path, c.max_bad_lines),
+    "criteo": lambda c: CriteoReader(c.path, c.max_bad_lines),
+    "avazu": lambda c: AvazuReader(c.path, c.max_bad_lines),
+    "table": lambda c: TableReader(
+        c.path, c.label, c.fields, delimiter=c.delimiter, bag_sep=c.bag_sep, max_bad_lines=c.max_bad_lines
+    ),
+    "synthetic": lambda c: SyntheticReader(c.synthetic_params()),
+}
+
+
+def make_reader(cfg: DataConfig) -> Reader:
+    """The configured source (capped at max_rows when set)."""
+    problems = cfg.validate()
+    if problems:
+        raise ValueError("invalid data config:\n" + "\n".join(f"  - {x}" for x in problems))
+    reader = READERS[cfg.source](cfg)
+    return Head(reader, cfg.max_rows) if cfg.max_rows else reader
+
+
+def load_dataset(cfg: DataConfig, log: Callable[[str], None] = print) -> CachedDataset:
+    """The cached dataset of `cfg`: built on first use (rank 0 under torchrun), then reused.
+
+    Args:
+        cfg: the data section.
+        log: progress messages.
+    """
+    return build_or_load(
+        make_reader(cfg),
+        cfg.cache_dir,
+        min_count=cfg.min_count,
+        seed=cfg.seed,
+        split=cfg.split,
+        log=log,
+        chunk_rows=cfg.chunk_rows,
+    )

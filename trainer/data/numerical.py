@@ -1,0 +1,55 @@
+"""Vectorised twins of serving.features.bucket_token / dense_value for whole columns.
+
+The cache must produce exactly the tokens serving will compute one value at a time, so
+the float64 numpy path is checked against `math` wherever ln(x)^2 lands within rounding
+distance of an integer (numpy's SIMD log may differ from libm there by an ulp).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+
+from serving.features import MISSING
+
+MISSING_BUCKET = np.iinfo(np.int64).min  # readers refuse numbers below -2**53, so no clash
+_NEAR = 1e-9
+
+
+def as_float(column: Sequence[str] | np.ndarray) -> np.ndarray:
+    """A numerical column as float64 with NaN for missing (strings: "" = missing)."""
+    if isinstance(column, np.ndarray) and column.dtype.kind == "f":
+        return column.astype(np.float64, copy=False)
+    arr = np.asarray(column, dtype=str)
+    return np.where(arr == MISSING, "nan", arr).astype(np.float64)
+
+
+def bucketize(x: np.ndarray) -> np.ndarray:
+    """Criteo buckets as int64: floor(ln(x)^2) for x > 2, else floor(x); NaN → MISSING_BUCKET."""
+    missing = np.isnan(x)
+    out = np.floor(x)
+    big = np.flatnonzero(x > 2)
+    if len(big):
+        t = np.log(x[big])
+        t *= t
+        fl = np.floor(t)
+        out[big] = fl
+        near = (t - fl < _NEAR * t) | (fl + 1 - t < _NEAR * t)
+        for i in big[near]:
+            out[i] = math.floor(math.log(float(x[i])) ** 2)
+    out[missing] = 0
+    b = out.astype(np.int64)
+    b[missing] = MISSING_BUCKET
+    return b
+
+
+def bucket_tokens(buckets: np.ndarray) -> list[str]:
+    """The FeatureSpec tokens of bucket values (what bucket_token returns)."""
+    return [MISSING if b == MISSING_BUCKET else str(int(b)) for b in buckets]
+
+
+def dense_values(x: np.ndarray) -> np.ndarray:
+    """log(1 + max(x, 0)) as float32, missing → 0 (serving.features.dense_value)."""
+    return np.log1p(np.fmax(x, 0.0)).astype(np.float32)  # fmax(NaN, 0) = 0

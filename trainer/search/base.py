@@ -1,0 +1,141 @@
+"""The interface every architecture-search method implements, and the shared loop.
+
+A method owns a *supernet* (an nn.Module mapping (dense, sparse) → logits) whose
+parameters split into architecture parameters (gates, α, β, ...) and weights. The
+shared loop is first-order DARTS-style alternation: weights step on training batches,
+architecture steps on validation batches. What a method leaves behind is plain JSON
+(`derive`), which the retrain recipes turn into ordinary models. Supernets never leave
+the trainer.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from trainer.data.batches import iterate_batches
+from trainer.distributed import DistEnv, dense_optimizer
+from trainer.training import CTRTrain, Log, TrainConfig, evaluate, train_epoch
+
+
+class SearchMethod(Protocol):
+    """What the search loop needs from a method."""
+
+    def build(self) -> nn.Module:
+        """The supernet; built once, then driven by the loop."""
+
+    def arch_parameters(self) -> list[nn.Parameter]:
+        """Parameters updated on validation batches only."""
+
+    phase: str
+
+    def set_phase(self, phase: str) -> None:
+        """"pretrain" (architecture fixed), "search" (stochastic) or "eval" (deterministic)."""
+
+    def init_architecture(self) -> None:
+        """(Re)initialise the architecture parameters when the search starts after pretraining."""
+
+    def arch_loss(self, bce: torch.Tensor) -> torch.Tensor:
+        """Objective of an architecture step given the batch's BCE (adds regularizers)."""
+
+
+@dataclass
+class SearchLoopConfig:
+    """The alternating search schedule.
+
+    Args:
+        pretrain_epochs: epochs training the weights with the architecture fixed.
+        search_epochs: maximum epochs of alternating search.
+        arch_every: one architecture step on a validation batch every this many training batches.
+        arch_lr: Adam learning rate of the architecture parameters.
+        patience: stop the search after this many epochs without a better validation AUC.
+    """
+
+    pretrain_epochs: int = 5
+    search_epochs: int = 10
+    arch_every: int = 100
+    arch_lr: float = 1e-3
+    patience: int = 2
+
+    def validate(self) -> list[str]:
+        p = []
+        for key in ("search_epochs", "arch_every", "patience"):
+            if getattr(self, key) < 1:
+                p.append(f"search.{key}: must be >= 1, got {getattr(self, key)}")
+        if self.pretrain_epochs < 0:
+            p.append(f"search.pretrain_epochs: must be >= 0, got {self.pretrain_epochs}")
+        if not self.arch_lr > 0:
+            p.append(f"search.arch_lr: must be > 0, got {self.arch_lr}")
+        return p
+
+
+def _val_batches(ds, tcfg: TrainConfig):
+    """Validation batches forever, reshuffled on every pass."""
+    for epoch in itertools.count():
+        yield from iterate_batches(ds, "val", tcfg.batch_size, shuffle=True, seed=tcfg.seed + 7919, epoch=epoch)
+
+
+def run_search(method: SearchMethod, ds, loop: SearchLoopConfig, tcfg: TrainConfig, env: DistEnv, log: Log) -> dict:
+    """Pretrain, then alternate weight / architecture steps until validation AUC stops improving.
+
+    Runs in one process on unsharded tables (Adam on everything, as the papers train);
+    the supernet ends in the state of its best validation epoch.
+
+    Returns:
+        The history: per epoch phase, train loss, samples/s and validation AUC / logloss.
+    """
+    supernet = method.build()
+    train = CTRTrain(supernet)
+    arch = method.arch_parameters()
+    arch_ids = {id(p) for p in arch}
+    weights = {n: p for n, p in supernet.named_parameters() if id(p) not in arch_ids}
+    w_opt = dense_optimizer(weights, tcfg.lr, tcfg.weight_decay)
+    history = []
+
+    method.set_phase("pretrain")
+    for epoch in range(loop.pretrain_epochs):
+        stats = train_epoch(train, w_opt, ds, tcfg, env, epoch, log)
+        history.append({"phase": "pretrain", "epoch": epoch, **stats, **_val(method, train, ds, tcfg, env)})
+        log(f"pretrain epoch {epoch} val auc {history[-1]['val_auc']:.4f}")
+
+    method.init_architecture()
+    method.set_phase("search")
+    a_opt = torch.optim.Adam(arch, lr=loop.arch_lr)
+    val_iter = _val_batches(ds, tcfg)
+
+    def arch_step(step: int) -> None:
+        if (step + 1) % loop.arch_every:
+            return
+        bce, _ = train(next(val_iter))
+        a_opt.zero_grad()
+        method.arch_loss(bce).backward()
+        a_opt.step()
+
+    best, best_state, best_epoch = -1.0, None, -1
+    for epoch in range(loop.search_epochs):
+        stats = train_epoch(train, w_opt, ds, tcfg, env, loop.pretrain_epochs + epoch, log, on_step=arch_step)
+        history.append({"phase": "search", "epoch": epoch, **stats, **_val(method, train, ds, tcfg, env)})
+        auc = history[-1]["val_auc"]
+        log(f"search epoch {epoch} val auc {auc:.4f} (deterministic architecture)")
+        if auc > best:
+            best, best_epoch, best_state = auc, epoch, copy.deepcopy(supernet.state_dict())
+        elif epoch - best_epoch >= loop.patience:
+            break
+    supernet.load_state_dict(best_state)
+    method.set_phase("eval")
+    log(f"search converged: best epoch {best_epoch} val auc {best:.4f}")
+    return {"history": history, "best_epoch": best_epoch, "best_val_auc": best}
+
+
+def _val(method: SearchMethod, train: nn.Module, ds, tcfg: TrainConfig, env: DistEnv) -> dict:
+    """Validation metrics with the architecture made deterministic, then back to the phase."""
+    phase = method.phase
+    method.set_phase("eval")
+    m = evaluate(train, ds, "val", tcfg, env)
+    method.set_phase(phase)
+    return {"val_auc": m["auc"], "val_logloss": m["logloss"]}

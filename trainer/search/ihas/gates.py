@@ -1,0 +1,190 @@
+"""iHAS Bernoulli gates over the concatenated embedding (SPEC §4.1–4.2).
+
+``InstanceGates`` predicts one keep-probability per embedding coordinate of each row,
+p = sigmoid(W E + b), and turns it into a 0/1 mask in one of three modes:
+
+* ``open``: all ones (pretraining, when the base model must see every dim);
+* ``stochastic``: straight-through Gumbel-softmax over {select, not-select} with logits
+  (log p, log(1 − p)) and temperature τ: the forward value is an exact 0/1 sample of
+  Bernoulli(p), the backward pass uses the soft sample's gradient;
+* ``deterministic``: p > the row's histogram threshold (``HistogramThreshold``); no
+  randomness, so inference and clustering give the same mask for the same row.
+
+``SharedGates`` (ablation iHAS-4) has the same interface but a single learned logit
+vector shared by every row.
+
+Initialisation (``init_prob``, default 0.9). The paper pretrains the base model with
+the gates forced open and *then* initialises the gates. Starting them mostly open keeps
+the masked input close to what the pretrained MLP saw: each step drops ~10% of the
+dims (a dropout-like perturbation) instead of half of them. 0.9 rather than 0.99
+because the straight-through gradient only reaches a gate when its Gumbel noise lands
+near the decision boundary, which becomes rare as p → 1 (logit 2.2 vs 4.6). The bias
+is set to logit(init_prob); the weight keeps PyTorch's default small uniform init,
+which gives per-row, per-dim variation around init_prob — needed because the
+polarisation term |p − p̄| has zero gradient while all p of a row are equal.
+Call ``reset_parameters()`` at the pretrain → search switch.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trainer.search.ihas.threshold import HistogramThreshold
+
+
+class GateMode(str, enum.Enum):
+    """How the gates turn probabilities into a mask."""
+
+    OPEN = "open"
+    STOCHASTIC = "stochastic"
+    DETERMINISTIC = "deterministic"
+
+
+def gate_mask(
+    logits: torch.Tensor, mode: GateMode, tau: float, threshold: HistogramThreshold
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mask and probabilities from pre-sigmoid gate logits.
+
+    Args:
+        logits: [B, N*] pre-sigmoid gate logits z, p = sigmoid(z).
+        mode: which selection to apply.
+        tau: Gumbel-softmax temperature (stochastic mode only).
+        threshold: per-row threshold searcher (deterministic mode only).
+
+    Returns:
+        (mask [B, N*] with values exactly 0/1, p [B, N*]).
+    """
+    p = torch.sigmoid(logits)
+    if mode is GateMode.OPEN:
+        return torch.ones_like(p), p
+    if mode is GateMode.DETERMINISTIC:
+        return threshold.mask(p.detach()), p
+    # log p and log(1 - p) via logsigmoid(±z): finite even where p rounds to 0 or 1.
+    two_way = torch.stack([F.logsigmoid(logits), F.logsigmoid(-logits)], dim=-1)
+    # hard=True returns y_hard - y_soft.detach() + y_soft. With two classes the selected
+    # soft value s is >= 0.5, so 1 - s is exact (Sterbenz) and the forward mask is exactly
+    # 0/1; the unselected entry is -s + s = 0 exactly.
+    return F.gumbel_softmax(two_way, tau=tau, hard=True, dim=-1)[..., 0], p
+
+
+class _GateBase(nn.Module):
+    """Mode handling shared by the instance-wise and shared gates."""
+
+    def __init__(self, width: int, tau: float, init_prob: float, threshold: HistogramThreshold | None):
+        super().__init__()
+        if width <= 0:
+            raise ValueError(f"width must be positive, got {width}")
+        if tau <= 0:
+            raise ValueError(f"tau must be positive, got {tau}")
+        if not 0.0 < init_prob < 1.0:
+            raise ValueError(f"init_prob must be in (0, 1), got {init_prob}")
+        self.width = width
+        self.tau = tau
+        self.init_prob = init_prob
+        self.threshold = threshold if threshold is not None else HistogramThreshold()
+        self._mode = GateMode.OPEN
+
+    @property
+    def mode(self) -> GateMode:
+        """Current selection mode; set it with a ``GateMode`` or its string value."""
+        return self._mode
+
+    @mode.setter
+    def mode(self, value: GateMode | str) -> None:
+        self._mode = GateMode(value)  # a typo raises ValueError instead of silently picking one
+
+    def logits(self, emb: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gate the concatenated embedding.
+
+        Args:
+            emb: [B, N*] concatenated embedding E.
+
+        Returns:
+            (mask [B, N*] of exact 0/1 in emb's dtype, p [B, N*] keep-probabilities).
+            The caller multiplies ``emb * mask``; p feeds the regularizer.
+        """
+        if emb.dim() != 2 or emb.shape[1] != self.width:
+            raise ValueError(f"expected emb of shape [B, {self.width}], got {tuple(emb.shape)}")
+        mask, p = gate_mask(self.logits(emb), self._mode, self.tau, self.threshold)
+        return mask.to(emb.dtype), p
+
+    def extra_repr(self) -> str:
+        return f"width={self.width}, mode={self._mode.value}, tau={self.tau}, init_prob={self.init_prob}"
+
+
+class InstanceGates(_GateBase):
+    """Instance-wise Bernoulli gates: p = sigmoid(W E + b), one FC layer N* → N*.
+
+    Args:
+        width: N* = N·d, the length of the concatenated embedding.
+        tau: Gumbel-softmax temperature for stochastic mode (SPEC default 0.1).
+        init_prob: keep-probability the gates start at (module docstring).
+        threshold: per-row threshold searcher for deterministic mode.
+    """
+
+    def __init__(
+        self,
+        width: int,
+        tau: float = 0.1,
+        init_prob: float = 0.9,
+        threshold: HistogramThreshold | None = None,
+    ):
+        super().__init__(width, tau, init_prob, threshold)
+        self.fc = nn.Linear(width, width)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """(Re)initialise: default small weights, bias = logit(init_prob)."""
+        self.fc.reset_parameters()
+        nn.init.constant_(self.fc.bias, math.log(self.init_prob / (1.0 - self.init_prob)))
+
+    def logits(self, emb: torch.Tensor) -> torch.Tensor:
+        """Pre-sigmoid gate logits [B, N*] for embeddings [B, N*]."""
+        return self.fc(emb)
+
+
+class SharedGates(_GateBase):
+    """One learned keep-probability vector shared by all rows (ablation iHAS-4).
+
+    Same modes and interface as ``InstanceGates``; E is only read for its batch size,
+    dtype and device. Stochastic masks are still drawn independently per row.
+
+    Args:
+        width: N* = N·d, the length of the concatenated embedding.
+        tau: Gumbel-softmax temperature for stochastic mode.
+        init_prob: keep-probability the gates start at.
+        threshold: threshold searcher for deterministic mode.
+    """
+
+    # Jitter on the initial logits: with every p equal the polarisation term has no
+    # gradient, and unlike InstanceGates there is no input-dependent term to break ties.
+    INIT_JITTER = 0.1
+
+    def __init__(
+        self,
+        width: int,
+        tau: float = 0.1,
+        init_prob: float = 0.9,
+        threshold: HistogramThreshold | None = None,
+    ):
+        super().__init__(width, tau, init_prob, threshold)
+        self.logit = nn.Parameter(torch.empty(width))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """(Re)initialise: logit(init_prob) ± uniform jitter of INIT_JITTER."""
+        with torch.no_grad():
+            self.logit.uniform_(-self.INIT_JITTER, self.INIT_JITTER)
+            self.logit.add_(math.log(self.init_prob / (1.0 - self.init_prob)))
+
+    def logits(self, emb: torch.Tensor) -> torch.Tensor:
+        """The shared logits broadcast to [B, N*] in emb's dtype and device."""
+        return self.logit.to(emb.dtype).expand(emb.shape[0], -1)

@@ -1,0 +1,70 @@
+"""The iHAS search-stage network and the router it leaves behind.
+
+`GatedSupernet` puts Bernoulli gates between a base model's embeddings and its head:
+E (the concatenated d-dim embeddings of all N fields) → mask m from the gates →
+E ⊙ m → the base head. `Router` is what inference keeps of it: the base tables, the
+gates in deterministic mode and the K-means centroids; it maps a row to its cluster.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchrec import KeyedJaggedTensor
+
+from trainer.models.ctr import CTRModel
+from trainer.search.ihas.gates import GateMode, InstanceGates, SharedGates
+
+
+class GatedSupernet(nn.Module):
+    """Base model with instance-wise gates on its concatenated embedding.
+
+    Args:
+        base: a CTR model whose fields all share one dim d (the search space).
+        gates: InstanceGates or SharedGates of width N·d.
+    """
+
+    def __init__(self, base: CTRModel, gates: InstanceGates | SharedGates):
+        super().__init__()
+        dims = set(base.embeddings.layout.dims)
+        if len(dims) != 1:
+            raise ValueError(f"iHAS searches from equal dims per field, got {sorted(dims)}")
+        self.base = base
+        self.gates = gates
+        self.last_p: torch.Tensor | None = None  # the regularizer reads the latest probabilities
+
+    @property
+    def split_sizes(self) -> list[int]:
+        return list(self.base.embeddings.layout.dims)
+
+    def masked_embedding(self, sparse: KeyedJaggedTensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(E ⊙ m, m, p) for a batch, in the gates' current mode."""
+        emb = torch.cat(self.base.embeddings(sparse), dim=1)
+        mask, p = self.gates(emb)
+        return emb * mask, mask, p
+
+    def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:
+        masked, _, p = self.masked_embedding(sparse)
+        self.last_p = p
+        return self.base.score(dense, sparse, list(torch.split(masked, self.split_sizes, dim=1)))
+
+
+class Router(nn.Module):
+    """Row → iHAS cluster id: base tables + deterministic gates + nearest centroid.
+
+    Args:
+        supernet: the trained search-stage network (its tables and gates are reused).
+        centroids: [K, N·d] K-means centroids of the masked embeddings.
+    """
+
+    def __init__(self, supernet: GatedSupernet, centroids: torch.Tensor):
+        super().__init__()
+        self.embeddings = supernet.base.embeddings
+        self.gates = supernet.gates
+        self.gates.mode = GateMode.DETERMINISTIC
+        self.register_buffer("centroids", centroids.detach().clone())
+
+    def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:
+        emb = torch.cat(self.embeddings(sparse), dim=1)
+        mask, _ = self.gates(emb)
+        return torch.cdist(emb * mask, self.centroids).argmin(dim=1)
