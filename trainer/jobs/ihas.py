@@ -16,6 +16,7 @@ paper); retraining uses the sharded stack (DMP + FBGEMM fused optimizer).
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -123,6 +124,39 @@ def seconds_per_10k(stages: list[tuple[torch.nn.Module, object]], rows: int, bat
     return float(np.median(times)) / rows * 10_000
 
 
+def export_stage(ds, decisions: dict, router, models: list, report: dict, exp: IHASExperiment, out: Path, log) -> dict:
+    """Write OUT/bundle (router + one model per cluster) and check it reproduces the in-memory scores."""
+    from serving.bundle import load_bundle, write_bundle
+
+    first = next(iterate_batches(ds, "test", 64, shuffle=False, seed=0, epoch=0))
+    version = f"ihas-{ds.spec.dataset}-s{exp.train.seed}-{time.strftime('%Y%m%dT%H%M%S')}"
+    metrics = {k: report["ihas"][k] for k in ("test_auc", "test_logloss", "embedding_params")}
+    path = write_bundle(
+        out / "bundle",
+        spec=ds.spec,
+        cluster_models=models,
+        router=router if len(models) > 1 else None,
+        example=(first.dense_features, first.sparse_features),
+        version=version,
+        metadata={"method": "ihas", "centroids": decisions["centroids"], "threshold": decisions["threshold"]},
+        metrics=metrics,
+        dims=[c["dims"] for c in decisions["clusters"]],
+        overwrite=True,
+    )
+    bundle = load_bundle(path)
+    diffs = []
+    with torch.no_grad():
+        for b in itertools.islice(iterate_batches(ds, "test", 500, shuffle=False, seed=0, epoch=0), 2):
+            want_c = router(b.dense_features, b.sparse_features) if len(models) > 1 else torch.zeros(len(b.labels), dtype=torch.long)
+            want = torch.stack([m(b.dense_features, b.sparse_features) for m in models], 1).gather(1, want_c[:, None]).squeeze(1)
+            got_c = bundle.router(b.dense_features, b.sparse_features)
+            got = torch.stack([m(b.dense_features, b.sparse_features) for m in bundle.models], 1).gather(1, got_c[:, None]).squeeze(1)
+            assert torch.equal(got_c, want_c), "bundle router disagrees with the in-memory router"
+            diffs.append(float((torch.sigmoid(got) - torch.sigmoid(want)).abs().max()))
+    log(f"bundle {path} (version {version}): max |served - in-memory| probability on 1000 test rows {max(diffs):.2e}")
+    return {"path": str(path), "version": version, "max_abs_diff_1000_rows": max(diffs)}
+
+
 def run(exp: IHASExperiment, out: str | Path, *, resume: bool = False, log=print) -> dict:
     env = init_distributed()
     if env.world_size > 1:
@@ -170,6 +204,7 @@ def run(exp: IHASExperiment, out: str | Path, *, resume: bool = False, log=print
         "search": {k: search[k] for k in ("best_epoch", "best_val_auc")} | {"open_fraction": decisions["open_fraction"]},
         "config": asdict(exp),
     }
+    report["bundle"] = export_stage(ds, decisions, router, models, report, exp, out, log)
     write_json(out / "report.json", report)
     log(f"Base  test auc {base['test_auc']:.4f} logloss {base['test_logloss']:.4f}")
     log(f"iHAS-1 (search-stage model) test auc {supernet_test['auc']:.4f} logloss {supernet_test['logloss']:.4f}")

@@ -122,11 +122,3 @@ def test_rejects_bad_config_and_shapes():
         HistogramThreshold(fallback=1.5)
     with pytest.raises(ValueError):
         HistogramThreshold().thresholds(torch.rand(5))
-
-
-def test_chunked_rows_give_the_same_thresholds(monkeypatch):
-    g = torch.Generator().manual_seed(2)
-    p = torch.rand(50, 128, generator=g) ** 3
-    whole = HistogramThreshold().thresholds(p)
-    monkeypatch.setattr(HistogramThreshold, "CHUNK_ROWS", 7)
-    assert torch.equal(HistogramThreshold().thresholds(p), whole)

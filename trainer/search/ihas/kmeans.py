@@ -38,7 +38,7 @@ def _as_float_tensor(x: ArrayLike) -> torch.Tensor:
     return t if t.is_floating_point() else t.float()
 
 
-def _sq_dists(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+def sq_dists(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     """[n, k] squared Euclidean distances, clamped at 0 against cancellation."""
     return (x.pow(2).sum(1, keepdim=True) - 2 * x @ c.T + c.pow(2).sum(1)).clamp_(min=0)
 
@@ -78,7 +78,7 @@ class MiniBatchKMeans:
         n = x.shape[0]
         first = int(torch.randint(n, (1,), generator=self._gen))
         chosen = [first]
-        d2 = _sq_dists(x, x[first : first + 1]).squeeze(1)
+        d2 = sq_dists(x, x[first : first + 1]).squeeze(1)
         for _ in range(1, self.k):
             total = d2.sum()
             if total > 0:
@@ -87,7 +87,7 @@ class MiniBatchKMeans:
                 # No distinct point left: repeat one; the duplicate stays empty (module doc).
                 nxt = chosen[0]
             chosen.append(nxt)
-            d2 = torch.minimum(d2, _sq_dists(x, x[nxt : nxt + 1]).squeeze(1))
+            d2 = torch.minimum(d2, sq_dists(x, x[nxt : nxt + 1]).squeeze(1))
         self.centroids = x[chosen].clone()
         self.counts = torch.zeros(self.k, dtype=torch.float64, device=x.device)
         self._scale = float((x - x.mean(0)).pow(2).sum(1).mean().sqrt())
@@ -110,7 +110,7 @@ class MiniBatchKMeans:
             raise ValueError(f"batch has {x.shape[1]} features, centroids have {self.centroids.shape[1]}")
         x = x.to(self.centroids)
         old = self.centroids.clone()
-        d2 = _sq_dists(x, self.centroids)
+        d2 = sq_dists(x, self.centroids)
         label = d2.argmin(1)
         m = torch.bincount(label, minlength=self.k).to(self.counts.dtype)
         sums = torch.zeros_like(self.centroids).index_add_(0, label, x)
@@ -126,7 +126,7 @@ class MiniBatchKMeans:
     def _refill_empty(self, x: torch.Tensor) -> None:
         """Move never-used centroids onto the batch points farthest from every centroid."""
         for idx in (self.counts == 0).nonzero().flatten().tolist():
-            d2 = _sq_dists(x, self.centroids).min(1).values
+            d2 = sq_dists(x, self.centroids).min(1).values
             far = int(d2.argmax())
             if d2[far] <= 0:  # every batch point already is a centroid: nothing to take
                 return
@@ -194,4 +194,4 @@ class MiniBatchKMeans:
         if self.centroids is None:
             raise RuntimeError("assign() before fit(): no centroids")
         x = _as_float_tensor(x).to(self.centroids)
-        return _sq_dists(x, self.centroids).argmin(1)
+        return sq_dists(x, self.centroids).argmin(1)

@@ -13,6 +13,7 @@ from torch import nn
 from torchrec import KeyedJaggedTensor
 
 from trainer.models.ctr import CTRModel
+from trainer.search.ihas.kmeans import sq_dists
 from trainer.search.ihas.gates import GateMode, InstanceGates, SharedGates
 
 
@@ -67,4 +68,6 @@ class Router(nn.Module):
     def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:
         emb = torch.cat(self.embeddings(sparse), dim=1)
         mask, _ = self.gates(emb)
-        return torch.cdist(emb * mask, self.centroids).argmin(dim=1)
+        # Same distance as MiniBatchKMeans.assign (cdist switches algorithm with the batch size,
+        # which an exported program cannot follow).
+        return sq_dists(emb * mask, self.centroids).argmin(dim=1)
