@@ -204,6 +204,11 @@ def run(exp: IHASExperiment, out: str | Path, *, resume: bool = False, log=print
         "search": {k: search[k] for k in ("best_epoch", "best_val_auc")} | {"open_fraction": decisions["open_fraction"]},
         "config": asdict(exp),
     }
+    if ds.groups is not None:  # synthetic data: the planted sub-populations are known
+        groups = np.asarray(ds.groups[ds.indices("test")])
+        hits = sum(np.bincount(groups[assign["test"] == c]).max() for c in np.unique(assign["test"]))
+        report["ihas"]["cluster_purity"] = float(hits / len(groups))
+        log(f"cluster purity vs planted sub-populations (test rows): {report['ihas']['cluster_purity']:.3f}")
     report["bundle"] = export_stage(ds, decisions, router, models, report, exp, out, log)
     write_json(out / "report.json", report)
     log(f"Base  test auc {base['test_auc']:.4f} logloss {base['test_logloss']:.4f}")
