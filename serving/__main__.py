@@ -1,70 +1,140 @@
 """Serve a bundle over gRPC.
 
-    .venv/bin/python -m serving --bundle runs/ihas/bundle --port 50051
+    .venv/bin/python -m serving --bundle runs/ihas/bundle --port 50051 --metrics-port 9100
+    taskset -c 0 .venv/bin/python -m serving --bundle B --port 50051 --batching off
 
-Logs are JSON lines on stderr. SIGTERM / SIGINT: health turns NOT_SERVING, new RPCs are
-refused, in-flight RPCs get --grace seconds to finish, then the process exits 0.
-Exit code 2: the bundle did not load (the message names the file).
+Logs are JSON lines on stderr (no progress output).
+Signals:
+  SIGHUP           reload --bundle (e.g. a symlink repointed at a new bundle): verify,
+                   warm up, swap; a bundle that fails is logged and the old one serves on.
+  SIGTERM, SIGINT  drain: health NOT_SERVING at once, keep answering for --drain-delay s
+                   (so balancers stop sending), then refuse new RPCs, give in-flight ones
+                   --grace s, exit 0.
+Admin RPCs (embstack.v1.Admin/Reload) need the token from $EMBSTACK_ADMIN_TOKEN or
+--admin-token-file; without one they are off.
+Exit code 2: the bundle did not load (the message names the file); 3: bad arguments.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
+import time
 
+from serving.batcher import BatchConfig
 from serving.bundle import BundleError
 from serving.encode import Limits
 from serving.logs import configure, log_event
-from serving.server import ServerConfig, start_app
+from serving.server import App, ServerConfig, start_app
 
 log = logging.getLogger("serving")
+TOKEN_ENV = "EMBSTACK_ADMIN_TOKEN"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m serving", description="embstack gRPC inference server")
     ap.add_argument("--bundle", required=True, help="bundle directory (written by serving.bundle.write_bundle)")
-    ap.add_argument("--host", default="0.0.0.0", help="interface to bind (default all)")
-    ap.add_argument("--port", type=int, default=50051, help="port to bind; 0 picks a free one (logged)")
-    ap.add_argument("--max-workers", type=int, default=4, help="gRPC handler threads")
+    ap.add_argument("--host", default="0.0.0.0", help="interface to bind, gRPC and metrics (default all)")
+    ap.add_argument("--port", type=int, default=50051, help="gRPC port; 0 picks a free one (logged)")
+    ap.add_argument("--metrics-port", type=int, default=None, help="Prometheus /metrics port; 0 picks one; default: off")
+    ap.add_argument("--max-workers", type=int, default=None, help="gRPC handler threads (default: sized for the cores available)")
     ap.add_argument("--max-concurrent-rpcs", type=int, default=64, help="admitted RPCs; beyond → RESOURCE_EXHAUSTED")
     ap.add_argument("--max-message-mb", type=float, default=16, help="largest request; beyond → RESOURCE_EXHAUSTED")
     ap.add_argument("--max-rows", type=int, default=4096, help="rows per Score request")
     ap.add_argument("--max-bag", type=int, default=1024, help="values per bag per row")
     ap.add_argument("--torch-threads", type=int, default=1, help="intra-op threads per model call (1 suits small batches)")
+    ap.add_argument("--batching", choices=("on", "off"), default="on", help="micro-batch concurrent requests")
+    ap.add_argument("--batch-max-rows", type=int, default=1024, help="rows per merged model call")
+    ap.add_argument("--batch-max-wait-ms", type=float, default=0.0, help="hold a part-full batch open this long (0: take what is queued)")
+    ap.add_argument("--batch-max-queue-rows", type=int, default=16384, help="rows waiting for a batch worker; beyond → RESOURCE_EXHAUSTED")
+    ap.add_argument("--batch-workers", type=int, default=None, help="batch worker threads (default: one per available core)")
+    ap.add_argument("--admin-token-file", default=None, help=f"file holding the Admin RPC token (or set ${TOKEN_ENV})")
     ap.add_argument("--dataset", default=None, help="refuse a bundle of another dataset")
     ap.add_argument("--grace", type=float, default=10.0, help="seconds in-flight RPCs get on shutdown")
+    ap.add_argument("--drain-delay", type=float, default=0.0, help="seconds to keep answering after SIGTERM with health NOT_SERVING")
     ap.add_argument("--log-level", default="INFO")
     return ap.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    configure(args.log_level)
-    config = ServerConfig(
+def admin_token(args: argparse.Namespace) -> str | None:
+    """The admin token: --admin-token-file wins over $EMBSTACK_ADMIN_TOKEN; None = admin off."""
+    if args.admin_token_file:
+        with open(args.admin_token_file) as fh:
+            token = fh.read().strip()
+        if not token:
+            raise ValueError(f"{args.admin_token_file}: empty admin token file")
+        return token
+    return os.environ.get(TOKEN_ENV) or None
+
+
+def build_config(args: argparse.Namespace) -> ServerConfig:
+    return ServerConfig(
         max_workers=args.max_workers,
         max_concurrent_rpcs=args.max_concurrent_rpcs,
         max_message_bytes=int(args.max_message_mb * 1024 * 1024),
         limits=Limits(max_rows=args.max_rows, max_bag=args.max_bag),
         torch_threads=args.torch_threads,
         dataset=args.dataset,
+        batching=BatchConfig(
+            enabled=args.batching == "on", max_rows=args.batch_max_rows, max_wait_ms=args.batch_max_wait_ms,
+            max_queue_rows=args.batch_max_queue_rows, workers=args.batch_workers,
+        ),
+        admin_token=admin_token(args),
+        metrics_port=args.metrics_port,
+        metrics_host=args.host,
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    configure(args.log_level)
+    try:
+        config = build_config(args)
+    except (OSError, ValueError) as e:
+        log_event(log, "bad arguments", logging.ERROR, error=str(e))
+        return 3
     stop = threading.Event()
+    reload_wanted = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, frame: stop.set())
+    signal.signal(signal.SIGHUP, lambda signum, frame: reload_wanted.set())
     try:
         app = start_app(args.bundle, f"{args.host}:{args.port}", config)
     except BundleError as e:
         log_event(log, "bundle refused", logging.ERROR, error=str(e))
         return 2
-    log_event(log, "serving", port=app.port, version=app.host.current().version)
+    log_event(log, "serving", port=app.port, metrics_port=app.metrics_port, version=app.host.version)
+    threading.Thread(target=reload_on_signal, args=(app, reload_wanted, stop), name="embstack-sighup", daemon=True).start()
     stop.wait()
-    log_event(log, "draining", grace_s=args.grace)
+    log_event(log, "draining", drain_delay_s=args.drain_delay, grace_s=args.grace)
+    app.draining = True
+    app.set_serving(False)
+    time.sleep(args.drain_delay)
     app.stop(args.grace).wait()
     log_event(log, "stopped")
     return 0
+
+
+def reload_on_signal(app: App, wanted: threading.Event, stop: threading.Event) -> None:
+    """Runs a reload of --bundle for each SIGHUP (signals arriving during one coalesce)."""
+    while not stop.is_set():
+        wanted.wait()
+        wanted.clear()
+        if stop.is_set():
+            return
+        log_event(log, "reload requested", signal="SIGHUP", path=str(app.bundle_dir))
+        try:
+            predictor, previous = app.reload()
+        except BundleError:
+            continue  # logged by App.reload; the old bundle keeps serving
+        except Exception as e:  # never let a reload failure end the signal thread
+            log_event(log, "reload failed", logging.ERROR, exc_info=True, error=str(e))
+            continue
+        log_event(log, "reloaded", version=predictor.version, previous=previous)
 
 
 if __name__ == "__main__":

@@ -71,8 +71,42 @@ class FeatureBatch:
             lengths.append(new_lens)
         return FeatureBatch(np.ascontiguousarray(self.dense[rows]), tuple(ids), tuple(lengths))
 
+    @classmethod
+    def concat(cls, batches: "list[FeatureBatch]") -> "FeatureBatch":
+        """The rows of `batches` one after another (all encoded against one spec)."""
+        if len(batches) == 1:
+            return batches[0]
+        first = batches[0]
+        ids = tuple(np.concatenate([b.ids[j] for b in batches]) for j in range(len(first.ids)))
+        lengths = tuple(
+            None if first.lengths[j] is None else np.concatenate([b.lengths[j] for b in batches]) for j in range(len(first.lengths))
+        )
+        return cls(np.concatenate([b.dense for b in batches]), ids, lengths)
+
+    def check(self) -> None:
+        """Raises ValueError unless the arrays agree: per field one id per row, or
+        non-negative bag lengths (one per row) summing to the number of ids; dense rows
+        = batch rows. Exported programs run without torch's own input check (see
+        `serving.bundle`), so this is what stands between a bug and FBGEMM reading past
+        the values."""
+        n = self.num_rows
+        if self.dense.ndim != 2 or len(self.ids) != len(self.lengths):
+            raise ValueError(f"malformed batch: dense {self.dense.shape}, {len(self.ids)} id arrays, {len(self.lengths)} length arrays")
+        for j, (ids, lens) in enumerate(zip(self.ids, self.lengths)):
+            if ids.ndim != 1:
+                raise ValueError(f"field #{j}: ids of shape {ids.shape}")
+            if lens is None:
+                if len(ids) != n:
+                    raise ValueError(f"field #{j}: {len(ids)} ids for {n} rows")
+            elif lens.shape != (n,) or (n and lens.min() < 0) or int(lens.sum()) != len(ids):
+                raise ValueError(f"field #{j}: bag lengths {lens.shape} summing to {int(lens.sum())} for {len(ids)} ids and {n} rows")
+
     def to_inputs(self, keys: list[str]) -> tuple[torch.Tensor, KeyedJaggedTensor]:
-        """(dense, sparse) model inputs; `keys` are the spec's field names in order."""
+        """(dense, sparse) model inputs; `keys` are the spec's field names in order.
+        Raises ValueError when the arrays disagree (see `check`)."""
+        self.check()
+        if len(keys) != len(self.ids):
+            raise ValueError(f"{len(keys)} keys for {len(self.ids)} fields")
         n = self.num_rows
         ones = np.ones(n, dtype=LENGTHS_DTYPE)
         all_lengths = [ones if lens is None else lens for lens in self.lengths]

@@ -27,6 +27,11 @@ stores no pickled example inputs, so none of this refuses a genuine bundle. Afte
 loading, each program is run on the golden rows and must reproduce the exporter's
 in-memory outputs — which is also the warm-up a hot reload needs before it swaps
 bundles in.
+
+A hot reload may hand `load_bundle` the programs it already runs, keyed by sha256: a
+file whose verified digest matches is not deserialised again (torch.export loading costs
+~1 s per program). Identical bytes are the identical program, and the reused programs
+still have to reproduce the new bundle's golden outputs.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -59,6 +64,7 @@ MANIFEST = "manifest.json"
 SPEC_FILE = "feature_spec.json"
 ROUTER_FILE = "router.pt2"
 GOLDEN_ROWS = 64
+DERIVED_SEP = ":"  # a table feature "<field>:<tag>" is derived by the model from <field> (see _tables)
 GOLDEN_FILES = {
     "dense": "golden/dense.npy",  # float32 [G, n_numerical]
     "values": "golden/values.npy",  # int64, the KJT values
@@ -70,6 +76,9 @@ GOLDEN_FILES = {
 # kernels run on both sides, so real differences are ~1e-7).
 GOLDEN_ATOL = 1e-5
 _CHUNK = 1 << 20
+# Serving-time storage of the cluster models' embedding tables (torchrec's quantized
+# EmbeddingBagCollection over FBGEMM's TBE kernels; row-wise scale and bias for int8).
+QUANTIZATIONS = {"int8": torch.qint8, "fp16": torch.half}
 
 
 def cluster_file(k: int) -> str:
@@ -127,6 +136,8 @@ class Manifest:
         metadata: free-form JSON from the exporter (method, config, decisions, ...).
         producer: library versions that exported the programs.
         format: always FORMAT, so a stray manifest.json is not mistaken for a bundle.
+        quantization: storage of the cluster models' embedding tables: "none" (float32)
+            or a key of QUANTIZATIONS (the router always stays float32).
     """
 
     schema_version: int
@@ -142,6 +153,7 @@ class Manifest:
     metadata: dict[str, Any] = field(default_factory=dict)
     producer: dict[str, str] = field(default_factory=dict)
     format: str = FORMAT
+    quantization: str = "none"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -179,8 +191,11 @@ class Manifest:
             raise BundleError(f"{where}: invalid manifest: {len(clusters)} clusters but no router")
         if set(d["golden"]) != set(GOLDEN_FILES):
             raise BundleError(f"{where}: invalid manifest: golden must name {sorted(GOLDEN_FILES)}")
+        quantization = d.get("quantization", "none")  # absent in bundles written before it existed
+        if quantization != "none" and quantization not in QUANTIZATIONS:
+            raise BundleError(f"{where}: invalid manifest: quantization {quantization!r} is not one of {['none', *QUANTIZATIONS]}")
         fields = {k: d[k] for k in expect if k not in ("files", "clusters")}
-        return cls(SCHEMA_VERSION, clusters=clusters, files=files, router=d.get("router"), **fields)
+        return cls(SCHEMA_VERSION, clusters=clusters, files=files, router=d.get("router"), quantization=quantization, **fields)
 
     def referenced_files(self) -> dict[str, str]:
         """file → what it is, for every file the loader reads (all must be in `files`)."""
@@ -241,6 +256,29 @@ class Bundle:
     def metadata(self) -> dict[str, Any]:
         return self.manifest.metadata
 
+    def programs_by_sha256(self) -> dict[str, Program]:
+        """sha256 of each program file → the loaded program (what `load_bundle` may reuse)."""
+        files = self.manifest.files
+        out = {files[c.model].sha256: model for c, model in zip(self.manifest.clusters, self.models)}
+        if self.manifest.router is not None:
+            out[files[self.manifest.router].sha256] = self.router
+        return out
+
+
+@dataclass(frozen=True)
+class Golden:
+    """The exporter's example rows and what its in-memory models said about them.
+
+    Args:
+        batch: the golden rows, encoded.
+        logits: float32 [K, G], every cluster model on every golden row.
+        clusters: int64 [G], the router's choice per row.
+    """
+
+    batch: FeatureBatch
+    logits: np.ndarray
+    clusters: np.ndarray
+
 
 # --------------------------------------------------------------------------- writing
 def write_bundle(
@@ -255,6 +293,7 @@ def write_bundle(
     metrics: dict[str, Any] | None = None,
     dims: list[dict[str, int]] | None = None,
     overwrite: bool = False,
+    quantize: str = "none",
 ) -> Path:
     """Exports models into a new bundle directory, verified, then renamed into place.
 
@@ -274,6 +313,11 @@ def write_bundle(
         metrics: offline metrics (JSON-serialisable).
         dims: embedding dim per field per cluster; default: each table's stored width.
         overwrite: replace an existing `out_dir` (old one removed after the swap).
+        quantize: "none", or a key of QUANTIZATIONS: store the cluster models' embedding
+            tables quantized (copies; the given models are untouched). The router stays
+            float32, so rows route exactly as with float tables. The golden outputs are
+            the quantized models', and metrics["quantization"] records how far their
+            probabilities moved from the float models' on the example rows.
 
     Returns the bundle directory. Raises BundleError on bad arguments or a failed export.
     """
@@ -288,6 +332,8 @@ def write_bundle(
         raise BundleError(f"{len(cluster_models)} cluster models need a router")
     if dims is not None and len(dims) != len(cluster_models):
         raise BundleError(f"dims has {len(dims)} entries for {len(cluster_models)} cluster models")
+    if quantize != "none" and quantize not in QUANTIZATIONS:
+        raise BundleError(f"quantize {quantize!r} is not one of {['none', *QUANTIZATIONS]}")
     metadata, metrics = metadata or {}, metrics or {}
     for name, obj in (("metadata", metadata), ("metrics", metrics)):
         try:
@@ -310,6 +356,9 @@ def write_bundle(
         entries.append(ClusterEntry(cluster_file(k), _dims(spec, dims[k], k) if dims is not None else _stored_dims(spec, tables), tables))
     if router is not None:
         _tables(router, spec, "router")
+    if quantize != "none":
+        cluster_models, report = _quantized(cluster_models, quantize, example_inputs)
+        metrics = {**metrics, "quantization": report}
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
@@ -348,6 +397,7 @@ def write_bundle(
             metrics=metrics,
             metadata=metadata,
             producer=_producer(),
+            quantization=quantize,
         )
         with open(tmp / MANIFEST, "w") as fh:
             json.dump(manifest.to_dict(), fh, indent=1, sort_keys=True)
@@ -360,6 +410,25 @@ def write_bundle(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _quantized(models: list[nn.Module], kind: str, inputs: tuple[torch.Tensor, KeyedJaggedTensor]) -> tuple[list[nn.Module], dict]:
+    """Copies of `models` with quantized embedding tables, and how their probabilities moved."""
+    import copy
+
+    from torchrec.inference.modules import quantize_embeddings
+
+    out, diffs = [], []
+    with torch.no_grad():
+        for model in models:
+            model.eval()
+            q = quantize_embeddings(copy.deepcopy(model), dtype=QUANTIZATIONS[kind], inplace=True).eval()
+            diffs.append((torch.sigmoid(q(*inputs)) - torch.sigmoid(model(*inputs))).abs().double())
+            out.append(q)
+    every = torch.cat(diffs)
+    report = {"dtype": kind, "rows": int(inputs[0].shape[0]), "max_abs_prob_change": float(every.max()),
+              "mean_abs_prob_change": float(every.mean())}
+    return out, report
 
 
 def _check_example_ids(spec: FeatureSpec, batch: FeatureBatch) -> None:
@@ -379,12 +448,17 @@ def _tables(model: nn.Module, spec: FeatureSpec, what: str) -> list[dict[str, An
             continue
         for cfg in module.embedding_bag_configs():
             for feature in cfg.feature_names:
-                if feature not in spec.names:
+                # "<field>:<tag>" = a feature the model derives from the field's ids itself (e.g. a
+                # DPQ field's centroid ids, read from its codes buffer): serving never feeds it, and
+                # its ids are bounded by the model, not by the field's vocabulary.
+                name, derived = feature.split(DERIVED_SEP, 1)[0], DERIVED_SEP in feature
+                if name not in spec.names:
                     raise BundleError(f"{what}: table {cfg.name!r} reads feature {feature!r}, not a spec field")
-                need = spec.field(feature).num_embeddings
-                if cfg.num_embeddings < need:
+                need = spec.field(name).num_embeddings
+                if cfg.num_embeddings < need and not derived:
                     raise BundleError(f"{what}: table {cfg.name!r} has {cfg.num_embeddings} rows but field {feature!r} has ids up to {need - 1}")
-                tables.append({"name": cfg.name, "feature": feature, "num_embeddings": cfg.num_embeddings, "dim": cfg.embedding_dim})
+                entry = {"name": cfg.name, "feature": name, "num_embeddings": cfg.num_embeddings, "dim": cfg.embedding_dim}
+                tables.append(entry | ({"derived": feature} if derived else {}))
     return tables
 
 
@@ -509,7 +583,13 @@ def verify_files(bundle_dir: str | os.PathLike, manifest: Manifest) -> None:
             raise BundleError(f"{path}: sha256 {digest[:16]}… does not match the manifest's {entry.sha256[:16]}… (corrupted or modified)")
 
 
-def load_bundle(bundle_dir: str | os.PathLike, *, dataset: str | None = None, verify_outputs: bool = True) -> Bundle:
+def load_bundle(
+    bundle_dir: str | os.PathLike,
+    *,
+    dataset: str | None = None,
+    verify_outputs: bool = True,
+    reuse: Mapping[str, Program] | None = None,
+) -> Bundle:
     """Reads, verifies and loads a bundle.
 
     Args:
@@ -517,6 +597,9 @@ def load_bundle(bundle_dir: str | os.PathLike, *, dataset: str | None = None, ve
         dataset: when given, refuse a bundle of another dataset.
         verify_outputs: run every program on the golden rows and require the exporter's
             outputs (also warms the programs up). Only tests of the loader itself skip it.
+        reuse: sha256 → an already loaded program (`Bundle.programs_by_sha256` of the
+            bundle being served); a program file with that verified digest is not
+            loaded again.
 
     Raises BundleError naming the file at fault: unsupported schema version, other
     dataset, missing/truncated/modified file, unloadable program, outputs that differ.
@@ -534,8 +617,14 @@ def load_bundle(bundle_dir: str | os.PathLike, *, dataset: str | None = None, ve
     if spec.dataset != manifest.dataset:
         raise BundleError(f"{spec_path}: dataset {spec.dataset!r} != manifest dataset {manifest.dataset!r}")
     _check_tables(root, manifest, spec)
-    models = tuple(_load_program(root / c.model) for c in manifest.clusters)
-    router = _load_program(root / manifest.router) if manifest.router is not None else SingleCluster()
+    reuse = reuse or {}
+
+    def program(name: str) -> Program:
+        known = reuse.get(manifest.files[name].sha256)  # verify_files checked this digest
+        return known if known is not None else _load_program(root / name)
+
+    models = tuple(program(c.model) for c in manifest.clusters)
+    router = program(manifest.router) if manifest.router is not None else SingleCluster()
     bundle = Bundle(root, manifest, spec, router, models)
     if verify_outputs:
         _verify_golden(bundle)
@@ -554,7 +643,7 @@ def _check_tables(root: Path, manifest: Manifest, spec: FeatureSpec) -> None:
     for k, c in enumerate(manifest.clusters):
         for t in c.tables:
             f = t.get("feature")
-            if f not in spec.names or int(t.get("num_embeddings", 0)) < spec.field(f).num_embeddings:
+            if f not in spec.names or (int(t.get("num_embeddings", 0)) < spec.field(f).num_embeddings and not t.get("derived")):
                 raise BundleError(f"{root / MANIFEST}: cluster {k} table {t.get('name')!r} does not cover field {f!r} of the spec")
 
 
@@ -589,9 +678,23 @@ def _load_program(path: Path) -> Program:
     try:
         with _weights_only_torch_load():
             ep = torch.export.load(str(path))
-        return ep.module()
+        module = ep.module()
     except Exception as e:  # a corrupt or hostile archive can fail in many ways
         raise BundleError(f"{path}: cannot load the exported program: {type(e).__name__}: {_first_line(e)}") from e
+    _drop_input_constraint_check(module)
+    return module
+
+
+def _drop_input_constraint_check(module: nn.Module) -> None:
+    """Removes torch.export's per-call input check. It re-evaluates the program's shape
+    constraints with SymPy on every call: ~0.5 ms, 15-20% of scoring a 100-row request
+    (three program calls). Every input a loaded program sees is built by
+    `FeatureBatch.to_inputs`, which checks the same structure — and what that hook does
+    not: that the KJT lengths agree with the values — in microseconds, after the encoder
+    (or `read_golden`) range-checked every id."""
+    for key, hook in list(module._forward_pre_hooks.items()):
+        if getattr(hook, "__name__", "") == "_check_input_constraints_pre_hook":
+            del module._forward_pre_hooks[key]
 
 
 def _first_line(e: Exception) -> str:
@@ -600,7 +703,7 @@ def _first_line(e: Exception) -> str:
     return lines[0][:500] if lines else ""
 
 
-def _verify_golden(bundle: Bundle) -> None:
+def _golden_arrays(bundle: Bundle) -> dict[str, np.ndarray]:
     root, m = bundle.path, bundle.manifest
     arrays = {}
     for role, name in m.golden.items():
@@ -608,24 +711,55 @@ def _verify_golden(bundle: Bundle) -> None:
             arrays[role] = np.load(_inside(root, name), allow_pickle=False)
         except (OSError, ValueError) as e:
             raise BundleError(f"{root / name}: unreadable golden array ({e})") from None
-    k, g = arrays["logits"].shape if arrays["logits"].ndim == 2 else (None, None)
+    k = arrays["logits"].shape[0] if arrays["logits"].ndim == 2 else None
     if k != bundle.num_clusters:
         raise BundleError(f"{root / m.golden['logits']}: outputs of {k} cluster models, the manifest lists {bundle.num_clusters}")
+    return arrays
+
+
+def _golden_inputs(bundle: Bundle, arrays: dict[str, np.ndarray]) -> tuple[torch.Tensor, KeyedJaggedTensor]:
+    sparse = KeyedJaggedTensor(
+        keys=bundle.spec.names,
+        values=torch.from_numpy(arrays["values"]),
+        lengths=torch.from_numpy(arrays["lengths"]),
+    )
+    return torch.from_numpy(arrays["dense"]), sparse
+
+
+def read_golden(bundle: Bundle) -> Golden:
+    """The bundle's golden rows and outputs, checked against the spec before any program
+    sees them: a hash-consistent but crafted golden file must not feed FBGEMM ids out of
+    range or lengths that disagree with the values."""
+    arrays = _golden_arrays(bundle)
     try:
-        sparse = KeyedJaggedTensor(
-            keys=bundle.spec.names,
-            values=torch.from_numpy(arrays["values"]),
-            lengths=torch.from_numpy(arrays["lengths"]),
-        )
-        inputs = (torch.from_numpy(arrays["dense"]), sparse)
+        batch = FeatureBatch.from_inputs(bundle.spec, *_golden_inputs(bundle, arrays))
+        batch.check()
+    except (ValueError, RuntimeError, TypeError) as e:
+        raise BundleError(f"{bundle.path}: golden rows do not match the feature spec: {_first_line(e)}") from None
+    for f, ids in zip(bundle.spec.fields, batch.ids):
+        if len(ids) and (ids.min() < 0 or ids.max() >= f.num_embeddings):
+            raise BundleError(f"{bundle.path}: golden ids of field {f.name!r} outside [0, {f.num_embeddings})")
+    g = batch.num_rows
+    logits, clusters = arrays["logits"], arrays["clusters"]
+    if logits.shape != (bundle.num_clusters, g) or clusters.shape != (g,) or clusters.dtype.kind not in "iu":
+        raise BundleError(f"{bundle.path}: golden outputs have shapes {logits.shape} / {clusters.shape}, expected "
+                          f"({bundle.num_clusters}, {g}) / ({g},)")
+    return Golden(batch, logits, clusters)
+
+
+def _verify_golden(bundle: Bundle) -> None:
+    root, m = bundle.path, bundle.manifest
+    golden = read_golden(bundle)
+    try:
+        inputs = golden.batch.to_inputs(bundle.spec.names)
         with torch.inference_mode():
             clusters = bundle.router(*inputs)
             outs = [model(*inputs) for model in bundle.models]
     except Exception as e:
         raise BundleError(f"{root}: a program failed on the golden rows: {type(e).__name__}: {_first_line(e)}") from e
-    if not np.array_equal(clusters.numpy(), arrays["clusters"]):
+    if not np.array_equal(clusters.numpy(), golden.clusters):
         raise BundleError(f"{root / (m.router or MANIFEST)}: routes the golden rows differently from the exporter's router")
     for c, out in enumerate(outs):
-        diff = float(np.max(np.abs(out.numpy() - arrays["logits"][c]))) if g else 0.0
+        diff = float(np.max(np.abs(out.numpy() - golden.logits[c]))) if golden.batch.num_rows else 0.0
         if not diff <= GOLDEN_ATOL:
             raise BundleError(f"{root / m.clusters[c].model}: logits differ from the exporter's by {diff:.3g} (> {GOLDEN_ATOL})")

@@ -34,3 +34,16 @@ class NotReady(ServingError):
 
 class Overloaded(ServingError):
     """The server refuses work it cannot finish in time (→ RESOURCE_EXHAUSTED)."""
+
+
+class DeadlineExceeded(ServingError):
+    """The caller's deadline passed before its rows were scored (→ DEADLINE_EXCEEDED);
+    the rows were not worked on."""
+
+
+class Unauthenticated(ServingError):
+    """An admin RPC without the right token (→ UNAUTHENTICATED)."""
+
+
+class PermissionDenied(ServingError):
+    """An admin RPC on a server that has admin RPCs switched off (→ PERMISSION_DENIED)."""

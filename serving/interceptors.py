@@ -1,7 +1,9 @@
 """Domain errors → gRPC status codes, in one place, for every unary RPC of the server.
 
 Servicers stay thin and transport-agnostic code raises `serving.errors` types; this
-interceptor turns them into status codes and a log line. Anything unexpected becomes
+interceptor turns them into status codes, a log line and the request metrics. It also
+parses the request bytes itself, so a message that is not valid protobuf is the caller's
+INVALID_ARGUMENT rather than gRPC's generic INTERNAL. Anything unexpected becomes
 INTERNAL with the traceback logged, never a dead server thread. RESOURCE_EXHAUSTED for
 oversized messages and for RPCs beyond `maximum_concurrent_rpcs` is produced by gRPC
 itself before a handler runs.
@@ -13,10 +15,12 @@ import logging
 import time
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from serving.bundle import BundleError
-from serving.errors import InvalidRequest, NotReady, Overloaded
+from serving.errors import DeadlineExceeded, InvalidRequest, NotReady, Overloaded, PermissionDenied, Unauthenticated
 from serving.logs import log_event
+from serving.metrics import ServerMetrics
 
 log = logging.getLogger("serving.rpc")
 
@@ -25,8 +29,13 @@ STATUS: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
     (NotReady, grpc.StatusCode.UNAVAILABLE),
     (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
     (BundleError, grpc.StatusCode.FAILED_PRECONDITION),
 )
+# Logged at WARNING: an operator should see these (failed reloads, bad admin tokens).
+_WARN = (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
 
 
 def status_for(exc: BaseException) -> grpc.StatusCode | None:
@@ -38,32 +47,55 @@ def status_for(exc: BaseException) -> grpc.StatusCode | None:
 
 
 class ErrorMappingInterceptor(grpc.ServerInterceptor):
-    """Wraps unary-unary handlers: domain errors → status codes; logs failures (and
-    successes at DEBUG). Streaming handlers (health Watch, reflection) pass through."""
+    """Wraps unary-unary handlers: parses the request, maps domain errors to status codes,
+    logs failures (successes at DEBUG) and records requests by code and latency.
+    Streaming handlers (health Watch, reflection) pass through.
+
+    Args:
+        metrics: where requests and latencies are recorded; None records nothing.
+    """
+
+    def __init__(self, metrics: ServerMetrics | None = None):
+        self.metrics = metrics
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
         if handler is None or handler.unary_unary is None:
             return handler
-        method = handler_call_details.method
+        method = handler_call_details.method.lstrip("/")
         inner = handler.unary_unary
+        parse = handler.request_deserializer
+        metrics = self.metrics
 
-        def call(request, context):
+        def call(raw, context):
             start = time.perf_counter()
+            code = grpc.StatusCode.OK
             try:
+                try:
+                    request = parse(raw) if parse is not None else raw
+                except (DecodeError, ValueError, TypeError) as e:
+                    raise InvalidRequest(f"request is not a valid {method.split('/')[0]} message: {type(e).__name__}") from None
                 response = inner(request, context)
             except Exception as e:
-                code = status_for(e)
+                code = status_for(e) or grpc.StatusCode.INTERNAL
                 ms = round((time.perf_counter() - start) * 1e3, 3)
-                if code is None:
+                if code is grpc.StatusCode.INTERNAL and status_for(e) is None:
                     log_event(log, "rpc failed", logging.ERROR, exc_info=True, method=method, code="INTERNAL", ms=ms)
-                    context.abort(grpc.StatusCode.INTERNAL, f"internal error ({type(e).__name__}); see server logs")
-                level = logging.WARNING if code is grpc.StatusCode.FAILED_PRECONDITION else logging.INFO
-                log_event(log, "rpc refused", level, method=method, code=code.name, ms=ms, error=str(e))
-                context.abort(code, str(e))
+                    message = f"internal error ({type(e).__name__}); see server logs"
+                else:
+                    level = logging.WARNING if code in _WARN else logging.INFO
+                    log_event(log, "rpc refused", level, method=method, code=code.name, ms=ms, error=str(e))
+                    message = str(e)
+                _record(metrics, method, code, start)
+                context.abort(code, message)
+            _record(metrics, method, code, start)
             log_event(log, "rpc", logging.DEBUG, method=method, code="OK", ms=round((time.perf_counter() - start) * 1e3, 3))
             return response
 
-        return grpc.unary_unary_rpc_method_handler(
-            call, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
-        )
+        return grpc.unary_unary_rpc_method_handler(call, request_deserializer=None, response_serializer=handler.response_serializer)
+
+
+def _record(metrics: ServerMetrics | None, method: str, code: grpc.StatusCode, start: float) -> None:
+    if metrics is not None:
+        metrics.requests.inc(method, code.name)
+        metrics.latency.observe(time.perf_counter() - start, method)

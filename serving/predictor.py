@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from serving.batch import FeatureBatch
-from serving.bundle import Bundle
+from serving.bundle import GOLDEN_ATOL, Bundle, BundleError, read_golden
 from serving.encode import Column, Encoder, Limits
 
 
@@ -81,6 +81,22 @@ class Predictor:
                     logits[rows] = out.numpy()
             probabilities = torch.sigmoid(torch.from_numpy(logits)).numpy()
         return Prediction(probabilities, clusters, self.version)
+
+    def warm_up(self) -> None:
+        """Scores the bundle's golden rows through the whole request path (route, split,
+        score, merge) and requires the exporter's outputs; raises BundleError otherwise.
+        A hot reload runs this before the new predictor takes traffic."""
+        golden = read_golden(self.bundle)
+        try:
+            pred = self.predict(golden.batch)
+        except Exception as e:  # a program that fails here would fail every request
+            raise BundleError(f"{self.bundle.path}: warm-up request failed: {type(e).__name__}: {e}") from e
+        want = 1.0 / (1.0 + np.exp(-golden.logits[golden.clusters, np.arange(len(golden.clusters))].astype(np.float64)))
+        if not np.array_equal(pred.clusters, golden.clusters):
+            raise BundleError(f"{self.bundle.path}: warm-up routed the golden rows differently from the exporter")
+        diff = float(np.max(np.abs(pred.probabilities - want))) if len(want) else 0.0
+        if not diff <= GOLDEN_ATOL:
+            raise BundleError(f"{self.bundle.path}: warm-up probabilities differ from the exporter's by {diff:.3g}")
 
     def _route(self, batch: FeatureBatch) -> np.ndarray:
         out = self.bundle.router(*batch.to_inputs(self._keys))

@@ -1,18 +1,29 @@
-"""The gRPC inference server: Inference service + grpc.health.v1 + reflection.
+"""The gRPC inference server: Inference + Admin services, grpc.health.v1, reflection,
+micro-batching, hot reload and a Prometheus endpoint.
 
-    server, port = create_server("runs/ihas/bundle", "127.0.0.1:0")
-    ...
-    server.stop(grace=5).wait()
+    app = start_app("runs/ihas/bundle", "127.0.0.1:0", ServerConfig(metrics_port=0))
+    app.port, app.metrics_port          # the bound ports
+    app.reload("runs/ihas/bundle-v2")   # verify, warm up, swap; the old one serves on failure
+    app.stop(grace=5).wait()
 
 The server starts listening before the bundle loads, with health NOT_SERVING, so load
 balancers and probes see "alive but not ready" rather than a refused connection; health
-turns SERVING once the bundle is loaded and verified. The servicer is thin: decoding and
-scoring live in `serving.wire` / `serving.predictor`, status codes in
-`serving.interceptors`.
+turns SERVING once the bundle is loaded and verified, and NOT_SERVING again while the
+server drains. The servicers are thin: decoding lives in `serving.wire`, scoring in
+`serving.predictor` / `serving.batcher`, status codes in `serving.interceptors`.
+
+Hot reload (Admin.Reload or SIGHUP via `python -m serving`): the new bundle is loaded
+beside the old one and verified — schema version, sha256 and size of every file, the
+exporter's golden outputs from every program, then a warm-up of the golden rows through
+the whole request path — and only then swapped in with one reference assignment. A
+request holds the predictor it started with, so it is scored entirely by one bundle and
+its response names that bundle's version; for each client, versions never go backwards.
+A bundle that fails any check is refused and the old one keeps serving.
 """
 
 from __future__ import annotations
 
+import hmac
 import logging
 import threading
 import time
@@ -26,18 +37,24 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from serving import wire
+from serving._proto.embstack.v1 import admin_pb2, admin_pb2_grpc
 from serving._proto.embstack.v1 import inference_pb2 as pb
 from serving._proto.embstack.v1 import inference_pb2_grpc as pb_grpc
-from serving.bundle import load_bundle
+from serving.batch import FeatureBatch
+from serving.batcher import BatchConfig, MicroBatcher, available_cores, score_directly
+from serving.bundle import BundleError, load_bundle
 from serving.encode import Limits
-from serving.errors import NotReady
+from serving.errors import DeadlineExceeded, NotReady, PermissionDenied, Unauthenticated
 from serving.interceptors import ErrorMappingInterceptor
 from serving.logs import log_event
-from serving.predictor import Predictor
+from serving.metrics import MetricsEndpoint, ServerMetrics
+from serving.predictor import Prediction, Predictor
 
 log = logging.getLogger("serving.server")
 
 SERVICE = pb.DESCRIPTOR.services_by_name["Inference"].full_name  # "embstack.v1.Inference"
+ADMIN_SERVICE = admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name  # "embstack.v1.Admin"
+_NO_DEADLINE = 1e8  # gRPC reports "no deadline" as a huge time remaining
 
 
 @dataclass
@@ -45,7 +62,9 @@ class ServerConfig:
     """How the server runs.
 
     Args:
-        max_workers: gRPC handler threads (each runs one RPC at a time).
+        max_workers: gRPC handler threads; None sizes them for the machine (with
+            batching, handlers mostly wait for a batch worker, so there are more of them
+            than cores; without, one per core plus one decoding).
         max_concurrent_rpcs: RPCs admitted at once (running + queued for a worker);
             more get RESOURCE_EXHAUSTED from gRPC instead of an unbounded queue.
         max_message_bytes: largest request accepted; larger → RESOURCE_EXHAUSTED.
@@ -53,23 +72,47 @@ class ServerConfig:
         torch_threads: intra-op threads per model call (process-wide); None keeps torch's
             default. Small batches gain nothing from more threads and contend for cores.
         dataset: refuse a bundle of another dataset (None: accept any).
+        batching: micro-batching of concurrent requests (see `serving.batcher`).
+        admin_token: the token Admin RPCs must present (`authorization: Bearer <token>`);
+            None switches admin RPCs off (PERMISSION_DENIED).
+        metrics_port: port of the Prometheus endpoint (GET /metrics); 0 picks a free one,
+            None serves no metrics.
+        metrics_host: interface the metrics endpoint binds.
     """
 
-    max_workers: int = 4
+    max_workers: int | None = None
     max_concurrent_rpcs: int = 64
     max_message_bytes: int = 16 * 1024 * 1024
     limits: Limits = field(default_factory=Limits)
     torch_threads: int | None = None
     dataset: str | None = None
+    batching: BatchConfig = field(default_factory=BatchConfig)
+    admin_token: str | None = None
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
+
+    def handler_threads(self) -> int:
+        if self.max_workers is not None:
+            return self.max_workers
+        cores = available_cores()
+        if self.batching.enabled:
+            return max(2, min(self.max_concurrent_rpcs, 16 * cores))
+        return cores + 1
 
 
 class ModelHost:
     """Owns the predictor that answers requests. Reading `current` is a single reference
-    read, so a later hot reload can swap in a verified predictor without a lock on the
-    request path."""
+    read and a reload replaces it with a single assignment, so the request path takes no
+    lock; loads are serialised among themselves.
 
-    def __init__(self) -> None:
+    Args:
+        config: server settings (dataset check, request limits).
+    """
+
+    def __init__(self, config: ServerConfig):
+        self.config = config
         self._predictor: Predictor | None = None
+        self._load_lock = threading.Lock()
 
     def current(self) -> Predictor:
         predictor = self._predictor
@@ -77,17 +120,36 @@ class ModelHost:
             raise NotReady("no bundle loaded yet; retry when health is SERVING")
         return predictor
 
-    def load(self, bundle_dir: str | Path, config: ServerConfig) -> Predictor:
-        """Loads and verifies a bundle, then makes it current. Raises BundleError."""
-        start = time.perf_counter()
-        bundle = load_bundle(bundle_dir, dataset=config.dataset)
-        predictor = Predictor(bundle, config.limits)
-        self._predictor = predictor
-        log_event(
-            log, "bundle loaded", path=str(bundle_dir), version=bundle.version, dataset=bundle.manifest.dataset,
-            clusters=bundle.num_clusters, seconds=round(time.perf_counter() - start, 3),
-        )
-        return predictor
+    @property
+    def version(self) -> str | None:
+        predictor = self._predictor
+        return predictor.version if predictor is not None else None
+
+    def load(self, bundle_dir: str | Path) -> Predictor:
+        """Loads, verifies and warms up a bundle, then makes it current.
+
+        Raises BundleError (the current predictor stays) when any check fails.
+        """
+        with self._load_lock:
+            start = time.perf_counter()
+            old = self._predictor
+            bundle = load_bundle(bundle_dir, dataset=self.config.dataset, reuse=old.bundle.programs_by_sha256() if old else None)
+            predictor = Predictor(bundle, self.config.limits)
+            predictor.warm_up()
+            self._predictor = predictor  # the swap
+            log_event(
+                log, "bundle loaded", path=str(bundle_dir), version=bundle.version, previous=old.version if old else None,
+                dataset=bundle.manifest.dataset, clusters=bundle.num_clusters, seconds=round(time.perf_counter() - start, 3),
+            )
+            return predictor
+
+
+def _deadline(context) -> float | None:
+    """The caller's deadline on the `time.monotonic()` clock; None without one."""
+    remaining = context.time_remaining()
+    if remaining is None or remaining > _NO_DEADLINE:
+        return None
+    return time.monotonic() + remaining
 
 
 class InferenceServicer(pb_grpc.InferenceServicer):
@@ -95,17 +157,56 @@ class InferenceServicer(pb_grpc.InferenceServicer):
 
     Args:
         host: where the current predictor lives.
+        score: (predictor, rows, deadline) → prediction: the micro-batcher or a direct call.
+        metrics: request metrics (rows per request and per cluster).
     """
 
-    def __init__(self, host: ModelHost):
-        self.host = host
+    def __init__(self, host: ModelHost, score, metrics: ServerMetrics):
+        self.host, self.score, self.metrics = host, score, metrics
 
     def Score(self, request, context):
-        return wire.score(self.host.current(), request)
+        deadline = _deadline(context)
+        if deadline is not None and deadline <= time.monotonic():
+            raise DeadlineExceeded("deadline expired before the request was read; not scored")
+        predictor = self.host.current()  # this request is validated and scored by this bundle
+        batch = wire.decode(predictor, request)
+        self.metrics.request_rows.observe(batch.num_rows)
+        pred = self.score(predictor, batch, deadline)
+        self.metrics.observe_clusters(pred.clusters)
+        return wire.response(pred)
 
     def GetModelInfo(self, request, context):
         predictor = self.host.current()
         return wire.model_info(predictor.bundle, predictor.encoder.limits.max_rows)
+
+
+class AdminServicer(admin_pb2_grpc.AdminServicer):
+    """embstack.v1.Admin: token-guarded operations on a running server.
+
+    Args:
+        app: the running server.
+    """
+
+    def __init__(self, app: "App"):
+        self.app = app
+
+    def Reload(self, request, context):
+        self._authorize(context)
+        start = time.perf_counter()
+        path = request.bundle_dir or str(self.app.bundle_dir)
+        predictor, previous = self.app.reload(path)
+        return admin_pb2.ReloadResponse(
+            bundle_version=predictor.version, previous_version=previous or "", bundle_dir=path,
+            seconds=time.perf_counter() - start,
+        )
+
+    def _authorize(self, context) -> None:
+        token = self.app.config.admin_token
+        if not token:
+            raise PermissionDenied("admin RPCs are off: start the server with EMBSTACK_ADMIN_TOKEN or --admin-token-file")
+        given = dict(context.invocation_metadata()).get("authorization", "")
+        if not given.startswith("Bearer ") or not hmac.compare_digest(given[len("Bearer "):].encode(), token.encode()):
+            raise Unauthenticated("missing or wrong admin token; send metadata 'authorization: Bearer <token>'")
 
 
 @dataclass
@@ -114,25 +215,74 @@ class App:
 
     Args:
         server: the started grpc.Server.
-        port: the bound port.
+        port: the bound gRPC port.
         host: the model host.
         health: the health servicer (status per service name).
+        config: the settings it runs with.
+        bundle_dir: the bundle path it was started on (what a reload without a path loads).
+        metrics: its metrics.
+        batcher: the micro-batcher (None with batching off).
+        metrics_endpoint: the Prometheus endpoint (None without --metrics-port).
     """
 
     server: grpc.Server
     port: int
     host: ModelHost
     health: health.HealthServicer
+    config: ServerConfig
+    bundle_dir: Path
+    metrics: ServerMetrics
+    batcher: MicroBatcher | None = None
+    metrics_endpoint: MetricsEndpoint | None = None
+    draining: bool = False
+
+    @property
+    def metrics_port(self) -> int | None:
+        return self.metrics_endpoint.port if self.metrics_endpoint is not None else None
 
     def set_serving(self, serving: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         for name in ("", SERVICE):
             self.health.set(name, status)
 
+    def reload(self, bundle_dir: str | Path | None = None) -> tuple[Predictor, str | None]:
+        """Verifies `bundle_dir` (default: the startup path) and swaps it in.
+
+        Returns (new predictor, previous version). Raises BundleError — logged, counted,
+        and the old bundle keeps serving — or NotReady while draining.
+        """
+        path = Path(bundle_dir) if bundle_dir is not None else self.bundle_dir
+        if self.draining:
+            raise NotReady("server is draining; reload refused")
+        previous = self.host.version
+        try:
+            predictor = self.host.load(path)
+        except BundleError as e:
+            self.metrics.reloads.inc("failed")
+            log_event(log, "reload refused", logging.ERROR, path=str(path), error=str(e), serving=self.host.version)
+            raise
+        self.metrics.reloads.inc("ok")
+        self.metrics.bundle.replace(1, predictor.version)
+        return predictor, previous
+
     def stop(self, grace: float | None = None) -> threading.Event:
-        """NOT_SERVING first (so balancers stop sending), then stop; in-flight RPCs get `grace` s."""
+        """NOT_SERVING, refuse new RPCs, give in-flight ones `grace` s, then stop the batch
+        workers and the metrics endpoint. The returned event is set when all is down."""
+        self.draining = True
         self.set_serving(False)
-        return self.server.stop(grace)
+        stopped = self.server.stop(grace)
+        done = threading.Event()
+
+        def finish() -> None:
+            stopped.wait()
+            if self.batcher is not None:
+                self.batcher.close()
+            if self.metrics_endpoint is not None:
+                self.metrics_endpoint.close()
+            done.set()
+
+        threading.Thread(target=finish, name="embstack-stop", daemon=True).start()
+        return done
 
 
 def start_app(bundle_dir: str | Path, address: str = "127.0.0.1:0", config: ServerConfig | None = None) -> App:
@@ -149,9 +299,11 @@ def start_app(bundle_dir: str | Path, address: str = "127.0.0.1:0", config: Serv
     config = config or ServerConfig()
     if config.torch_threads is not None:
         torch.set_num_threads(config.torch_threads)
+    metrics = ServerMetrics()
+    threads = config.handler_threads()
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="embstack-rpc"),
-        interceptors=[ErrorMappingInterceptor()],
+        futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="embstack-rpc"),
+        interceptors=[ErrorMappingInterceptor(metrics)],
         options=[
             ("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.max_send_message_length", config.max_message_bytes),
@@ -159,26 +311,44 @@ def start_app(bundle_dir: str | Path, address: str = "127.0.0.1:0", config: Serv
         ],
         maximum_concurrent_rpcs=config.max_concurrent_rpcs,
     )
-    host = ModelHost()
-    pb_grpc.add_InferenceServicer_to_server(InferenceServicer(host), server)
+    host = ModelHost(config)
+    batcher = MicroBatcher(config.batching, metrics) if config.batching.enabled else None
+
+    def score(predictor: Predictor, batch: FeatureBatch, deadline: float | None) -> Prediction:
+        if batcher is not None:
+            return batcher.submit(predictor, batch, deadline)
+        return score_directly(predictor, batch, metrics)
+
+    pb_grpc.add_InferenceServicer_to_server(InferenceServicer(host, score, metrics), server)
     health_servicer = health.HealthServicer(
         experimental_non_blocking=True, experimental_thread_pool=futures.ThreadPoolExecutor(max_workers=1)
     )
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection((SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    reflection.enable_server_reflection((SERVICE, ADMIN_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     port = server.add_insecure_port(address)
     if port == 0:
+        if batcher is not None:
+            batcher.close()
         raise RuntimeError(f"cannot bind {address}")
-    app = App(server, port, host, health_servicer)
+    app = App(server, port, host, health_servicer, config, Path(bundle_dir), metrics, batcher)
+    admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(app), server)
     app.set_serving(False)
-    server.start()
-    log_event(log, "listening", address=address, port=port, max_workers=config.max_workers,
-              max_concurrent_rpcs=config.max_concurrent_rpcs, torch_threads=torch.get_num_threads())
     try:
-        host.load(bundle_dir, config)
+        if config.metrics_port is not None:
+            app.metrics_endpoint = MetricsEndpoint(metrics.registry, config.metrics_host, config.metrics_port)
+        server.start()
+        log_event(
+            log, "listening", address=address, port=port, metrics_port=app.metrics_port, handler_threads=threads,
+            max_concurrent_rpcs=config.max_concurrent_rpcs, torch_threads=torch.get_num_threads(),
+            batching=config.batching.enabled, batch_max_rows=config.batching.max_rows, batch_max_wait_ms=config.batching.max_wait_ms,
+            batch_workers=config.batching.workers if config.batching.enabled else 0, admin=bool(config.admin_token),
+        )
+        predictor = host.load(bundle_dir)
     except BaseException:
-        server.stop(None)
+        app.draining = True
+        app.stop(None).wait(10)
         raise
+    metrics.bundle.replace(1, predictor.version)
     app.set_serving(True)
     return app
 

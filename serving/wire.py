@@ -8,6 +8,7 @@ import json
 import numpy as np
 
 from serving._proto.embstack.v1 import inference_pb2 as pb
+from serving.batch import FeatureBatch
 from serving.bundle import SCHEMA_VERSION, Bundle
 from serving.encode import Column, Tag
 from serving.errors import InvalidRequest
@@ -17,8 +18,9 @@ _TAGS = {"token": Tag.TOKEN, "id": Tag.ID, "number": Tag.NUMBER, "tokens": Tag.T
 _LISTS = (Tag.TOKENS, Tag.IDS)
 
 
-def score(predictor: Predictor, request: pb.ScoreRequest) -> pb.ScoreResponse:
-    """Decodes, scores and encodes one Score call. Raises InvalidRequest on bad input."""
+def decode(predictor: Predictor, request: pb.ScoreRequest) -> FeatureBatch:
+    """Decodes and validates one Score request against the predictor's feature spec.
+    Raises InvalidRequest naming row and field."""
     has_rows, has_columns = len(request.rows) > 0, request.HasField("columns")
     if has_rows and has_columns:
         raise InvalidRequest("set either rows or columns, not both")
@@ -30,13 +32,19 @@ def score(predictor: Predictor, request: pb.ScoreRequest) -> pb.ScoreResponse:
                 dup = c.field if c.field in seen else dup
                 seen.add(c.field)
             raise InvalidRequest(f"column for field {dup!r} given more than once", field=dup)
+        # Checked before decoding so an oversized batch costs no per-column work.
+        predictor.encoder.check_num_rows(batch.num_rows)
         columns = {c.field: _column(c) for c in batch.columns}
-        pred = predictor.predict_columns(batch.num_rows, columns)
-    else:
-        # Checked before decoding so an oversized batch costs no per-row work.
-        predictor.encoder.check_num_rows(len(request.rows))
-        pred = predictor.predict_rows([_row(r, i) for i, r in enumerate(request.rows)], tagged=True)
-    return response(pred)
+        return predictor.encoder.encode_columns(batch.num_rows, columns)
+    # Checked before decoding so an oversized batch costs no per-row work.
+    predictor.encoder.check_num_rows(len(request.rows))
+    return predictor.encoder.encode_rows([_row(r, i) for i, r in enumerate(request.rows)], tagged=True)
+
+
+def score(predictor: Predictor, request: pb.ScoreRequest) -> pb.ScoreResponse:
+    """Decodes, scores and encodes one Score call without batching (offline use, tests).
+    Raises InvalidRequest on bad input."""
+    return response(predictor.predict(decode(predictor, request)))
 
 
 def response(pred: Prediction) -> pb.ScoreResponse:
@@ -83,4 +91,5 @@ def model_info(bundle: Bundle, max_batch_rows: int) -> pb.ModelInfo:
         has_router=m.router is not None,
         max_batch_rows=max_batch_rows,
         metrics_json=json.dumps(m.metrics, sort_keys=True),
+        quantization=m.quantization,
     )

@@ -13,6 +13,7 @@ import pytest
 import torch
 from serving_fixtures import DIMS, TinyCTR, in_memory_scores, random_rows
 
+from serving import wire
 from serving.bundle import MANIFEST, SCHEMA_VERSION, BundleError, _sha256, load_bundle, read_manifest, write_bundle
 from serving.encode import Encoder
 from serving.features import FeatureSpec, Field
@@ -205,3 +206,69 @@ def test_single_cluster_bundle_without_router(tmp_path, spec, models):
     with torch.no_grad():
         want = torch.sigmoid(model(*inputs)).numpy()
     assert (got.clusters == 0).all() and float(np.max(np.abs(got.probabilities - want))) < 1e-6
+
+
+def test_int8_quantized_bundle_routes_identically_and_scores_close(tmp_path, spec, models, bundle):
+    cluster_models, router = models
+    rows = random_rows(spec, 500, seed=13)
+    example = Encoder(spec).encode_rows(rows[:32]).to_inputs(spec.names)
+    out = write_bundle(tmp_path / "int8", spec=spec, cluster_models=cluster_models, router=router, example=example,
+                       version="toy-int8", dims=DIMS, quantize="int8")
+    quantized = load_bundle(out)
+    assert quantized.manifest.quantization == "int8" and bundle.manifest.quantization == "none"
+    assert quantized.dims == DIMS  # recorded from the float tables
+    report = quantized.metrics["quantization"]
+    assert report["dtype"] == "int8" and report["rows"] == 32 and 0 < report["max_abs_prob_change"] < 1e-2
+    got, want = Predictor(quantized).predict_rows(rows), Predictor(bundle).predict_rows(rows)
+    assert np.array_equal(got.clusters, want.clusters)  # the router stays float32
+    change = np.abs(got.probabilities - want.probabilities)
+    assert 0 < float(change.max()) < 1e-2
+    assert wire.model_info(quantized, 64).quantization == "int8"
+    for p in cluster_models + [router]:  # the caller's models are left float
+        assert not any(type(m).__module__.startswith("torchrec.quant") for m in p.modules())
+    with pytest.raises(BundleError, match="quantize 'int3'"):
+        write_bundle(tmp_path / "x", spec=spec, cluster_models=cluster_models, router=router, example=example, version="x", quantize="int3")
+
+
+def test_manifest_without_quantization_reads_as_float(copy):
+    edit_manifest(copy, lambda d: d.pop("quantization"))
+    assert read_manifest(copy).quantization == "none"
+    edit_manifest(copy, lambda d: d.update(quantization="int2"))
+    with pytest.raises(BundleError, match="quantization 'int2'"):
+        read_manifest(copy)
+
+
+def rewrite_golden(bundle_dir: Path, role: str, array: np.ndarray) -> None:
+    """Replaces a golden array and re-hashes it: integrity checks pass, content is hostile."""
+    name = f"golden/{role}.npy"
+    np.save(bundle_dir / name, array, allow_pickle=False)
+    entry = {"sha256": _sha256(bundle_dir / name), "bytes": (bundle_dir / name).stat().st_size}
+    edit_manifest(bundle_dir, lambda d: d["files"].update({name: entry}))
+
+
+@pytest.mark.parametrize("role, change, words", [
+    ("lengths", lambda a: a + 1, "golden rows do not match"),  # lengths no longer sum to the values
+    ("lengths", lambda a: -a, "golden rows do not match"),
+    ("values", lambda a: a + 10_000, "golden ids of field"),  # ids past the tables
+    ("values", lambda a: a[: len(a) // 2], "golden rows do not match"),
+    ("clusters", lambda a: a[:-1], "golden outputs have shapes"),
+])
+def test_hostile_golden_rows_are_refused_before_any_program_runs(copy, role, change, words):
+    rewrite_golden(copy, role, change(np.load(copy / f"golden/{role}.npy")))
+    with pytest.raises(BundleError, match=words):
+        load_bundle(copy)
+
+
+def test_programs_run_without_torch_input_hook_but_batches_are_checked(bundle, spec):
+    for program in (bundle.router, *bundle.models):
+        assert not [h for h in program._forward_pre_hooks.values() if "input_constraints" in getattr(h, "__name__", "")]
+    batch = Encoder(spec).encode_rows(random_rows(spec, 4, seed=1))
+    bag = spec.names.index("genres")
+    lengths = list(batch.lengths)
+    lengths[bag] = batch.lengths[bag] + 1
+    broken = type(batch)(batch.dense, batch.ids, tuple(lengths))
+    with pytest.raises(ValueError, match="bag lengths"):
+        broken.to_inputs(spec.names)
+    short = type(batch)(batch.dense, tuple(ids[:2] if lens is None else ids for ids, lens in zip(batch.ids, batch.lengths)), batch.lengths)
+    with pytest.raises(ValueError, match="2 ids for 4 rows"):
+        short.to_inputs(spec.names)

@@ -123,7 +123,7 @@ class ClusterInfo(_message.Message):
     def __init__(self, id: _Optional[int] = ..., dims: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("bundle_version", "dataset", "schema_version", "created", "fields", "clusters", "has_router", "max_batch_rows", "metrics_json")
+    __slots__ = ("bundle_version", "dataset", "schema_version", "created", "fields", "clusters", "has_router", "max_batch_rows", "metrics_json", "quantization")
     BUNDLE_VERSION_FIELD_NUMBER: _ClassVar[int]
     DATASET_FIELD_NUMBER: _ClassVar[int]
     SCHEMA_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -133,6 +133,7 @@ class ModelInfo(_message.Message):
     HAS_ROUTER_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_ROWS_FIELD_NUMBER: _ClassVar[int]
     METRICS_JSON_FIELD_NUMBER: _ClassVar[int]
+    QUANTIZATION_FIELD_NUMBER: _ClassVar[int]
     bundle_version: str
     dataset: str
     schema_version: int
@@ -142,4 +143,5 @@ class ModelInfo(_message.Message):
     has_router: bool
     max_batch_rows: int
     metrics_json: str
-    def __init__(self, bundle_version: _Optional[str] = ..., dataset: _Optional[str] = ..., schema_version: _Optional[int] = ..., created: _Optional[str] = ..., fields: _Optional[_Iterable[_Union[FieldInfo, _Mapping]]] = ..., clusters: _Optional[_Iterable[_Union[ClusterInfo, _Mapping]]] = ..., has_router: _Optional[bool] = ..., max_batch_rows: _Optional[int] = ..., metrics_json: _Optional[str] = ...) -> None: ...
+    quantization: str
+    def __init__(self, bundle_version: _Optional[str] = ..., dataset: _Optional[str] = ..., schema_version: _Optional[int] = ..., created: _Optional[str] = ..., fields: _Optional[_Iterable[_Union[FieldInfo, _Mapping]]] = ..., clusters: _Optional[_Iterable[_Union[ClusterInfo, _Mapping]]] = ..., has_router: _Optional[bool] = ..., max_batch_rows: _Optional[int] = ..., metrics_json: _Optional[str] = ..., quantization: _Optional[str] = ...) -> None: ...

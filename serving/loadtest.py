@@ -1,0 +1,292 @@
+"""Load generator for a running embstack server: throughput, latency percentiles, errors.
+
+    # open loop: requests leave on a fixed schedule whatever the server does
+    .venv/bin/python -m serving.loadtest --target 127.0.0.1:50051 --rows-per-request 100 \\
+        --qps 200 --duration 20 --out runs/loadtest/qps200.json
+    # a sweep: the most rows/s with p99 < 50 ms among several rates
+    .venv/bin/python -m serving.loadtest --target 127.0.0.1:50051 --rows-per-request 100 \\
+        --qps 100,150,200,250 --duration 12 --out runs/loadtest/sweep.json
+    # closed loop: C callers, each sending its next request when the last one returns
+    .venv/bin/python -m serving.loadtest --target 127.0.0.1:50051 --rows-per-request 100 \\
+        --concurrency 8 --duration 20 --out runs/loadtest/c8.json
+
+Requests use the columnar form with random valid pre-encoded ids (or, with --rows, rows
+from a JSON-lines file), built and serialised before the clock starts: `--distinct`
+different messages are cycled so the generator spends its time sending, not encoding.
+
+Open loop (--qps) measures each request from the moment the schedule says it should have
+been sent, not from when the generator got round to sending it, so a server that stalls
+is charged for the requests queued behind the stall (no coordinated omission).
+`send_lag_ms` reports how far behind schedule the generator itself ran; a large value
+means the generator, not the server, was the bottleneck.
+
+The first --warmup seconds are sent but left out of the figures. Latency percentiles are
+over successful requests; failed ones are counted by status code in `errors`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from serving._proto.embstack.v1 import inference_pb2 as pb
+from serving._proto.embstack.v1 import inference_pb2_grpc as pb_grpc
+from serving.client import column_request, kinds_of, random_columns, read_rows
+
+SCORE_METHOD = "/embstack.v1.Inference/Score"
+
+
+@dataclass
+class Record:
+    """What happened to the requests sent (appended from gRPC callback threads)."""
+
+    scheduled: list[float] = field(default_factory=list)  # intended send time (perf_counter)
+    latency: list[float] = field(default_factory=list)  # seconds from `scheduled` to completion
+    codes: list[str] = field(default_factory=list)
+    versions: list[str] = field(default_factory=list)
+    lag: list[float] = field(default_factory=list)  # actual - intended send time (open loop)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, scheduled: float, done: float, code: str, version: str) -> None:
+        with self.lock:
+            self.scheduled.append(scheduled)
+            self.latency.append(done - scheduled)
+            self.codes.append(code)
+            self.versions.append(version)
+
+
+def build_payloads(stub: pb_grpc.InferenceStub, args: argparse.Namespace) -> tuple[list[bytes], pb.ModelInfo]:
+    info = stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=10)
+    n = args.rows_per_request
+    if args.rows:
+        with open(args.rows) as fh:
+            rows = read_rows(fh)
+        if not rows:
+            raise ValueError(f"{args.rows}: no rows")
+        kinds = kinds_of(info)
+        payloads = []
+        for k in range(args.distinct):
+            chunk = [rows[(k * n + i) % len(rows)] for i in range(n)]
+            payloads.append(column_request(chunk, kinds).SerializeToString())
+        return payloads, info
+    rng = np.random.default_rng(args.seed)
+    return [random_columns(info, n, rng).SerializeToString() for _ in range(args.distinct)], info
+
+
+def _on_done(record: Record, scheduled: float, future) -> None:
+    done = time.perf_counter()
+    code = future.code()
+    version = ""
+    if code is grpc.StatusCode.OK:
+        version = future.result().bundle_version
+    record.add(scheduled, done, code.name if code is not None else "UNKNOWN", version)
+
+
+def open_loop(call, payloads: list[bytes], qps: float, duration: float, timeout: float) -> tuple[Record, int]:
+    """Sends at `qps` for `duration` s on a fixed schedule; returns (record, requests sent)."""
+    record = Record()
+    interval = 1.0 / qps
+    start = time.perf_counter() + 0.05
+    end = start + duration
+    futures = []
+    i = 0
+    while True:
+        scheduled = start + i * interval
+        if scheduled >= end:
+            break
+        now = time.perf_counter()
+        if scheduled > now:
+            time.sleep(scheduled - now)
+            now = time.perf_counter()
+        record.lag.append(now - scheduled)
+        fut = call.future(payloads[i % len(payloads)], timeout=timeout)
+        fut.add_done_callback(lambda f, s=scheduled: _on_done(record, s, f))
+        futures.append(fut)
+        i += 1
+    _wait_all(futures, timeout + 10)
+    return record, i
+
+
+def closed_loop(call, payloads: list[bytes], concurrency: int, duration: float, timeout: float) -> tuple[Record, int]:
+    """`concurrency` callers, each sending its next request when the previous returns."""
+    record = Record()
+    start = time.perf_counter() + 0.05
+    end = start + duration
+    sent = [0] * concurrency
+
+    def caller(c: int) -> None:
+        k = c
+        while time.perf_counter() < start:
+            time.sleep(0.001)
+        while True:
+            t0 = time.perf_counter()
+            if t0 >= end:
+                return
+            try:
+                reply = call(payloads[k % len(payloads)], timeout=timeout)
+                record.add(t0, time.perf_counter(), "OK", reply.bundle_version)
+            except grpc.RpcError as e:
+                record.add(t0, time.perf_counter(), e.code().name, "")
+            sent[c] += 1
+            k += concurrency
+
+    threads = [threading.Thread(target=caller, args=(c,), daemon=True) for c in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(duration + timeout + 10)
+    return record, sum(sent)
+
+
+def _wait_all(futures, limit: float) -> None:
+    deadline = time.monotonic() + limit
+    for f in futures:
+        try:
+            f.exception(timeout=max(0.0, deadline - time.monotonic()))
+        except grpc.FutureTimeoutError:
+            break
+
+
+def summarize(record: Record, sent: int, args: argparse.Namespace, window_start: float, window: float) -> dict:
+    scheduled = np.asarray(record.scheduled)
+    keep = scheduled >= window_start
+    codes = np.asarray(record.codes)[keep]
+    latency = np.asarray(record.latency)[keep]
+    ok = codes == "OK"
+    errors: dict[str, int] = {}
+    for c in codes[~ok].tolist():
+        errors[c] = errors.get(c, 0) + 1
+    versions: dict[str, int] = {}
+    for v in np.asarray(record.versions)[keep][ok].tolist():
+        versions[v] = versions.get(v, 0) + 1
+    lat_ms = latency[ok] * 1e3
+
+    def pct(q: float) -> float | None:
+        return round(float(np.percentile(lat_ms, q)), 3) if len(lat_ms) else None
+
+    lag_ms = np.asarray(record.lag) * 1e3
+    n_ok = int(ok.sum())
+    return {
+        "target": args.target,
+        "mode": "open" if args.qps else "closed",
+        "qps_target": args.qps,
+        "concurrency": args.concurrency,
+        "rows_per_request": args.rows_per_request,
+        "duration_s": args.duration,
+        "warmup_s": args.warmup,
+        "timeout_s": args.timeout,
+        "sent": sent,
+        "measured": int(keep.sum()),
+        "ok": n_ok,
+        "errors": errors,
+        "achieved_qps": round(n_ok / window, 2) if window > 0 else None,
+        "rows_per_s": round(n_ok * args.rows_per_request / window, 1) if window > 0 else None,
+        "latency_ms": {
+            "p50": pct(50), "p95": pct(95), "p99": pct(99),
+            "max": round(float(lat_ms.max()), 3) if len(lat_ms) else None,
+            "mean": round(float(lat_ms.mean()), 3) if len(lat_ms) else None,
+        },
+        "send_lag_ms": {"p99": round(float(np.percentile(lag_ms, 99)), 3), "max": round(float(lag_ms.max()), 3)} if len(lag_ms) else None,
+        "versions": versions,
+        "client": {"pid": os.getpid(), "cores": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None},
+    }
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m serving.loadtest", description=__doc__.splitlines()[0])
+    ap.add_argument("--target", required=True, help="HOST:PORT of the server")
+    ap.add_argument("--rows-per-request", type=int, default=100)
+    mode = ap.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--qps", type=_rates, help="open loop: requests per second on a fixed schedule; several "
+                      "comma-separated rates run one after another (a sweep, see --p99-target-ms)")
+    mode.add_argument("--concurrency", type=int, help="closed loop: callers with one request outstanding each")
+    ap.add_argument("--duration", type=float, required=True, help="seconds of load, warm-up included")
+    ap.add_argument("--warmup", type=float, default=1.0, help="first seconds left out of the figures")
+    ap.add_argument("--timeout", type=float, default=1.0, help="deadline per request, seconds")
+    ap.add_argument("--out", required=True, help="JSON report to write")
+    ap.add_argument("--rows", default=None, help="JSON-lines rows to send instead of random ids")
+    ap.add_argument("--distinct", type=int, default=64, help="different request messages to cycle")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--p99-target-ms", type=float, default=50.0,
+                    help="a sweep reports the run with the most rows/s whose p99 is under this and that had no errors")
+    args = ap.parse_args(argv)
+    if args.rows_per_request < 1 or args.duration <= args.warmup or args.distinct < 1:
+        ap.error("need --rows-per-request >= 1, --duration > --warmup, --distinct >= 1")
+    if (args.qps is not None and min(args.qps) <= 0) or (args.concurrency is not None and args.concurrency < 1):
+        ap.error("--qps must be > 0 and --concurrency >= 1")
+    return args
+
+
+def _rates(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a rate or comma-separated rates") from None
+
+
+def run_once(call, payloads: list[bytes], args: argparse.Namespace, qps: float | None) -> dict:
+    """One load run (open loop at `qps`, or closed loop) → its report."""
+    t0 = time.perf_counter()
+    if qps:
+        record, sent = open_loop(call, payloads, qps, args.duration, args.timeout)
+    else:
+        record, sent = closed_loop(call, payloads, args.concurrency, args.duration, args.timeout)
+    start = min(record.scheduled) if record.scheduled else t0
+    report = summarize(record, sent, args, start + args.warmup, args.duration - args.warmup)
+    report["qps_target"] = qps
+    lat = report["latency_ms"]
+    print(
+        f"loadtest: {report['mode']} loop{f' at {qps:g}/s' if qps else ''}, {report['achieved_qps']} req/s, "
+        f"{report['rows_per_s']} rows/s, p50 {lat['p50']} ms, p99 {lat['p99']} ms, max {lat['max']} ms, "
+        f"errors {report['errors'] or 0}",
+        flush=True,
+    )
+    return report
+
+
+def best_under(reports: list[dict], p99_ms: float) -> dict | None:
+    """The run with the most rows/s among those without errors and with p99 < p99_ms."""
+    ok = [r for r in reports if not r["errors"] and r["latency_ms"]["p99"] is not None and r["latency_ms"]["p99"] < p99_ms]
+    return max(ok, key=lambda r: r["rows_per_s"]) if ok else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    options = [("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)]
+    with grpc.insecure_channel(args.target, options=options) as channel:
+        try:
+            payloads, _ = build_payloads(pb_grpc.InferenceStub(channel), args)
+        except grpc.RpcError as e:
+            print(f"loadtest: {args.target}: {e.code().name}: {e.details()}", file=sys.stderr)
+            return 1
+        except (OSError, ValueError) as e:
+            print(f"loadtest: {e}", file=sys.stderr)
+            return 2
+        call = channel.unary_unary(SCORE_METHOD, request_serializer=None, response_deserializer=pb.ScoreResponse.FromString)
+        reports = [run_once(call, payloads, args, q) for q in (args.qps or [None])]
+    if len(reports) == 1:
+        result = reports[0]
+    else:
+        best = best_under(reports, args.p99_target_ms)
+        result = {"sweep": reports, "p99_target_ms": args.p99_target_ms, "best": best}
+        print(f"loadtest: most rows/s with p99 < {args.p99_target_ms:g} ms and no errors: "
+              + (f"{best['rows_per_s']} rows/s at {best['qps_target']:g}/s (p50 {best['latency_ms']['p50']} ms, "
+                 f"p99 {best['latency_ms']['p99']} ms)" if best else "none of the rates"))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"loadtest: → {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,233 @@
+"""Micro-batching: merged requests score like the offline predictor; deadlines and
+overload are honoured; batches never mix bundles; thread counts follow the cores."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import grpc
+import numpy as np
+import pytest
+from rpc_helpers import column_request, row_request
+from serving_fixtures import random_rows
+
+import serving.batcher as batcher_mod
+import serving.server as server_mod
+from serving._proto.embstack.v1 import inference_pb2_grpc as pb_grpc
+from serving.batch import FeatureBatch
+from serving.batcher import BatchConfig, MicroBatcher
+from serving.encode import Limits
+from serving.errors import DeadlineExceeded, Overloaded
+from serving.predictor import Prediction, Predictor
+from serving.server import ServerConfig
+
+LIMITS = Limits(max_rows=64, max_bag=16)
+
+
+class StubPredictor:
+    """Scores row r as r / 1000 (dense column 0 carries r); records every call; can block."""
+
+    def __init__(self, version: str = "stub"):
+        self.version = version
+        self.calls: list[list[int]] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.entered = threading.Event()
+
+    def predict(self, batch: FeatureBatch) -> Prediction:
+        self.entered.set()
+        self.gate.wait(10)
+        rows = batch.dense[:, 0].astype(int).tolist()
+        self.calls.append(rows)
+        return Prediction(np.asarray(rows, np.float32) / 1000, np.zeros(len(rows), np.int64), self.version)
+
+
+def rows_batch(*rows: int) -> FeatureBatch:
+    return FeatureBatch(np.asarray(rows, np.float32)[:, None], (), ())
+
+
+def test_merges_requests_and_splits_results_in_order():
+    stub = StubPredictor()
+    stub.gate.clear()
+    b = MicroBatcher(BatchConfig(max_rows=100, workers=1))
+    try:
+        results = {}
+        blocker = threading.Thread(target=lambda: results.update(first=b.submit(stub, rows_batch(0))))
+        blocker.start()
+        assert stub.entered.wait(5)
+        threads = [threading.Thread(target=lambda k=k: results.update({k: b.submit(stub, rows_batch(k * 10, k * 10 + 1))})) for k in range(1, 6)]
+        for t in threads:
+            t.start()
+        assert wait_for(lambda: b.queued_rows == 10)
+        stub.gate.set()
+        for t in [blocker, *threads]:
+            t.join(5)
+        assert stub.calls[0] == [0] and len(stub.calls) == 2  # the five waiting requests went in one call
+        assert sorted(stub.calls[1]) == sorted(r for k in range(1, 6) for r in (k * 10, k * 10 + 1))
+        for k in range(1, 6):
+            assert results[k].probabilities.tolist() == pytest.approx([k * 10 / 1000, (k * 10 + 1) / 1000])
+    finally:
+        stub.gate.set()
+        b.close()
+
+
+def test_max_rows_caps_a_merged_batch():
+    stub = StubPredictor()
+    stub.gate.clear()
+    b = MicroBatcher(BatchConfig(max_rows=4, workers=1))
+    try:
+        threads = [threading.Thread(target=b.submit, args=(stub, rows_batch(k, k))) for k in range(5)]
+        threads[0].start()
+        assert stub.entered.wait(5)
+        for t in threads[1:]:
+            t.start()
+        assert wait_for(lambda: b.queued_rows == 8)
+        stub.gate.set()
+        for t in threads:
+            t.join(5)
+        assert [len(c) for c in stub.calls] == [2, 4, 4]
+    finally:
+        stub.gate.set()
+        b.close()
+
+
+def test_expired_requests_are_not_worked_on_and_overload_is_refused():
+    stub = StubPredictor()
+    stub.gate.clear()
+    b = MicroBatcher(BatchConfig(max_rows=100, max_queue_rows=5, workers=1))
+    try:
+        threading.Thread(target=b.submit, args=(stub, rows_batch(1)), daemon=True).start()
+        assert stub.entered.wait(5)  # the worker is busy with row 1
+        start = time.monotonic()
+        with pytest.raises(DeadlineExceeded):
+            b.submit(stub, rows_batch(2, 2, 2), deadline=time.monotonic() + 0.1)
+        assert 0.09 <= time.monotonic() - start < 2
+        with pytest.raises(Overloaded, match="rows already waiting"):  # 3 abandoned rows still queued + 3 > 5
+            b.submit(stub, rows_batch(3, 3, 3))
+        late = threading.Thread(target=b.submit, args=(stub, rows_batch(4)), daemon=True)
+        late.start()
+        stub.gate.set()
+        late.join(5)
+        assert [2, 2, 2] not in stub.calls and [3, 3, 3] not in stub.calls
+        assert sorted(r for c in stub.calls for r in c) == [1, 4]
+    finally:
+        stub.gate.set()
+        b.close()
+
+
+def test_a_batch_holds_requests_of_one_predictor_only():
+    old, new = StubPredictor("old"), StubPredictor("new")
+    old.gate.clear()
+    b = MicroBatcher(BatchConfig(max_rows=100, workers=1))
+    try:
+        out = []
+        threading.Thread(target=lambda: out.append(b.submit(old, rows_batch(0))), daemon=True).start()
+        assert old.entered.wait(5)
+        submits = [(old, 1), (old, 2), (new, 3), (new, 4), (old, 5)]
+        threads = [threading.Thread(target=lambda p=p, r=r: out.append(b.submit(p, rows_batch(r))), daemon=True) for p, r in submits]
+        for t in threads:
+            t.start()
+            time.sleep(0.02)  # keep submission order
+        assert wait_for(lambda: b.queued_rows == 5)
+        old.gate.set()
+        for t in threads:
+            t.join(5)
+        assert old.calls == [[0], [1, 2], [5]] and new.calls == [[3, 4]]
+        assert sorted(p.version for p in out) == ["new", "new", "old", "old", "old", "old"]
+    finally:
+        old.gate.set()
+        b.close()
+
+
+def test_thread_counts_follow_the_cores(monkeypatch):
+    monkeypatch.setattr(batcher_mod, "available_cores", lambda: 1)
+    monkeypatch.setattr(server_mod, "available_cores", lambda: 1)
+    assert BatchConfig().workers == 1
+    assert ServerConfig().handler_threads() == 16
+    assert ServerConfig(batching=BatchConfig(enabled=False)).handler_threads() == 2
+    monkeypatch.setattr(batcher_mod, "available_cores", lambda: 8)
+    monkeypatch.setattr(server_mod, "available_cores", lambda: 8)
+    assert BatchConfig().workers == 8
+    assert ServerConfig().handler_threads() == 64  # capped by max_concurrent_rpcs
+    assert ServerConfig(max_workers=3).handler_threads() == 3
+
+
+@pytest.mark.parametrize("batching", [True, False], ids=["batching-on", "batching-off"])
+def test_concurrent_requests_score_like_the_offline_predictor(batching, bundle_dir, bundle, spec, start_server):
+    config = ServerConfig(max_workers=8, limits=LIMITS, metrics_port=0, batching=BatchConfig(enabled=batching, max_wait_ms=20))
+    app = start_server(bundle_dir, config)
+    offline = Predictor(bundle, LIMITS)
+    requests = [random_rows(spec, n, seed=100 + n) for n in (1, 3, 7, 12, 20, 33, 50, 64)]
+    got, errors = {}, []
+    with grpc.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+        stub = pb_grpc.InferenceStub(channel)
+
+        def send(k: int) -> None:
+            try:
+                rows = requests[k]
+                req = row_request(rows) if k % 2 else column_request(spec, rows)
+                got[k] = stub.Score(req, timeout=20)
+            except Exception as e:  # reported below
+                errors.append(e)
+
+        threads = [threading.Thread(target=send, args=(k,)) for k in range(len(requests))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+    assert errors == []
+    for k, rows in enumerate(requests):
+        want = offline.predict_rows(rows)
+        assert list(got[k].clusters) == want.clusters.tolist()
+        assert float(np.max(np.abs(np.asarray(got[k].probabilities) - want.probabilities))) < 1e-6
+    merged = app.metrics.batch_requests
+    calls = merged.count()
+    if batching:
+        assert calls < len(requests)  # some requests shared a model call
+    else:
+        assert calls == len(requests)
+
+
+def wait_for(predicate, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.005)
+    return False
+
+
+def test_grpc_deadlines_and_overload(bundle_dir, spec, start_server, monkeypatch):
+    """Over gRPC: a request whose deadline passes in the queue → DEADLINE_EXCEEDED and is
+    never scored; a full queue → RESOURCE_EXHAUSTED at once; the server then serves on."""
+    gate, entered, scored = threading.Event(), threading.Event(), []
+    real_predict = Predictor.predict
+
+    def predict(self, batch):
+        entered.set()
+        gate.wait(10)
+        scored.append(batch.num_rows)
+        return real_predict(self, batch)
+
+    config = ServerConfig(max_workers=8, limits=LIMITS, metrics_port=0, batching=BatchConfig(max_rows=64, max_queue_rows=10, workers=1))
+    app = start_server(bundle_dir, config)
+    monkeypatch.setattr(Predictor, "predict", predict)  # after the warm-up
+    with grpc.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+        stub = pb_grpc.InferenceStub(channel)
+        blocker = stub.Score.future(row_request(random_rows(spec, 1, seed=1)), timeout=20)
+        assert entered.wait(10)
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Score(row_request(random_rows(spec, 8, seed=2)), timeout=0.3)
+        assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        start = time.monotonic()
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Score(row_request(random_rows(spec, 5, seed=3)), timeout=10)
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "overloaded" in info.value.details()
+        assert time.monotonic() - start < 2  # refused at once, not after queueing
+        gate.set()
+        assert len(blocker.result().probabilities) == 1
+        assert len(stub.Score(row_request(random_rows(spec, 4, seed=4)), timeout=10).probabilities) == 4
+    assert scored == [1, 4]  # the expired 8 rows were never scored
+    assert wait_for(lambda: app.metrics.requests.value("embstack.v1.Inference/Score", "DEADLINE_EXCEEDED") == 1)
+    assert app.metrics.requests.value("embstack.v1.Inference/Score", "RESOURCE_EXHAUSTED") == 1
