@@ -12,6 +12,7 @@ from trainer.config import ConfigError, read_toml
 
 RECIPES = {
     "ihas": "trainer.jobs.ihas",
+    "autodpq": "trainer.jobs.autodpq",
 }
 
 

@@ -1,0 +1,169 @@
+"""DPQ-compressed tables: lookups, pooling, gradients, train/inference agreement, bytes, export."""
+
+import numpy as np
+import pytest
+import torch
+
+from trainer.models.ctr import ModelConfig, build_model
+from trainer.models.dpq import (
+    OTHERS,
+    CompressedEmbeddings,
+    DPQCodebook,
+    code_dtype,
+    compressed_model,
+    dpq,
+    n_full_ids,
+    plan_layout,
+    served_model,
+    to_served,
+)
+
+# descending train counts per id (id 0 = OOV); threshold 10 → a: ids 4..7 coded, g: ids 2..3, n: 3..4
+COUNTS = {
+    "a": np.array([0, 50, 40, 30, 5, 3, 2, 1]),
+    "n": np.array([0, 90, 20, 9, 1]),
+    "g": np.array([0, 30, 5, 2]),
+    "c": np.array([0, 70, 60]),
+}
+DIM = 8
+
+
+def layout(toy_spec, **choices):
+    return plan_layout(toy_spec, COUNTS, {n: DIM for n in toy_spec.names}, threshold=10, choices=choices)
+
+
+def trained_like(toy_spec, seed=0, **choices) -> CompressedEmbeddings:
+    """A compressed module with random (not tiny) rows and centroids drawn from them."""
+    torch.manual_seed(seed)
+    emb = CompressedEmbeddings(layout(toy_spec, **choices), init_scale=1.0)
+    emb.init_codebooks(seed)
+    return emb
+
+
+def single(field: str, ids: list[int], keys: list[str]):
+    """A KJT with one id per row for `field` and id 1 for every other key."""
+    from torchrec import KeyedJaggedTensor
+
+    n = len(ids)
+    values = torch.cat([torch.tensor(ids) if k == field else torch.ones(n, dtype=torch.long) for k in keys])
+    return KeyedJaggedTensor(keys=keys, values=values, lengths=torch.ones(n * len(keys), dtype=torch.int32))
+
+
+def test_split_is_a_suffix_and_needs_count_order(toy_spec):
+    lay = layout(toy_spec)
+    assert [(t.name, t.n_full, t.n_low) for t in lay.tables] == [("a", 4, 4), ("n", 3, 2), ("g", 2, 2), ("c", 3, 0)]
+    with pytest.raises(ValueError, match="descending train-count"):
+        n_full_ids(np.array([0, 1, 5, 3]), 2, "x")
+    with pytest.raises(ValueError, match="no low-frequency"):
+        layout(toy_spec, c=dpq(2, 2))
+
+
+def test_inference_lookup_of_a_coded_id_is_its_centroids(toy_spec):
+    emb = trained_like(toy_spec, a=dpq(4, 2))
+    served = to_served(emb)
+    codes = served.codes_a
+    assert codes.dtype == torch.uint8 and codes.shape == (4, 2)
+    out = served(single("a", [4, 5, 6, 7], toy_spec.names))[0]
+    book = emb.codebooks["a"].centroids  # [D, K, X/D]
+    for row, v in enumerate(range(4, 8)):
+        want = torch.cat([book[i, int(codes[v - 4, i])] for i in range(2)])
+        assert torch.equal(out[row], want)
+    # the code is the argmax of the raw row's dot products with each sub-space's centroids
+    raw = emb.raw["a"].weight.detach().reshape(4, 2, 4)
+    assert torch.equal(codes.long(), torch.einsum("vdx,dkx->vdk", raw, book.detach()).argmax(-1))
+
+
+@pytest.mark.parametrize("form", ["train", "served"])
+def test_bag_pooling_is_the_mean_of_per_id_vectors(toy_spec, toy_batch, form):
+    emb = trained_like(toy_spec, a=dpq(4, 4), g=dpq(2, 2), n=OTHERS).eval()
+    module = emb if form == "train" else to_served(emb)
+    with torch.no_grad():
+        pooled = module(toy_batch.sparse_features)[2]  # field g (mean-pooled bag)
+        per_id = module(single("g", [0, 1, 2, 3], toy_spec.names))[2]  # one vector per g id
+    for row, ids in enumerate(toy_batch.sparse_features.to_dict()["g"].to_dense()):
+        want = per_id[ids].mean(0) if len(ids) else torch.zeros(DIM)
+        assert torch.allclose(pooled[row], want, atol=1e-6)
+
+
+def test_others_ids_share_one_row(toy_spec):
+    emb = trained_like(toy_spec, a=OTHERS)
+    out = emb(single("a", [3, 4, 5, 6, 7], toy_spec.names))[0]
+    assert not torch.equal(out[0], out[1])
+    assert all(torch.equal(out[1], out[i]) for i in range(2, 5))
+
+
+def test_training_gradients_reach_raw_rows_centroids_and_tables(toy_spec, toy_batch):
+    emb = trained_like(toy_spec, a=dpq(4, 2), g=dpq(2, 2))
+    for book in emb.codebooks.values():
+        book.tau = 1.0  # soft enough that every raw row is off a tie (τ_KD = 1e-4: next test)
+    sum(e.pow(2).sum() for e in emb(toy_batch.sparse_features)).backward()
+    ids = toy_batch.sparse_features.to_dict()["a"].values()
+    used = sorted(set((ids[ids >= 4] - 4).tolist()))
+    assert used, "the toy batch has coded ids of field a"
+    raw_grad = emb.raw["a"].weight.grad
+    assert all(raw_grad[i].abs().sum() > 0 for i in used)
+    assert emb.codebooks["a"].centroids.grad.abs().sum() > 0 and emb.codebooks["g"].centroids.grad.abs().sum() > 0
+    table_grad = emb.ebc.embedding_bags["t_a"].weight.grad
+    high = sorted(set(ids[ids < 4].tolist()))
+    assert all(table_grad[i].abs().sum() > 0 for i in high)
+
+
+def test_straight_through_at_tau_kd_1e4():
+    """Forward = the hard choice exactly; near a tie the softmax passes gradient to the raw row."""
+    book = DPQCodebook(k=2, d=1, dim=2)  # τ_KD = 1e-4
+    with torch.no_grad():
+        book.centroids.copy_(torch.tensor([[[1.0, 0.0], [0.0, 1.0]]]))
+    e = torch.tensor([[0.5, 0.5 - 1e-4], [2.0, -1.0]], requires_grad=True)  # a near tie; a clear winner
+    out = book(e)
+    assert torch.equal(out, torch.tensor([[1.0, 0.0], [1.0, 0.0]]))
+    (out * torch.tensor([0.0, 1.0])).sum().backward()
+    assert e.grad[0].abs().sum() > 0  # soft path at the tie
+    assert torch.equal(e.grad[1], torch.zeros(2))  # saturated softmax: no gradient
+    assert book.centroids.grad[0, 0, 1] != 0  # the chosen centroid gets the output gradient
+
+
+def test_hard_forward_equals_inference_path(toy_spec, toy_batch):
+    emb = trained_like(toy_spec, a=dpq(4, 2), n=OTHERS, g=dpq(2, 4))
+    train_out = emb(toy_batch.sparse_features)  # training form, autograd on
+    served_out = to_served(emb)(toy_batch.sparse_features)
+    for got, want in zip(served_out, train_out):
+        assert torch.allclose(got, want.detach(), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("k", [4, 300])
+def test_reported_bytes_are_the_bytes_stored(toy_spec, k):
+    lay = layout(toy_spec, a=dpq(k, 2), n=OTHERS, g=dpq(2, 8))
+    served = to_served(CompressedEmbeddings(lay))
+    assert served.codes_a.dtype == code_dtype(k) == (torch.uint8 if k <= 256 else torch.int16)
+    stored = sum(t.numel() * t.element_size() for t in served.state_dict().values())
+    assert lay.embedding_bytes == served.stored_bytes() == stored
+    # no raw low-frequency rows at inference: a coded field costs codes + centroids + frequent rows
+    a = lay.table("a")
+    assert a.embedding_bytes == 4 * DIM * 4 + 4 * 2 * served.codes_a.element_size() + 2 * k * 4 * 4
+    assert not any("raw" in key for key in served.state_dict())
+
+
+def test_bundle_round_trip_serves_the_offline_scores(toy_spec, toy_batch, tmp_path):
+    from serving.batch import FeatureBatch
+    from serving.bundle import load_bundle, write_bundle
+    from serving.predictor import Predictor
+
+    cfg = ModelConfig(name="deepfm", embedding_dim=DIM, mlp=[8])
+    fe = build_model(toy_spec, cfg)
+    torch.nn.init.normal_(fe.embeddings.ebc.embedding_bags["t_g"].weight)
+    torch.nn.init.normal_(fe.embeddings.ebc.embedding_bags["t_a"].weight)
+    model = compressed_model(toy_spec, cfg, layout(toy_spec, a=dpq(4, 2), n=OTHERS, g=dpq(2, 2)))
+    from trainer.search.autodpq.method import load_pretrained
+
+    load_pretrained(model, fe, seed=0)
+    model.eval()
+    dense, sparse = toy_batch.dense_features, toy_batch.sparse_features
+    path = write_bundle(tmp_path / "b", spec=toy_spec, cluster_models=[served_model(model)], router=None,
+                        example=(dense, sparse), version="dpq-test")
+    bundle = load_bundle(path)
+    derived = [t for t in bundle.manifest.clusters[0].tables if "derived" in t]
+    assert {t["derived"] for t in derived} >= {"a:dpq", "a:dpq0", "a:dpq1", "g:dpq0", "n:others"}
+    got = Predictor(bundle).predict(FeatureBatch.from_inputs(toy_spec, dense, sparse)).probabilities
+    with torch.no_grad():
+        want = torch.sigmoid(model(dense, sparse)).numpy()
+    assert np.abs(got - want).max() < 1e-6
