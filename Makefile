@@ -5,7 +5,7 @@ setup:
 	scripts/setup.sh
 
 run: setup
-	.venv/bin/python -m trainer train --config configs/deepfm_ml100k.toml --out runs/deepfm_ml100k
+	.venv/bin/python -m trainer search --config configs/ihas_ml100k.toml --out runs/ihas_ml100k
 
 test: setup
 	.venv/bin/python -m pytest tests

@@ -18,7 +18,7 @@ if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
   # torchrec declares the CUDA fbgemm-gpu as a dependency: install it alone, then its real needs.
   $PIP install -q --no-deps torchrec==1.8.0
   $PIP install -q tensordict==0.15.3 torchmetrics==1.0.3 tqdm==4.70.1 pyre-extensions==0.0.32
-  $PIP install -q -e ".[dev]"
+  $PIP install -q -e ".[dev,plots]"
   echo "$want" > "$stamp"
 fi
 wheel=data/downloads/recbole-1.2.1-py3-none-any.whl

@@ -7,14 +7,14 @@ the trained supernet by `router()`.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
 
 from serving.features import FeatureSpec
 from trainer.data.batches import iterate_batches
-from trainer.models.ctr import ModelConfig, build_model
+from trainer.models.ctr import MODELS, ModelConfig, build_model
 from trainer.search.base import SearchLoopConfig
 from trainer.search.ihas.gates import GateMode, InstanceGates, SharedGates
 from trainer.search.ihas.kmeans import MiniBatchKMeans
@@ -42,8 +42,10 @@ class IHASConfig(SearchLoopConfig):
         keep_ratio: a dim is kept for a cluster if its mean deterministic mask ≥ this (majority).
         kmeans_tol: K-means stops when centroids move less than this (relative to data spread).
         kmeans_max_iter: cap on K-means mini-batch steps.
-        retrain_models: base model types retrained with the frozen gates' dims (transfer);
-            the [model] section's model is always retrained.
+        ablations: also run iHAS-2 (one model from the same search), iHAS-3 (a search
+            without polarization) and iHAS-4 (a search with shared gates).
+        transfer_models: other base model types retrained per cluster with the frozen
+            gates' dims and router, each next to its own Base (the paper's transfer table).
     """
 
     method: str = "ihas"
@@ -58,6 +60,8 @@ class IHASConfig(SearchLoopConfig):
     keep_ratio: float = 0.5
     kmeans_tol: float = 1e-3
     kmeans_max_iter: int = 500
+    ablations: bool = True
+    transfer_models: list[str] = field(default_factory=list)
 
     def validate(self) -> list[str]:
         p = super().validate()
@@ -71,6 +75,9 @@ class IHASConfig(SearchLoopConfig):
             p.append("search.l0 / search.polarization: must be >= 0")
         if self.threshold_bins < 3:
             p.append(f"search.threshold_bins: must be >= 3, got {self.threshold_bins}")
+        unknown = [m for m in self.transfer_models if m not in MODELS]
+        if unknown:
+            p.append(f"search.transfer_models: {unknown} not in {sorted(MODELS)}")
         if not 0 < self.keep_ratio <= 1:
             p.append(f"search.keep_ratio: must be in (0, 1], got {self.keep_ratio}")
         return p
@@ -124,20 +131,24 @@ class IHAS:
                 acc.append(t.numpy())
         return tuple(np.concatenate(a) for a in out)
 
-    def derive(self, ds, batch_size: int, seed: int, log) -> tuple[dict, Router]:
+    def derive(self, ds, batch_size: int, seed: int, log, clusters: int | None = None) -> tuple[dict, Router]:
         """Cluster the deterministic masked embeddings; per cluster, keep majority dims.
+
+        Args:
+            clusters: K, default the config's; 1 gives iHAS-2's single model from the same search.
 
         Returns:
             (decisions as plain JSON, router module).
         """
+        k = clusters or self.cfg.clusters
         masked, masks, probs = self.masked_embeddings(ds, "train", batch_size)
-        kmeans = MiniBatchKMeans(self.cfg.clusters, self.cfg.kmeans_max_iter, self.cfg.kmeans_tol, seed)
+        kmeans = MiniBatchKMeans(k, self.cfg.kmeans_max_iter, self.cfg.kmeans_tol, seed)
         kmeans.fit(masked, batch_size=batch_size)
         assign = kmeans.assign(masked).numpy()
-        log(f"k-means: {kmeans.n_iter} steps, converged={kmeans.converged}, cluster sizes {np.bincount(assign, minlength=self.cfg.clusters).tolist()}")
+        log(f"k-means: {kmeans.n_iter} steps, converged={kmeans.converged}, cluster sizes {np.bincount(assign, minlength=k).tolist()}")
         d = self.model_cfg.embedding_dim
         clusters = []
-        for c in range(self.cfg.clusters):
+        for c in range(k):
             rows = assign == c
             mean_mask = masks[rows].mean(axis=0) if rows.any() else np.zeros(masks.shape[1])
             keep = (mean_mask >= self.cfg.keep_ratio).reshape(len(self.spec.names), d)

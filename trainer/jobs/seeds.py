@@ -1,0 +1,33 @@
+"""Repeated runs of a search job over seeds: launch one run, summarise a figure over seeds."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def run_search_job(config: str, out: Path, overrides: list[str], resume: bool) -> dict:
+    """`python -m trainer search` in a subprocess (a failed run cannot take the others down);
+    its output goes to OUT/job.log. Returns OUT/report.json."""
+    out.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "trainer", "search", "--config", config, "--out", str(out),
+           *(["--resume"] if resume else []), *overrides]
+    with open(out / "job.log", "w") as log:
+        done = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT)
+    if done.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} failed (exit {done.returncode}); see {out / 'job.log'}")
+    return json.loads((out / "report.json").read_text())
+
+
+def stats(values: list[float]) -> dict:
+    """Mean, sample std (ddof 1) and the values themselves."""
+    a = np.asarray(values, dtype=np.float64)
+    return {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if len(a) > 1 else 0.0, "n": len(a), "values": a.tolist()}
+
+
+def pm(s: dict, digits: int = 4) -> str:
+    return f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}"
