@@ -132,3 +132,26 @@ def test_rejects_bad_shapes_and_config():
         InstanceGates(N_STAR, init_prob=1.0)
     with pytest.raises(ValueError):
         SharedGates(N_STAR, tau=0.0)
+
+
+@pytest.mark.parametrize("tau", [1.0, 0.5])
+def test_closed_form_matches_two_class_gumbel_softmax(tau):
+    """The Gumbel-sigmoid form draws the same soft 'select' values as F.gumbel_softmax over
+    (log p, log(1 − p)): compare quantiles of 200k draws at a few logits."""
+    from trainer.search.ihas.gates import straight_through_gumbel
+
+    torch.manual_seed(0)
+    z = torch.tensor([-1.5, 0.0, 0.7, 2.2]).repeat(200_000, 1)
+    z.requires_grad_(True)
+    ours = straight_through_gumbel(z, tau)
+    ours.sum().backward()
+    two_way = torch.stack([F.logsigmoid(z.detach()), F.logsigmoid(-z.detach())], dim=-1)
+    reference = F.gumbel_softmax(two_way, tau=tau, hard=False, dim=-1)[..., 0]
+    u = torch.rand_like(z).clamp_(1e-10, 1 - 1e-7)
+    closed = torch.sigmoid((z.detach() + torch.log(u) - torch.log1p(-u)) / tau)
+    qs = torch.tensor([0.1, 0.25, 0.5, 0.75, 0.9])
+    for col in range(z.shape[1]):
+        assert torch.allclose(torch.quantile(closed[:, col], qs), torch.quantile(reference[:, col], qs), atol=0.01)
+        assert (ours[:, col].detach().mean() - torch.sigmoid(z[0, col].detach())).abs() < 0.005  # Bernoulli(p) forward
+    assert ((ours == 0) | (ours == 1)).all()
+    assert torch.isfinite(z.grad).all() and (z.grad >= 0).all() and (z.grad.sum(0) > 0).all()
