@@ -7,6 +7,8 @@
 # `--bundle /bundles/current`, then `docker kill -s HUP <container>` (or Admin/Reload with
 # EMBSTACK_ADMIN_TOKEN set). `docker stop` sends SIGTERM: health NOT_SERVING, 2 s more of
 # answers for balancers to notice, in-flight RPCs finish (up to 10 s), exit 0.
+# TLS / token: add --tls-cert/--tls-key (mounted read-only) and --auth-token-file to CMD, and
+# --tls-ca to the HEALTHCHECK probe (health needs no token).
 # tests/serving/test_serving_docker.py checks the pins against the tested venv and runs the
 # ENTRYPOINT + CMD and the HEALTHCHECK command against a test bundle.
 FROM python:3.11.7-slim-bookworm

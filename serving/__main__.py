@@ -12,6 +12,10 @@ Signals:
                    --grace s, exit 0.
 Admin RPCs (embstack.v1.Admin/Reload) need the token from $EMBSTACK_ADMIN_TOKEN or
 --admin-token-file; without one they are off.
+Optional security: --tls-cert/--tls-key serve TLS (add --tls-client-ca for mutual TLS);
+--auth-token-file or $EMBSTACK_AUTH_TOKEN makes every RPC but the health check (and
+Admin, which has its own token) carry `authorization: Bearer <token>`. The tools take
+the matching --tls-ca / --token-file (see serving.channels).
 Exit code 2: the bundle did not load (the message names the file); 3: bad arguments.
 """
 
@@ -19,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import sys
 import threading
@@ -27,9 +30,10 @@ import time
 
 from serving.batcher import BatchConfig
 from serving.bundle import BundleError
+from serving.channels import AUTH_TOKEN_ENV, read_token
 from serving.encode import Limits
 from serving.logs import configure, log_event
-from serving.server import App, ServerConfig, start_app
+from serving.server import App, ServerConfig, TlsConfig, start_app
 
 log = logging.getLogger("serving")
 TOKEN_ENV = "EMBSTACK_ADMIN_TOKEN"
@@ -53,6 +57,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--batch-max-queue-rows", type=int, default=16384, help="rows waiting for a batch worker; beyond → RESOURCE_EXHAUSTED")
     ap.add_argument("--batch-workers", type=int, default=None, help="batch worker threads (default: one per available core)")
     ap.add_argument("--admin-token-file", default=None, help=f"file holding the Admin RPC token (or set ${TOKEN_ENV})")
+    ap.add_argument("--tls-cert", default=None, help="PEM certificate chain: serve gRPC over TLS (with --tls-key)")
+    ap.add_argument("--tls-key", default=None, help="PEM private key of --tls-cert")
+    ap.add_argument("--tls-client-ca", default=None, help="PEM CA bundle: require client certificates it signed (mutual TLS)")
+    ap.add_argument("--auth-token-file", default=None,
+                    help=f"file holding the bearer token every RPC but health must carry (or set ${AUTH_TOKEN_ENV}); default: none")
     ap.add_argument("--dataset", default=None, help="refuse a bundle of another dataset")
     ap.add_argument("--grace", type=float, default=10.0, help="seconds in-flight RPCs get on shutdown")
     ap.add_argument("--drain-delay", type=float, default=0.0, help="seconds to keep answering after SIGTERM with health NOT_SERVING")
@@ -62,13 +71,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def admin_token(args: argparse.Namespace) -> str | None:
     """The admin token: --admin-token-file wins over $EMBSTACK_ADMIN_TOKEN; None = admin off."""
-    if args.admin_token_file:
-        with open(args.admin_token_file) as fh:
-            token = fh.read().strip()
-        if not token:
-            raise ValueError(f"{args.admin_token_file}: empty admin token file")
-        return token
-    return os.environ.get(TOKEN_ENV) or None
+    return read_token(args.admin_token_file, TOKEN_ENV)
+
+
+def tls_config(args: argparse.Namespace) -> TlsConfig | None:
+    """TLS settings from --tls-cert/--tls-key/--tls-client-ca; None = plaintext."""
+    if args.tls_cert is None and args.tls_key is None:
+        if args.tls_client_ca is not None:
+            raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
+        return None
+    if args.tls_cert is None or args.tls_key is None:
+        raise ValueError("give --tls-cert and --tls-key together")
+    return TlsConfig.from_files(args.tls_cert, args.tls_key, args.tls_client_ca)
 
 
 def build_config(args: argparse.Namespace) -> ServerConfig:
@@ -86,6 +100,8 @@ def build_config(args: argparse.Namespace) -> ServerConfig:
         admin_token=admin_token(args),
         metrics_port=args.metrics_port,
         metrics_host=args.host,
+        tls=tls_config(args),
+        auth_token=read_token(args.auth_token_file, AUTH_TOKEN_ENV),
     )
 
 

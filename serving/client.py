@@ -2,6 +2,7 @@
 
     .venv/bin/python -m serving.client --target 127.0.0.1:50051 --rows rows.jsonl
     .venv/bin/python -m serving.client --target HOST:PORT --rows - --columnar < rows.jsonl
+    .venv/bin/python -m serving.client --target HOST:PORT --rows rows.jsonl --tls-ca ca.pem --token-file token
 
 Each input line is one row, a JSON object field name → raw value, typed as JSON types:
   categorical  "token" (mapped through the bundle's vocab; unseen → OOV) or an integer id
@@ -25,6 +26,7 @@ from typing import Any, Iterable, Sequence
 import grpc
 import numpy as np
 
+from serving import channels
 from serving._proto.embstack.v1 import inference_pb2 as pb
 from serving._proto.embstack.v1 import inference_pb2_grpc as pb_grpc
 
@@ -112,15 +114,17 @@ def read_rows(lines: Iterable[str]) -> list[dict]:
     return rows
 
 
-def score(stub: pb_grpc.InferenceStub, rows: list[dict], info: pb.ModelInfo, *, columnar: bool = False, timeout: float = 10.0):
+def score(stub: pb_grpc.InferenceStub, rows: list[dict], info: pb.ModelInfo, *, columnar: bool = False, timeout: float = 10.0,
+          metadata=None):
     """Scores `rows` in chunks of at most info.max_batch_rows; yields (row index, probability,
-    cluster, version). Raises grpc.RpcError on an error status."""
+    cluster, version). Raises grpc.RpcError on an error status. `metadata`: per-call
+    metadata (the bearer token)."""
     kinds = kinds_of(info)
     step = max(1, info.max_batch_rows or len(rows) or 1)
     for start in range(0, len(rows), step):
         chunk = rows[start : start + step]
         request = column_request(chunk, kinds) if columnar else row_request(chunk, kinds)
-        reply = stub.Score(request, timeout=timeout)
+        reply = stub.Score(request, timeout=timeout, metadata=metadata)
         for i, (p, c) in enumerate(zip(reply.probabilities, reply.clusters)):
             yield start + i, p, c, reply.bundle_version
 
@@ -131,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rows", required=True, help="JSON-lines file of rows ('-' = stdin)")
     ap.add_argument("--columnar", action="store_true", help="send the columnar form (every value of a field in one form)")
     ap.add_argument("--timeout", type=float, default=10.0, help="deadline per request, seconds")
+    channels.add_arguments(ap)
     args = ap.parse_args(argv)
     try:
         if args.rows == "-":
@@ -141,11 +146,16 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as e:
         print(f"client: {args.rows}: {e}", file=sys.stderr)
         return 2
-    with grpc.insecure_channel(args.target) as channel:
+    try:
+        channel, metadata = channels.open_channel(args), channels.call_metadata(args)
+    except (OSError, ValueError) as e:
+        print(f"client: {e}", file=sys.stderr)
+        return 2
+    with channel:
         stub = pb_grpc.InferenceStub(channel)
         try:
-            info = stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=args.timeout)
-            for i, p, c, version in score(stub, rows, info, columnar=args.columnar, timeout=args.timeout):
+            info = stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=args.timeout, metadata=metadata)
+            for i, p, c, version in score(stub, rows, info, columnar=args.columnar, timeout=args.timeout, metadata=metadata):
                 print(json.dumps({"row": i, "probability": p, "cluster": c, "version": version}))
         except grpc.RpcError as e:
             print(f"client: {e.code().name}: {e.details()}", file=sys.stderr)

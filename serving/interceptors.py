@@ -11,6 +11,7 @@ itself before a handler runs.
 
 from __future__ import annotations
 
+import hmac
 import logging
 import time
 
@@ -99,3 +100,52 @@ def _record(metrics: ServerMetrics | None, method: str, code: grpc.StatusCode, s
     if metrics is not None:
         metrics.requests.inc(method, code.name)
         metrics.latency.observe(time.perf_counter() - start, method)
+
+
+# Methods a server with an auth token still answers without it: load balancers and probes
+# check health anonymously, and Admin RPCs check their own (admin) token.
+AUTH_EXEMPT = ("/grpc.health.v1.Health/", "/embstack.v1.Admin/")
+
+
+def bearer_matches(metadata, token: str) -> bool:
+    """Whether `metadata` carries `authorization: Bearer <token>` (constant-time compare)."""
+    given = dict(metadata or ()).get("authorization", "")
+    return given.startswith("Bearer ") and hmac.compare_digest(given[len("Bearer "):].encode(), token.encode())
+
+
+class TokenAuthInterceptor(grpc.ServerInterceptor):
+    """Refuses every RPC outside `exempt` without `authorization: Bearer <token>`
+    (→ UNAUTHENTICATED), before its request is parsed. Installed inside
+    ErrorMappingInterceptor, which maps, logs and counts the refusal of unary RPCs.
+
+    Args:
+        token: the token callers must present.
+        exempt: method-name prefixes answered without it.
+    """
+
+    def __init__(self, token: str, exempt: tuple[str, ...] = AUTH_EXEMPT):
+        if not token:
+            raise ValueError("empty auth token")
+        self.token, self.exempt = token, exempt
+
+    def intercept_service(self, continuation, handler_call_details):
+        if handler_call_details.method.startswith(self.exempt) or bearer_matches(handler_call_details.invocation_metadata, self.token):
+            return continuation(handler_call_details)
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None  # unknown method: UNIMPLEMENTED as usual
+        message = "missing or wrong token; send metadata 'authorization: Bearer <token>'"
+
+        def deny_unary(request, context):
+            raise Unauthenticated(message)
+
+        def deny_stream(request_or_iterator, context):
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(deny_unary, request_deserializer=None, response_serializer=handler.response_serializer)
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(deny_stream, request_deserializer=None)
+        if handler.stream_unary is not None:
+            return grpc.stream_unary_rpc_method_handler(deny_stream, request_deserializer=None)
+        return grpc.stream_stream_rpc_method_handler(deny_stream, request_deserializer=None)

@@ -38,6 +38,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from serving import channels
 from serving._proto.embstack.v1 import inference_pb2 as pb
 from serving._proto.embstack.v1 import inference_pb2_grpc as pb_grpc
 from serving.client import column_request, kinds_of, random_columns, read_rows
@@ -64,8 +65,8 @@ class Record:
             self.versions.append(version)
 
 
-def build_payloads(stub: pb_grpc.InferenceStub, args: argparse.Namespace) -> tuple[list[bytes], pb.ModelInfo]:
-    info = stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=10)
+def build_payloads(stub: pb_grpc.InferenceStub, args: argparse.Namespace, metadata=None) -> tuple[list[bytes], pb.ModelInfo]:
+    info = stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=10, metadata=metadata)
     n = args.rows_per_request
     if args.rows:
         with open(args.rows) as fh:
@@ -91,7 +92,7 @@ def _on_done(record: Record, scheduled: float, future) -> None:
     record.add(scheduled, done, code.name if code is not None else "UNKNOWN", version)
 
 
-def open_loop(call, payloads: list[bytes], qps: float, duration: float, timeout: float) -> tuple[Record, int]:
+def open_loop(call, payloads: list[bytes], qps: float, duration: float, timeout: float, metadata=None) -> tuple[Record, int]:
     """Sends at `qps` for `duration` s on a fixed schedule; returns (record, requests sent)."""
     record = Record()
     interval = 1.0 / qps
@@ -108,7 +109,7 @@ def open_loop(call, payloads: list[bytes], qps: float, duration: float, timeout:
             time.sleep(scheduled - now)
             now = time.perf_counter()
         record.lag.append(now - scheduled)
-        fut = call.future(payloads[i % len(payloads)], timeout=timeout)
+        fut = call.future(payloads[i % len(payloads)], timeout=timeout, metadata=metadata)
         fut.add_done_callback(lambda f, s=scheduled: _on_done(record, s, f))
         futures.append(fut)
         i += 1
@@ -116,7 +117,7 @@ def open_loop(call, payloads: list[bytes], qps: float, duration: float, timeout:
     return record, i
 
 
-def closed_loop(call, payloads: list[bytes], concurrency: int, duration: float, timeout: float) -> tuple[Record, int]:
+def closed_loop(call, payloads: list[bytes], concurrency: int, duration: float, timeout: float, metadata=None) -> tuple[Record, int]:
     """`concurrency` callers, each sending its next request when the previous returns."""
     record = Record()
     start = time.perf_counter() + 0.05
@@ -132,7 +133,7 @@ def closed_loop(call, payloads: list[bytes], concurrency: int, duration: float, 
             if t0 >= end:
                 return
             try:
-                reply = call(payloads[k % len(payloads)], timeout=timeout)
+                reply = call(payloads[k % len(payloads)], timeout=timeout, metadata=metadata)
                 record.add(t0, time.perf_counter(), "OK", reply.bundle_version)
             except grpc.RpcError as e:
                 record.add(t0, time.perf_counter(), e.code().name, "")
@@ -218,6 +219,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--p99-target-ms", type=float, default=50.0,
                     help="a sweep reports the run with the most rows/s whose p99 is under this and that had no errors")
+    channels.add_arguments(ap)
     args = ap.parse_args(argv)
     if args.rows_per_request < 1 or args.duration <= args.warmup or args.distinct < 1:
         ap.error("need --rows-per-request >= 1, --duration > --warmup, --distinct >= 1")
@@ -233,13 +235,13 @@ def _rates(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"{text!r}: give a rate or comma-separated rates") from None
 
 
-def run_once(call, payloads: list[bytes], args: argparse.Namespace, qps: float | None) -> dict:
+def run_once(call, payloads: list[bytes], args: argparse.Namespace, qps: float | None, metadata=None) -> dict:
     """One load run (open loop at `qps`, or closed loop) → its report."""
     t0 = time.perf_counter()
     if qps:
-        record, sent = open_loop(call, payloads, qps, args.duration, args.timeout)
+        record, sent = open_loop(call, payloads, qps, args.duration, args.timeout, metadata)
     else:
-        record, sent = closed_loop(call, payloads, args.concurrency, args.duration, args.timeout)
+        record, sent = closed_loop(call, payloads, args.concurrency, args.duration, args.timeout, metadata)
     start = min(record.scheduled) if record.scheduled else t0
     report = summarize(record, sent, args, start + args.warmup, args.duration - args.warmup)
     report["qps_target"] = qps
@@ -262,9 +264,14 @@ def best_under(reports: list[dict], p99_ms: float) -> dict | None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     options = [("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)]
-    with grpc.insecure_channel(args.target, options=options) as channel:
+    try:
+        channel, metadata = channels.open_channel(args, options), channels.call_metadata(args)
+    except (OSError, ValueError) as e:
+        print(f"loadtest: {e}", file=sys.stderr)
+        return 2
+    with channel:
         try:
-            payloads, _ = build_payloads(pb_grpc.InferenceStub(channel), args)
+            payloads, _ = build_payloads(pb_grpc.InferenceStub(channel), args, metadata)
         except grpc.RpcError as e:
             print(f"loadtest: {args.target}: {e.code().name}: {e.details()}", file=sys.stderr)
             return 1
@@ -272,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"loadtest: {e}", file=sys.stderr)
             return 2
         call = channel.unary_unary(SCORE_METHOD, request_serializer=None, response_deserializer=pb.ScoreResponse.FromString)
-        reports = [run_once(call, payloads, args, q) for q in (args.qps or [None])]
+        reports = [run_once(call, payloads, args, q, metadata) for q in (args.qps or [None])]
     if len(reports) == 1:
         result = reports[0]
     else:

@@ -19,11 +19,15 @@ the whole request path — and only then swapped in with one reference assignmen
 request holds the predictor it started with, so it is scored entirely by one bundle and
 its response names that bundle's version; for each client, versions never go backwards.
 A bundle that fails any check is refused and the old one keeps serving.
+
+Security (both optional): TLS on the gRPC port (`TlsConfig`; with `client_ca`, mutual TLS)
+and a bearer token every RPC must carry except the health check (probes and balancers
+ask anonymously) and Admin RPCs (which check their own admin token). The Prometheus
+endpoint is plain HTTP: bind it to an interface only the scraper reaches.
 """
 
 from __future__ import annotations
 
-import hmac
 import logging
 import threading
 import time
@@ -45,7 +49,7 @@ from serving.batcher import BatchConfig, MicroBatcher, available_cores, score_di
 from serving.bundle import BundleError, load_bundle
 from serving.encode import Limits
 from serving.errors import DeadlineExceeded, NotReady, PermissionDenied, Unauthenticated
-from serving.interceptors import ErrorMappingInterceptor
+from serving.interceptors import ErrorMappingInterceptor, TokenAuthInterceptor, bearer_matches
 from serving.logs import log_event
 from serving.metrics import MetricsEndpoint, ServerMetrics
 from serving.predictor import Prediction, Predictor
@@ -55,6 +59,31 @@ log = logging.getLogger("serving.server")
 SERVICE = pb.DESCRIPTOR.services_by_name["Inference"].full_name  # "embstack.v1.Inference"
 ADMIN_SERVICE = admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name  # "embstack.v1.Admin"
 _NO_DEADLINE = 1e8  # gRPC reports "no deadline" as a huge time remaining
+
+
+@dataclass
+class TlsConfig:
+    """TLS for the gRPC port (PEM bytes).
+
+    Args:
+        cert_chain: the server's certificate chain.
+        private_key: its private key.
+        client_ca: CA bundle for client certificates; given, clients must present a
+            certificate it signed (mutual TLS).
+    """
+
+    cert_chain: bytes
+    private_key: bytes
+    client_ca: bytes | None = None
+
+    @classmethod
+    def from_files(cls, cert: str | Path, key: str | Path, client_ca: str | Path | None = None) -> "TlsConfig":
+        return cls(Path(cert).read_bytes(), Path(key).read_bytes(), Path(client_ca).read_bytes() if client_ca else None)
+
+    def credentials(self) -> grpc.ServerCredentials:
+        return grpc.ssl_server_credentials(
+            [(self.private_key, self.cert_chain)], root_certificates=self.client_ca, require_client_auth=self.client_ca is not None
+        )
 
 
 @dataclass
@@ -78,6 +107,9 @@ class ServerConfig:
         metrics_port: port of the Prometheus endpoint (GET /metrics); 0 picks a free one,
             None serves no metrics.
         metrics_host: interface the metrics endpoint binds.
+        tls: serve gRPC over TLS (None: plaintext).
+        auth_token: the bearer token every RPC except health and Admin must carry
+            (`authorization: Bearer <token>`, else UNAUTHENTICATED); None: no check.
     """
 
     max_workers: int | None = None
@@ -90,6 +122,8 @@ class ServerConfig:
     admin_token: str | None = None
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
+    tls: TlsConfig | None = None
+    auth_token: str | None = None
 
     def handler_threads(self) -> int:
         if self.max_workers is not None:
@@ -204,8 +238,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         token = self.app.config.admin_token
         if not token:
             raise PermissionDenied("admin RPCs are off: start the server with EMBSTACK_ADMIN_TOKEN or --admin-token-file")
-        given = dict(context.invocation_metadata()).get("authorization", "")
-        if not given.startswith("Bearer ") or not hmac.compare_digest(given[len("Bearer "):].encode(), token.encode()):
+        if not bearer_matches(context.invocation_metadata(), token):
             raise Unauthenticated("missing or wrong admin token; send metadata 'authorization: Bearer <token>'")
 
 
@@ -301,9 +334,12 @@ def start_app(bundle_dir: str | Path, address: str = "127.0.0.1:0", config: Serv
         torch.set_num_threads(config.torch_threads)
     metrics = ServerMetrics()
     threads = config.handler_threads()
+    interceptors = [ErrorMappingInterceptor(metrics)]
+    if config.auth_token:
+        interceptors.append(TokenAuthInterceptor(config.auth_token))  # inside: refusals are mapped and counted
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="embstack-rpc"),
-        interceptors=[ErrorMappingInterceptor(metrics)],
+        interceptors=interceptors,
         options=[
             ("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.max_send_message_length", config.max_message_bytes),
@@ -317,6 +353,8 @@ def start_app(bundle_dir: str | Path, address: str = "127.0.0.1:0", config: Serv
     def score(predictor: Predictor, batch: FeatureBatch, deadline: float | None) -> Prediction:
         if batcher is not None:
             return batcher.submit(predictor, batch, deadline)
+        if deadline is not None and deadline <= time.monotonic():  # expired while decoding
+            raise DeadlineExceeded("deadline expired before scoring; the rows were not scored")
         return score_directly(predictor, batch, metrics)
 
     pb_grpc.add_InferenceServicer_to_server(InferenceServicer(host, score, metrics), server)
@@ -325,7 +363,7 @@ def start_app(bundle_dir: str | Path, address: str = "127.0.0.1:0", config: Serv
     )
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE, ADMIN_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    port = server.add_insecure_port(address)
+    port = server.add_secure_port(address, config.tls.credentials()) if config.tls else server.add_insecure_port(address)
     if port == 0:
         if batcher is not None:
             batcher.close()
@@ -342,6 +380,7 @@ def start_app(bundle_dir: str | Path, address: str = "127.0.0.1:0", config: Serv
             max_concurrent_rpcs=config.max_concurrent_rpcs, torch_threads=torch.get_num_threads(),
             batching=config.batching.enabled, batch_max_rows=config.batching.max_rows, batch_max_wait_ms=config.batching.max_wait_ms,
             batch_workers=config.batching.workers if config.batching.enabled else 0, admin=bool(config.admin_token),
+            tls=bool(config.tls), mutual_tls=bool(config.tls and config.tls.client_ca), auth=bool(config.auth_token),
         )
         predictor = host.load(bundle_dir)
     except BaseException:

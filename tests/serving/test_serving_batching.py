@@ -231,3 +231,35 @@ def test_grpc_deadlines_and_overload(bundle_dir, spec, start_server, monkeypatch
     assert scored == [1, 4]  # the expired 8 rows were never scored
     assert wait_for(lambda: app.metrics.requests.value("embstack.v1.Inference/Score", "DEADLINE_EXCEEDED") == 1)
     assert app.metrics.requests.value("embstack.v1.Inference/Score", "RESOURCE_EXHAUSTED") == 1
+
+
+def test_grpc_deadlines_with_batching_off(bundle_dir, spec, start_server, monkeypatch):
+    """Batching off, one handler thread: requests whose deadline passes while they wait for
+    the thread → DEADLINE_EXCEEDED, and they are never scored once the thread frees up."""
+    gate, entered, scored = threading.Event(), threading.Event(), []
+    real_predict = Predictor.predict
+
+    def predict(self, batch):
+        entered.set()
+        gate.wait(10)
+        scored.append(batch.num_rows)
+        return real_predict(self, batch)
+
+    config = ServerConfig(max_workers=1, limits=LIMITS, batching=BatchConfig(enabled=False))
+    app = start_server(bundle_dir, config)
+    monkeypatch.setattr(Predictor, "predict", predict)  # after the warm-up
+    with grpc.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+        stub = pb_grpc.InferenceStub(channel)
+        try:
+            blocker = stub.Score.future(row_request(random_rows(spec, 1, seed=1)), timeout=20)
+            assert entered.wait(10)
+            late = [stub.Score.future(column_request(spec, random_rows(spec, n, seed=n)), timeout=0.1 * n) for n in (2, 3, 5)]
+            for f in late:
+                with pytest.raises(grpc.RpcError) as info:
+                    f.result()
+                assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        finally:
+            gate.set()
+        assert len(blocker.result().probabilities) == 1
+        assert len(stub.Score(row_request(random_rows(spec, 4, seed=4)), timeout=10).probabilities) == 4
+    assert scored == [1, 4]  # the expired 2, 3 and 5 rows were never scored

@@ -208,22 +208,23 @@ def test_single_cluster_bundle_without_router(tmp_path, spec, models):
     assert (got.clusters == 0).all() and float(np.max(np.abs(got.probabilities - want))) < 1e-6
 
 
-def test_int8_quantized_bundle_routes_identically_and_scores_close(tmp_path, spec, models, bundle):
+@pytest.mark.parametrize("kind", ["int8", "fp16"])
+def test_quantized_bundle_routes_identically_and_scores_close(kind, tmp_path, spec, models, bundle):
     cluster_models, router = models
     rows = random_rows(spec, 500, seed=13)
     example = Encoder(spec).encode_rows(rows[:32]).to_inputs(spec.names)
-    out = write_bundle(tmp_path / "int8", spec=spec, cluster_models=cluster_models, router=router, example=example,
-                       version="toy-int8", dims=DIMS, quantize="int8")
+    out = write_bundle(tmp_path / kind, spec=spec, cluster_models=cluster_models, router=router, example=example,
+                       version=f"toy-{kind}", dims=DIMS, quantize=kind)
     quantized = load_bundle(out)
-    assert quantized.manifest.quantization == "int8" and bundle.manifest.quantization == "none"
+    assert quantized.manifest.quantization == kind and bundle.manifest.quantization == "none"
     assert quantized.dims == DIMS  # recorded from the float tables
     report = quantized.metrics["quantization"]
-    assert report["dtype"] == "int8" and report["rows"] == 32 and 0 < report["max_abs_prob_change"] < 1e-2
+    assert report["dtype"] == kind and report["rows"] == 32 and 0 < report["max_abs_prob_change"] < 1e-2
     got, want = Predictor(quantized).predict_rows(rows), Predictor(bundle).predict_rows(rows)
     assert np.array_equal(got.clusters, want.clusters)  # the router stays float32
     change = np.abs(got.probabilities - want.probabilities)
     assert 0 < float(change.max()) < 1e-2
-    assert wire.model_info(quantized, 64).quantization == "int8"
+    assert wire.model_info(quantized, 64).quantization == kind
     for p in cluster_models + [router]:  # the caller's models are left float
         assert not any(type(m).__module__.startswith("torchrec.quant") for m in p.modules())
     with pytest.raises(BundleError, match="quantize 'int3'"):

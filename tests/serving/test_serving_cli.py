@@ -1,7 +1,7 @@
 """`python -m serving` as the serving image runs it (its ENTRYPOINT + CMD and HEALTHCHECK,
 read from docker/serving.Dockerfile): JSON-line logs, metrics, SIGHUP reloads (a bad
-bundle is refused and the old one serves on), SIGTERM under load drains with 0 failed
-in-flight requests and exits 0; exit 2 on a bad bundle."""
+bundle is refused and the old one serves on), SIGTERM under load turns health NOT_SERVING
+at once, drains with 0 failed in-flight requests and exits 0; exit 2 on a bad bundle."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ from pathlib import Path
 
 import grpc
 from dockerfiles import entrypoint_and_cmd, healthcheck_cmd, substitute
-from rpc_helpers import free_port, row_request
+from grpc_health.v1 import health_pb2_grpc
+from rpc_helpers import NOT_SERVING, free_port, health_status, row_request
 from serving_fixtures import random_rows
 
 from serving._proto.embstack.v1 import inference_pb2_grpc as pb_grpc
@@ -141,6 +142,14 @@ def test_image_command_serves_reloads_on_sighup_and_drains_under_load(bundle_dir
             time.sleep(0.01)
         term_at = time.monotonic()
         proc.send_signal(signal.SIGTERM)
+        # draining: health NOT_SERVING at once (balancers stop sending) while Score still answers
+        health = health_pb2_grpc.HealthStub(channel)
+        while health_status(health) != NOT_SERVING:
+            assert time.monotonic() - term_at < drain_delay / 2, "health still SERVING after SIGTERM"
+            time.sleep(0.01)
+        assert health_status(health, "embstack.v1.Inference") == NOT_SERVING
+        assert stub.Score(request, timeout=10).bundle_version == "toy-v2"
+        assert run_probe(probe) == 1  # the image's HEALTHCHECK reports unhealthy while draining (or once stopped)
         assert proc.wait(60) == 0
         stop.set()
         for t in callers:

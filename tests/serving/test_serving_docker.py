@@ -1,5 +1,6 @@
-"""docker/serving.Dockerfile and docker/compose.yaml, checked by reading (no Docker engine
-here). test_serving_cli runs the image's ENTRYPOINT + CMD and its HEALTHCHECK command."""
+"""docker/serving.Dockerfile, docker/compose.yaml and docker/trainer.Dockerfile, checked by
+reading (no Docker engine here). test_serving_cli runs the serving image's ENTRYPOINT + CMD
+and its HEALTHCHECK command."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import sys
 from importlib.metadata import version
 from pathlib import Path
 
-from dockerfiles import (COMPOSE, DOCKERFILE, ROOT, compose_command, compose_value, entrypoint_and_cmd, healthcheck_cmd,
+from dockerfiles import (COMPOSE, DOCKERFILE, ROOT, compose_command, compose_value, entrypoint_and_cmd, exec_form, healthcheck_cmd,
                          healthcheck_options, instructions, pip_pins)
 
 from serving.__main__ import parse_args
@@ -69,3 +70,30 @@ def test_compose_runs_the_image_on_a_mounted_bundle():
     grace = float(compose_value("stop_grace_period").rstrip("s"))
     assert grace > args.drain_delay + args.grace
     assert Path(compose_value("source").split(":-")[-1].rstrip("}")).parts[0] == ".."
+
+
+def test_trainer_image_paths_exist_and_its_user_owns_the_workdir():
+    """docker/trainer.Dockerfile by reading: what it copies exists, the runtime user owns
+    /app (setup.sh creates .venv there as that user), and the entry point and CMD name the
+    venv's torchrun, the trainer module and a config that exist."""
+    trainer = ROOT / "docker" / "trainer.Dockerfile"
+    steps = instructions(trainer)
+    words = [w for w, _ in steps]
+    [base] = [a for w, a in steps if w == "FROM"]
+    assert base == dict(instructions())["FROM"]  # the same pinned Python as the serving image
+    workdir = dict(steps)["WORKDIR"]
+    for args in (a for w, a in steps if w == "COPY"):
+        sources = [s for s in args.split() if not s.startswith("--")][:-1]
+        assert sources and all((ROOT / s).exists() for s in sources), args
+    user = [a for w, a in steps if w == "USER"][-1]
+    assert user not in ("root", "0")
+    owned = [a for w, a in steps[: words.index("WORKDIR")] if w == "RUN" and f"-o {user}" in a and workdir in a.split()]
+    assert owned, f"{workdir} must be created owned by {user} before WORKDIR"
+    setup = [a for w, a in steps[words.index("USER"):] if w == "RUN" and "scripts/setup.sh" in a]
+    assert setup and (ROOT / "scripts" / "setup.sh").stat().st_mode & 0o111
+    assert "torch==2.13.0+cpu" in setup[0] and version("torch").split("+")[0] == "2.13.0"
+    entry, cmd = exec_form(dict(steps)["ENTRYPOINT"]), exec_form(dict(steps)["CMD"])
+    assert entry == [f"{workdir}/.venv/bin/torchrun"]
+    module = cmd[cmd.index("-m") + 1]
+    assert module == "trainer" and (ROOT / module / "__main__.py").exists()
+    assert (ROOT / cmd[cmd.index("--config") + 1]).exists() and cmd[cmd.index("--out") + 1].startswith("runs/")

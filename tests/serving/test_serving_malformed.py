@@ -1,21 +1,28 @@
 """Hundreds of malformed requests, every category of bad input, many variants each: each
 gets the expected status code (and, for field errors, a message naming row and field);
-afterwards the server is SERVING and a golden request scores exactly as before."""
+afterwards the server is SERVING and a golden request scores exactly as before. The last
+test adds the categories that need a busy server: expired deadlines and overload."""
 
 from __future__ import annotations
 
 import math
+import threading
+import time
 from collections import Counter
 
 import grpc
 import pytest
 from conftest import SHARED_MAX_ROWS
 from grpc_health.v1 import health_pb2_grpc
-from rpc_helpers import GOOD, SERVING, cols_pb, health_status, row_request, rows_pb
+from rpc_helpers import GOOD, SERVING, cols_pb, column_request, health_status, row_request, rows_pb, wait_until
 from serving_fixtures import make_spec, random_rows
 
 from serving._proto.embstack.v1 import inference_pb2 as pb
 from serving._proto.embstack.v1 import inference_pb2_grpc as pb_grpc
+from serving.batcher import BatchConfig
+from serving.encode import Limits
+from serving.predictor import Predictor
+from serving.server import ServerConfig
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -196,3 +203,74 @@ def test_malformed_requests_get_the_right_status_and_change_nothing(shared_chann
     after = stub.Score(golden, timeout=10)
     assert list(after.probabilities) == list(before.probabilities)
     assert list(after.clusters) == list(before.clusters) and after.bundle_version == before.bundle_version
+
+
+def test_overload_and_expired_deadlines_many_variants(bundle_dir, spec, start_server, monkeypatch):
+    """The two categories a well-formed request can still fall into, several variants each,
+    on a server whose only batch worker is held: a deadline that passes while queued →
+    DEADLINE_EXCEEDED and the rows are never scored; a full batch queue, or more RPCs than
+    max_concurrent_rpcs → RESOURCE_EXHAUSTED at once. Then the server serves on unchanged."""
+    gate, entered, scored = threading.Event(), threading.Event(), []
+    real_predict = Predictor.predict
+
+    def predict(self, batch):
+        entered.set()
+        gate.wait(20)
+        scored.append(batch.num_rows)
+        return real_predict(self, batch)
+
+    config = ServerConfig(max_workers=24, max_concurrent_rpcs=16, limits=Limits(max_rows=MAX_ROWS, max_bag=MAX_BAG),
+                          batching=BatchConfig(max_rows=MAX_ROWS, max_queue_rows=40, workers=1))
+    app = start_server(bundle_dir, config)
+    golden = row_request(random_rows(spec, 20, seed=5))
+    channel = grpc.insecure_channel(f"127.0.0.1:{app.port}")
+    stub = pb_grpc.InferenceStub(channel)
+    before = stub.Score(golden, timeout=10)
+    monkeypatch.setattr(Predictor, "predict", predict)  # after the warm-up and the golden request
+    wrong = []
+
+    def expect(category, future, code, words=()):
+        try:
+            future.result()
+            wrong.append((category, "OK"))
+        except grpc.RpcError as e:
+            if e.code() != code or any(w not in e.details() for w in words):
+                wrong.append((category, e.code().name, e.details()))
+
+    def request(n, seed, columnar):
+        rows = random_rows(spec, n, seed=seed)
+        return column_request(spec, rows) if columnar else row_request(rows)
+
+    try:
+        blocker = stub.Score.future(request(1, 1, False), timeout=30)
+        assert entered.wait(10)  # the only batch worker is busy
+        # expired deadlines: 6 requests of 4 rows, queued (24 rows), then abandoned
+        expiring = [stub.Score.future(request(4, 10 + k, k % 2 == 1), timeout=1.0 + 0.1 * k) for k in range(6)]
+        wait_until(lambda: app.batcher.queued_rows == 24)
+        assert app.batcher.queued_rows == 24, "the expiring requests did not reach the server within their deadline"
+        for f in expiring:
+            expect("expired deadline", f, grpc.StatusCode.DEADLINE_EXCEEDED)
+        # full batch queue: 24 abandoned rows wait; more than 16 more exceed 40
+        for k, n in enumerate((17, 20, 33, 50, MAX_ROWS)):
+            start = time.monotonic()
+            expect("overload: queue full", stub.Score.future(request(n, 20 + k, k % 2 == 0), timeout=10),
+                   grpc.StatusCode.RESOURCE_EXHAUSTED, ["overloaded"])
+            assert time.monotonic() - start < 2  # refused at once, not queued
+        # max concurrent RPCs: the blocker + 15 one-row requests fill the 16 slots
+        queued = [stub.Score.future(request(1, 30 + k, k % 2 == 0), timeout=30) for k in range(15)]
+        wait_until(lambda: app.batcher.queued_rows == 24 + 15)
+        assert app.batcher.queued_rows == 24 + 15
+        for k in range(5):
+            expect("overload: max concurrent RPCs", stub.Score.future(request(2, 50 + k, k % 2 == 0), timeout=10),
+                   grpc.StatusCode.RESOURCE_EXHAUSTED, ["Concurrent RPC limit"])  # gRPC's refusal, not the queue's
+    finally:
+        gate.set()
+    assert wrong == []
+    assert len(blocker.result().probabilities) == 1
+    assert all(len(f.result().probabilities) == 1 for f in queued)
+    assert sorted(scored) == sorted([1] + [15])  # the blocker, then the 15 queued rows in one call; nothing expired
+    assert health_status(health_pb2_grpc.HealthStub(channel)) == SERVING
+    monkeypatch.setattr(Predictor, "predict", real_predict)
+    after = stub.Score(golden, timeout=10)
+    assert list(after.probabilities) == list(before.probabilities) and list(after.clusters) == list(before.clusters)
+    channel.close()

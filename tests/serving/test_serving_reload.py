@@ -3,10 +3,12 @@ corrupted bundles are refused while the old version keeps serving; the admin tok
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
 import threading
+import time
 from pathlib import Path
 
 import grpc
@@ -19,6 +21,7 @@ from serving_fixtures import random_rows
 from serving._proto.embstack.v1 import admin_pb2, admin_pb2_grpc
 from serving._proto.embstack.v1 import inference_pb2 as pb
 from serving._proto.embstack.v1 import inference_pb2_grpc as pb_grpc
+from serving.batcher import BatchConfig
 from serving.bundle import MANIFEST, _sha256
 from serving.encode import Limits
 from serving.server import ServerConfig
@@ -43,24 +46,26 @@ def edit_manifest(bundle: Path, change) -> None:
 
 
 class Load:
-    """Client threads sending Score requests in a loop, recording (version, code) in order."""
+    """Client threads sending Score requests in a loop, recording per request, in order:
+    (version, code, (request index, probabilities or error), monotonic time it was sent)."""
 
     def __init__(self, port: int, requests: list[pb.ScoreRequest], threads: int = 3):
         self.channel = grpc.insecure_channel(f"127.0.0.1:{port}")
         self.stub = pb_grpc.InferenceStub(self.channel)
         self.requests = requests
         self.stop = threading.Event()
-        self.results: list[list[tuple[str, str, tuple]]] = [[] for _ in range(threads)]
+        self.results: list[list[tuple[str, str, tuple, float]]] = [[] for _ in range(threads)]
         self.threads = [threading.Thread(target=self._run, args=(k,), daemon=True) for k in range(threads)]
 
     def _run(self, k: int) -> None:
         i = k
         while not self.stop.is_set():
+            sent = time.monotonic()
             try:
                 reply = self.stub.Score(self.requests[i % len(self.requests)], timeout=20)
-                self.results[k].append((reply.bundle_version, "OK", (i % len(self.requests), tuple(reply.probabilities))))
+                self.results[k].append((reply.bundle_version, "OK", (i % len(self.requests), tuple(reply.probabilities)), sent))
             except grpc.RpcError as e:
-                self.results[k].append(("", e.code().name, (i % len(self.requests), e.details())))
+                self.results[k].append(("", e.code().name, (i % len(self.requests), e.details()), sent))
             i += 1
 
     def __enter__(self) -> "Load":
@@ -91,29 +96,36 @@ def requests(spec):
     return [row_request(random_rows(spec, 16, seed=s)) if s % 2 else column_request(spec, random_rows(spec, 16, seed=s)) for s in range(6)]
 
 
-def test_twenty_reloads_under_load(bundle_dir, tmp_path, start_server, requests):
+@pytest.mark.parametrize("batching", [True, False], ids=["batching-on", "batching-off"])
+def test_twenty_reloads_under_load(batching, bundle_dir, tmp_path, start_server, requests):
     versions = [f"toy-v1.{k:02d}" for k in range(1, 21)]  # sort order = reload order
     bundles = [versioned_copy(bundle_dir, tmp_path / v, v) for v in versions]
-    app = start_server(bundle_dir, CONFIG)
+    app = start_server(bundle_dir, dataclasses.replace(CONFIG, batching=BatchConfig(enabled=batching)))
     order = ["toy-v1", *versions]
+    swapped_at = []  # when each reload had returned
     with grpc.insecure_channel(f"127.0.0.1:{app.port}") as admin, Load(app.port, requests) as load:
         assert wait_until_count(load, 10)
         for k, path in enumerate(bundles):
             reply = reload(admin, str(path))
+            swapped_at.append(time.monotonic())
             assert (reply.bundle_version, reply.previous_version) == (versions[k], order[k])
             assert reply.seconds > 0 and reply.bundle_dir == str(path)
             assert wait_until_count(load, load.count + 6)  # traffic flows on the new version
     assert load.failures() == []
     assert load.count >= 20 * 6
     for per_client in load.results:
-        idx = [order.index(v) for v, _, _ in per_client]
+        idx = [order.index(v) for v, _, _, _ in per_client]
         assert idx == sorted(idx), "a client saw the version go backwards"
-    seen_versions = {v for rs in load.results for v, _, _ in rs}
+    # across clients too: a request sent after reload k returned is scored by version k or later
+    for v, _, _, sent in (r for rs in load.results for r in rs):
+        newest_swap = sum(1 for t in swapped_at if t < sent)
+        assert order.index(v) >= newest_swap, (v, order[newest_swap])
+    seen_versions = {v for rs in load.results for v, _, _, _ in rs}
     assert len(seen_versions) >= 10 and versions[-1] in seen_versions
     # the same models under every version: identical scores for identical requests
     by_request: dict[int, set] = {}
     for rs in load.results:
-        for _, _, (i, probs) in rs:
+        for _, _, (i, probs), _ in rs:
             by_request.setdefault(i, set()).add(probs)
     assert all(len(s) == 1 for s in by_request.values())
     assert app.metrics.reloads.value("ok") == 20 and app.metrics.reloads.value("failed") == 0
@@ -173,7 +185,7 @@ def test_corrupted_bundles_are_refused_while_the_old_one_serves(bundle_dir, tmp_
         good = reload(admin, str(versioned_copy(bundle_dir, tmp_path / "good", "toy-v2")))  # a good one still goes in
         assert good.previous_version == "toy-v1" and good.bundle_version == "toy-v2"
     assert load.failures() == []
-    assert {v for rs in load.results for v, _, _ in rs} <= {"toy-v1", "toy-v2"}
+    assert {v for rs in load.results for v, _, _, _ in rs} <= {"toy-v1", "toy-v2"}
     assert app.metrics.reloads.value("failed") == len(KINDS) and app.metrics.reloads.value("ok") == 1
 
 
@@ -208,8 +220,6 @@ def test_reload_without_a_path_rereads_the_startup_path(bundle_dir, tmp_path, st
 
 
 def wait_until_count(load: Load, n: int, timeout: float = 20.0) -> bool:
-    import time
-
     deadline = time.monotonic() + timeout
     while load.count < n and time.monotonic() < deadline:
         time.sleep(0.01)

@@ -17,6 +17,7 @@ from serving_fixtures import DIMS, in_memory_scores, random_rows
 import serving.server as server_mod
 from serving._proto.embstack.v1 import inference_pb2 as pb
 from serving._proto.embstack.v1 import inference_pb2_grpc as pb_grpc
+from serving.batcher import BatchConfig
 from serving.encode import Limits
 from serving.predictor import Predictor
 from serving.server import ADMIN_SERVICE, SERVICE, ServerConfig, start_app
@@ -149,3 +150,55 @@ def test_overload_and_internal_errors_keep_serving(bundle_dir, monkeypatch, star
             assert len(stub.Score(rows_pb(), timeout=5).probabilities) == 3
     finally:
         gate.set()
+
+
+@pytest.mark.parametrize("batching", [True, False], ids=["batching-on", "batching-off"])
+def test_stop_finishes_every_in_flight_request(batching, bundle_dir, bundle, spec, start_server, monkeypatch):
+    """Requests in flight when the server starts draining (mid-model-call, or queued for
+    the batch worker) all complete with the right scores; health turns NOT_SERVING at once;
+    RPCs arriving after the stop are refused; the stop finishes once they are answered."""
+    gate, scoring = threading.Event(), []
+    real_predict = Predictor.predict
+
+    def predict(self, batch):
+        scoring.append(batch.num_rows)
+        gate.wait(20)
+        return real_predict(self, batch)
+
+    config = ServerConfig(max_workers=8, limits=CONFIG.limits, batching=BatchConfig(enabled=batching, workers=1))
+    app = start_server(bundle_dir, config)
+    monkeypatch.setattr(Predictor, "predict", predict)  # after the warm-up
+    requests = [random_rows(spec, n, seed=40 + n) for n in (3, 5, 8, 13, 21, 34)]
+    channel = grpc.insecure_channel(f"127.0.0.1:{app.port}")
+    stub = pb_grpc.InferenceStub(channel)
+    try:
+        pending = [stub.Score.future(row_request(rows), timeout=30) for rows in requests]
+        deadline = time.monotonic() + 10
+
+        def all_arrived() -> bool:  # every request is in a model call or waits for the one worker
+            if batching:
+                return len(scoring) == 1 and app.batcher.queued_rows == sum(map(len, requests)) - scoring[0]
+            return len(scoring) == len(requests)
+
+        while not all_arrived() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert all_arrived()
+        watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""), timeout=30)
+        assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+        stopped = app.stop(grace=30)
+        assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING  # what a balancer watching sees
+        watch.cancel()
+        with pytest.raises(grpc.RpcError) as info:
+            pb_grpc.InferenceStub(grpc.insecure_channel(f"127.0.0.1:{app.port}")).Score(row_request(requests[0]), timeout=5)
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert not stopped.is_set() and not any(f.done() for f in pending)
+    finally:
+        gate.set()
+    offline = Predictor(bundle, CONFIG.limits)
+    for rows, f in zip(requests, pending):
+        reply = f.result(timeout=20)
+        want = real_predict(offline, offline.encoder.encode_rows(rows))
+        assert list(reply.clusters) == want.clusters.tolist()
+        assert float(np.max(np.abs(np.asarray(reply.probabilities) - want.probabilities))) < 1e-6
+    assert stopped.wait(10)
+    channel.close()
