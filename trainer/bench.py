@@ -8,7 +8,8 @@ batches (Zipf ids). Variants, each in its own process so its peak RSS is its own
   naive   one nn.EmbeddingBag per field, torch.optim.Adam on every parameter
   stack   embstack: TorchRec EBC under DistributedModelParallel, FBGEMM fused row-wise
           Adagrad on the tables, Adam on the rest
-  dense   the same network fed fixed embeddings, no tables (the compute ceiling)
+  dense   the same network fed fixed embeddings, no tables (the compute ceiling; its
+          backward still computes the gradient w.r.t. those embeddings)
 Repeats are interleaved (naive, stack, dense, naive, ...) and the median is reported.
 """
 
@@ -120,7 +121,9 @@ def run_variant(variant: str, sizes: list[int], steps: int, batch: int) -> dict:
     else:
         params = [p for p in head.parameters() if not p.is_meta]
         opt = torch.optim.Adam(params, lr=1e-3)
-        fixed = [torch.randn(batch, DIM) * 0.01 for _ in sizes]
+        # Gradients still flow into the (fixed) embeddings: the ceiling runs the same backward
+        # pass as training, only without table lookups and table updates.
+        fixed = [(torch.randn(batch, DIM) * 0.01).requires_grad_() for _ in sizes]
 
         def step(b):
             logit = head.head(b.dense_features, fixed) + head.bias
