@@ -85,6 +85,28 @@ def test_bag_pooling_is_the_mean_of_per_id_vectors(toy_spec, toy_batch, form):
         assert torch.allclose(pooled[row], want, atol=1e-6)
 
 
+@pytest.mark.parametrize("form", ["train", "served"])
+def test_bag_sum_over_coded_ids_is_the_sum_of_per_id_vectors(toy_spec, form):
+    """Bags built to hold several coded ids (g: 2, 3 coded; 1 full): the bag's SUM pool
+    (= mean × length) equals the sum of the per-id vectors, in both forms."""
+    from torchrec import KeyedJaggedTensor
+
+    emb = trained_like(toy_spec, a=dpq(4, 2), g=dpq(2, 4)).eval()
+    module = emb if form == "train" else to_served(emb)
+    bags = [[2, 3], [3, 3, 2], [1, 2, 3], [2], [1, 1]]
+    b = len(bags)
+    keys = toy_spec.names  # a, n, g, c
+    values = torch.cat([torch.ones(2 * b, dtype=torch.long), torch.tensor(sum(bags, [])), torch.ones(b, dtype=torch.long)])
+    lengths = torch.tensor([1] * 2 * b + [len(x) for x in bags] + [1] * b)
+    kjt = KeyedJaggedTensor.from_lengths_sync(keys=keys, values=values, lengths=lengths)
+    with torch.no_grad():
+        pooled = module(kjt)[2]
+        per_id = module(single("g", [0, 1, 2, 3], keys))[2]
+    assert not torch.equal(per_id[2], per_id[3])  # two distinct coded vectors
+    for row, ids in enumerate(bags):
+        assert torch.allclose(pooled[row] * len(ids), per_id[ids].sum(0), atol=1e-6)
+
+
 def test_others_ids_share_one_row(toy_spec):
     emb = trained_like(toy_spec, a=OTHERS)
     out = emb(single("a", [3, 4, 5, 6, 7], toy_spec.names))[0]

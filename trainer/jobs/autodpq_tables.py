@@ -18,6 +18,7 @@ import argparse
 import json
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -34,9 +35,12 @@ def run_one(config: str, out: Path, model: str, seed: int, baselines: list[str],
     out.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "trainer", "search", "--config", config, "--out", str(out), *(["--resume"] if resume else []),
            f"model.name={model}", f"train.seed={seed}", f"search.baselines={json.dumps(baselines)}", *overrides]
+    start = time.perf_counter()
     with open(out / "job.log", "w") as log:
         subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=True)
-    return json.loads((out / "report.json").read_text())
+    report = json.loads((out / "report.json").read_text())
+    # wall-clock of this subprocess (with --resume: only what was not reused)
+    return {**report, "wall_seconds": time.perf_counter() - start}
 
 
 def stats(values: list[float]) -> dict:
@@ -108,14 +112,21 @@ def markdown(result: dict) -> str:
             f"| | Embedding bytes ↓ | " + " | ".join(_bytes(t[m]["embedding_bytes"]) for m in TABLE2) + " |",
         ]
     lines += ["", "## Chosen (K, D) per field and bundle checks", "",
-              "| Model | Seed | Chosen (K, D) | Bundle embedding bytes / reported | max abs(served − trained) |", "|---|---|---|---|---|"]
+              "| Model | Seed | Chosen (K, D) | Bundle embedding bytes / reported | max abs(served − trained) | Wall (s) |",
+              "|---|---|---|---|---|---|"]
     for model in result["models"]:
         for seed, r in zip(seeds, result["reports"][model]):
             chosen = ", ".join(f"{f} {kd[0]}×{kd[1]}" for f, kd in r["decisions"].items() if kd)
             b = r.get("bundle")
             check = f"{b['embedding_bytes_in_bundle']:,} / {b['embedding_bytes_reported']:,}" if b else "-"
             diff = f"{b['max_abs_diff_served_vs_trained']:.1e}" if b else "-"
-            lines.append(f"| {model} | {seed} | {chosen} | {check} | {diff} |")
+            wall = f"{r['wall_seconds']:.0f}" if "wall_seconds" in r else "-"
+            lines.append(f"| {model} | {seed} | {chosen} | {check} | {diff} | {wall} |")
+    c = result.get("bundle_checks")
+    if c and c["bundles"]:
+        lines += ["", f"Bundle checks over {c['bundles']} bundles: largest relative gap between bundle and report embedding "
+                  f"bytes {c['max_relative_bytes_gap']:.2%} (within 5%: {c['all_within_5pct']}); largest abs(served − offline) "
+                  f"probability {c['max_abs_diff_served_vs_trained']:.1e} (< 1e-6: {c['all_served_equal_offline_1e-6']})."]
     return "\n".join(lines) + "\n"
 
 
@@ -130,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="section.key=value for every run")
     args = parser.parse_args(argv)
     out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     runs = [(m, s, ["others", "grid", "random"] if i == 0 else ["others", "random"])
             for i, m in enumerate(args.models) for s in args.seeds]
     with ThreadPoolExecutor(args.jobs) as pool:
@@ -145,8 +157,16 @@ def main(argv: list[str] | None = None) -> int:
         "seeds": args.seeds,
         "models": args.models,
         "tables": {m: aggregate(reports[m], TABLE1 if i == 0 else TABLE2) for i, m in enumerate(args.models)},
-        "reports": {m: [{k: r[k] for k in ("seed", "methods", "seconds_relative_to_fe", "decisions", "bundle", "search") if k in r}
+        "reports": {m: [{k: r[k] for k in ("seed", "methods", "seconds_relative_to_fe", "decisions", "bundle", "search", "wall_seconds") if k in r}
                         for r in reports[m]] for m in args.models},
+    }
+    bundles = [r["bundle"] for m in args.models for r in reports[m] if r.get("bundle")]
+    result["bundle_checks"] = {
+        "bundles": len(bundles),
+        "max_relative_bytes_gap": max((b["relative_bytes_gap"] for b in bundles), default=None),
+        "max_abs_diff_served_vs_trained": max((b["max_abs_diff_served_vs_trained"] for b in bundles), default=None),
+        "all_within_5pct": all(b["relative_bytes_gap"] < 0.05 for b in bundles),
+        "all_served_equal_offline_1e-6": all(b["max_abs_diff_served_vs_trained"] < 1e-6 for b in bundles),
     }
     write_json(out / "tables.json", result)
     (out / "tables.md").write_text(markdown(result))
