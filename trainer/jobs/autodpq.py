@@ -37,11 +37,11 @@ from trainer.config import load_sections
 from trainer.data.batches import iterate_batches
 from trainer.data.config import DataConfig
 from trainer.distributed import DistEnv, init_distributed
+from trainer.jobs.search_stage import search_stage
 from trainer.jobs.train import prepare, write_json
 from trainer.models.ctr import CTRModel, ModelConfig, build_model
 from trainer.models.dpq import OTHERS, CompressedLayout, compressed_model, dpq, served_model
 from trainer.search.autodpq.method import AutoDPQ, AutoDPQConfig, choices_from, load_pretrained
-from trainer.search.base import run_search
 from trainer.training import CTRTrain, TrainConfig, evaluate, fit, wrap
 from trainer.unshard import PREFIX, unshard_into
 
@@ -134,23 +134,6 @@ def train_compressed(ds, out: Path, layout: CompressedLayout, fe: CTRModel, exp,
         exp, env, resume, log,
         layout=layout.to_json(),
     )
-
-
-def search_stage(method: AutoDPQ, ds, exp, env, out: Path, resume: bool, log) -> dict:
-    path = out / "search" / "supernet.pt"
-    if resume and path.exists():
-        method.build().load_state_dict(torch.load(path, weights_only=True))
-        method.set_phase("eval")
-        log(f"search: reusing {path}")
-        return json.loads((out / "search" / "search.json").read_text())
-    torch.manual_seed(exp.train.seed)
-    start = time.perf_counter()
-    result = run_search(method, ds, exp.search, exp.train, env, log)
-    result["seconds"] = time.perf_counter() - start
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(method.supernet.state_dict(), path)
-    write_json(out / "search" / "search.json", result)
-    return result
 
 
 def best_of(runs: list[tuple[str, CTRModel, dict]]) -> dict:
@@ -251,7 +234,7 @@ def run(exp: AutoDPQExperiment, out: str | Path, *, resume: bool = False, log=pr
     log("frequency split (threshold %d): %s" % (exp.search.threshold, ", ".join(f"{t.name} {t.n_low}/{t.num_embeddings}" for t in split.tables)))
 
     # (ii) search
-    search = search_stage(method, ds, exp, env, out, resume, log)
+    search = search_stage(method, ds, exp.search, exp.train, env, out, resume, log)
     supernet = evaluate(CTRTrain(method.supernet), ds, "test", exp.train, env)
     decisions = method.derive()
     write_json(out / "decisions.json", decisions)

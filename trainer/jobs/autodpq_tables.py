@@ -16,14 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
 
+from trainer.jobs.seeds import pm, run_search_job, stats
 from trainer.jobs.train import write_json
 
 TABLE1 = ["fe", "others", "grid", "random", "autodpq"]
@@ -32,20 +30,8 @@ NAMES = {"fe": "FE", "others": "Others", "grid": "Grid", "random": "Random", "au
 
 
 def run_one(config: str, out: Path, model: str, seed: int, baselines: list[str], resume: bool, overrides: list[str]) -> dict:
-    out.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "trainer", "search", "--config", config, "--out", str(out), *(["--resume"] if resume else []),
-           f"model.name={model}", f"train.seed={seed}", f"search.baselines={json.dumps(baselines)}", *overrides]
-    start = time.perf_counter()
-    with open(out / "job.log", "w") as log:
-        subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=True)
-    report = json.loads((out / "report.json").read_text())
-    # wall-clock of this subprocess (with --resume: only what was not reused)
-    return {**report, "wall_seconds": time.perf_counter() - start}
-
-
-def stats(values: list[float]) -> dict:
-    a = np.asarray(values, dtype=np.float64)
-    return {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if len(a) > 1 else 0.0, "n": len(a), "values": a.tolist()}
+    return run_search_job(config, out, [f"model.name={model}", f"train.seed={seed}", f"search.baselines={json.dumps(baselines)}",
+                                        *overrides], resume)
 
 
 def aggregate(reports: list[dict], methods: list[str]) -> dict:
@@ -64,10 +50,6 @@ def aggregate(reports: list[dict], methods: list[str]) -> dict:
     out["autodpq"]["search_only_vs_fe"] = stats([a["autodpq_search_only"] for a in auto])
     out["autodpq"]["with_pretrain_vs_fe"] = stats([a["autodpq_with_pretrain"] for a in auto])
     return out
-
-
-def _pm(s: dict, digits: int = 4) -> str:
-    return f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}"
 
 
 def _bytes(s: dict) -> str:
@@ -91,13 +73,13 @@ def markdown(result: dict) -> str:
         "",
         "| | " + " | ".join(NAMES[m] for m in TABLE1) + " |",
         "|---|" + "---|" * len(TABLE1),
-        "| AUC ↑ | " + " | ".join(_pm(t1[m]["test_auc"]) for m in TABLE1) + " |",
-        "| Logloss ↓ | " + " | ".join(_pm(t1[m]["test_logloss"]) for m in TABLE1) + " |",
+        "| AUC ↑ | " + " | ".join(pm(t1[m]["test_auc"]) for m in TABLE1) + " |",
+        "| Logloss ↓ | " + " | ".join(pm(t1[m]["test_logloss"]) for m in TABLE1) + " |",
         "| Embedding bytes ↓ | " + " | ".join(_bytes(t1[m]["embedding_bytes"]) for m in TABLE1) + " |",
-        "| Time (× FE) | " + " | ".join(_pm(t1[m]["time_vs_fe"], 2) for m in TABLE1) + " |",
+        "| Time (× FE) | " + " | ".join(pm(t1[m]["time_vs_fe"], 2) for m in TABLE1) + " |",
         "",
-        f"AutoDPQ search stage alone: {_pm(t1['autodpq']['search_only_vs_fe'], 2)} × FE; pretrain + search + retrain: "
-        f"{_pm(t1['autodpq']['with_pretrain_vs_fe'], 2)} × FE.",
+        f"AutoDPQ search stage alone: {pm(t1['autodpq']['search_only_vs_fe'], 2)} × FE; pretrain + search + retrain: "
+        f"{pm(t1['autodpq']['with_pretrain_vs_fe'], 2)} × FE.",
         "",
         "## Table 2: compatibility",
         "",
@@ -107,9 +89,9 @@ def markdown(result: dict) -> str:
     for model in result["models"]:
         t = result["tables"][model]
         lines += [
-            f"| {model} | AUC ↑ | " + " | ".join(_pm(t[m]["test_auc"]) for m in TABLE2) + " |",
-            f"| | Logloss ↓ | " + " | ".join(_pm(t[m]["test_logloss"]) for m in TABLE2) + " |",
-            f"| | Embedding bytes ↓ | " + " | ".join(_bytes(t[m]["embedding_bytes"]) for m in TABLE2) + " |",
+            f"| {model} | AUC ↑ | " + " | ".join(pm(t[m]["test_auc"]) for m in TABLE2) + " |",
+            "| | Logloss ↓ | " + " | ".join(pm(t[m]["test_logloss"]) for m in TABLE2) + " |",
+            "| | Embedding bytes ↓ | " + " | ".join(_bytes(t[m]["embedding_bytes"]) for m in TABLE2) + " |",
         ]
     lines += ["", "## Chosen (K, D) per field and bundle checks", "",
               "| Model | Seed | Chosen (K, D) | Bundle embedding bytes / reported | max abs(served − trained) | Wall (s) |",

@@ -36,10 +36,10 @@ from trainer.data.config import DataConfig
 from trainer.data.view import RowSubset
 from trainer.distributed import DistEnv, init_distributed
 from trainer.jobs.ihas_plots import write_plots
+from trainer.jobs.search_stage import search_stage
 from trainer.jobs.train import prepare, table_stats, write_json
 from trainer.metrics import summary
 from trainer.models.ctr import ModelConfig, build_model
-from trainer.search.base import run_search
 from trainer.search.ihas.method import IHAS, IHASConfig
 from trainer.training import CTRTrain, TrainConfig, fit, predict, wrap
 from trainer.unshard import unshard_into
@@ -58,24 +58,6 @@ class IHASExperiment:
 def load_experiment(path: str, overrides: list[str]) -> IHASExperiment:
     sections = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "search": IHASConfig}
     return IHASExperiment(**load_sections(path, sections, overrides))
-
-
-def search_stage(method: IHAS, ds, exp: IHASExperiment, env: DistEnv, out: Path, resume: bool, log) -> dict:
-    """Pretrain + alternating search of `method` (its own config), saved under OUT/search."""
-    path = out / "search" / "supernet.pt"
-    if resume and path.exists():
-        method.build().load_state_dict(torch.load(path, weights_only=True))
-        method.set_phase("eval")
-        log(f"search: reusing {path}")
-        return json.loads((out / "search" / "search.json").read_text())
-    torch.manual_seed(exp.train.seed)
-    start = time.perf_counter()
-    result = run_search(method, ds, method.cfg, exp.train, env, log)
-    result["seconds"] = time.perf_counter() - start
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(method.supernet.state_dict(), path)
-    write_json(out / "search" / "search.json", result)
-    return result
 
 
 def cluster_stage(method: IHAS, ds, exp: IHASExperiment, out: Path, log, clusters: int | None = None) -> tuple[dict, torch.nn.Module, dict]:
@@ -235,7 +217,7 @@ def searched_variant(name: str, cfg: IHASConfig, ds, exp: IHASExperiment, env: D
     """Search with `cfg`, then cluster: (method, search history, decisions, router, row assignment)."""
     log(f"== {name}: search → {out}")
     method = IHAS(cfg, ds.spec, exp.model)
-    search = search_stage(method, ds, exp, env, out, resume, log)
+    search = search_stage(method, ds, method.cfg, exp.train, env, out, resume, log)
     decisions, router, assign = cluster_stage(method, ds, exp, out, log, clusters)
     return method, search, decisions, router, assign
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -12,15 +13,17 @@ import numpy as np
 
 def run_search_job(config: str, out: Path, overrides: list[str], resume: bool) -> dict:
     """`python -m trainer search` in a subprocess (a failed run cannot take the others down);
-    its output goes to OUT/job.log. Returns OUT/report.json."""
+    its output goes to OUT/job.log. Returns OUT/report.json plus `wall_seconds`, the
+    subprocess's wall-clock (with --resume: only what was not reused)."""
     out.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "trainer", "search", "--config", config, "--out", str(out),
            *(["--resume"] if resume else []), *overrides]
+    start = time.perf_counter()
     with open(out / "job.log", "w") as log:
         done = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT)
     if done.returncode:
         raise RuntimeError(f"{' '.join(cmd)} failed (exit {done.returncode}); see {out / 'job.log'}")
-    return json.loads((out / "report.json").read_text())
+    return {**json.loads((out / "report.json").read_text()), "wall_seconds": time.perf_counter() - start}
 
 
 def stats(values: list[float]) -> dict:
