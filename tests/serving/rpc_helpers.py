@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import socket
+import threading
 import time
+from dataclasses import dataclass, field
 
 from grpc_health.v1 import health_pb2
 from serving_fixtures import make_spec
@@ -95,3 +97,30 @@ def wait_until(predicate, timeout: float = 10.0, every: float = 0.02) -> bool:
             return True
         time.sleep(every)
     return predicate()
+
+
+@dataclass
+class HeldPredictor:
+    """Predictor.predict patched to block until `gate` is set (or `wait` s pass); `entered` is
+    set once a call is inside, `scored` records the rows of every call; `real` is the original."""
+
+    wait: float
+    real: object
+    gate: threading.Event = field(default_factory=threading.Event)
+    entered: threading.Event = field(default_factory=threading.Event)
+    scored: list = field(default_factory=list)
+
+
+def hold_predictor(monkeypatch, wait: float) -> HeldPredictor:
+    from serving.predictor import Predictor
+
+    held = HeldPredictor(wait, Predictor.predict)
+
+    def predict(self, batch):
+        held.entered.set()
+        held.gate.wait(held.wait)
+        held.scored.append(batch.num_rows)
+        return held.real(self, batch)
+
+    monkeypatch.setattr(Predictor, "predict", predict)
+    return held

@@ -9,7 +9,7 @@ import time
 import grpc
 import numpy as np
 import pytest
-from rpc_helpers import column_request, row_request
+from rpc_helpers import column_request, hold_predictor, row_request
 from serving_fixtures import random_rows
 
 import serving.batcher as batcher_mod
@@ -201,18 +201,10 @@ def wait_for(predicate, timeout: float = 5.0) -> bool:
 def test_grpc_deadlines_and_overload(bundle_dir, spec, start_server, monkeypatch):
     """Over gRPC: a request whose deadline passes in the queue → DEADLINE_EXCEEDED and is
     never scored; a full queue → RESOURCE_EXHAUSTED at once; the server then serves on."""
-    gate, entered, scored = threading.Event(), threading.Event(), []
-    real_predict = Predictor.predict
-
-    def predict(self, batch):
-        entered.set()
-        gate.wait(10)
-        scored.append(batch.num_rows)
-        return real_predict(self, batch)
-
     config = ServerConfig(max_workers=8, limits=LIMITS, metrics_port=0, batching=BatchConfig(max_rows=64, max_queue_rows=10, workers=1))
     app = start_server(bundle_dir, config)
-    monkeypatch.setattr(Predictor, "predict", predict)  # after the warm-up
+    held = hold_predictor(monkeypatch, 10)  # after the warm-up
+    gate, entered, scored = held.gate, held.entered, held.scored
     with grpc.insecure_channel(f"127.0.0.1:{app.port}") as channel:
         stub = pb_grpc.InferenceStub(channel)
         blocker = stub.Score.future(row_request(random_rows(spec, 1, seed=1)), timeout=20)
@@ -236,18 +228,10 @@ def test_grpc_deadlines_and_overload(bundle_dir, spec, start_server, monkeypatch
 def test_grpc_deadlines_with_batching_off(bundle_dir, spec, start_server, monkeypatch):
     """Batching off, one handler thread: requests whose deadline passes while they wait for
     the thread → DEADLINE_EXCEEDED, and they are never scored once the thread frees up."""
-    gate, entered, scored = threading.Event(), threading.Event(), []
-    real_predict = Predictor.predict
-
-    def predict(self, batch):
-        entered.set()
-        gate.wait(10)
-        scored.append(batch.num_rows)
-        return real_predict(self, batch)
-
     config = ServerConfig(max_workers=1, limits=LIMITS, batching=BatchConfig(enabled=False))
     app = start_server(bundle_dir, config)
-    monkeypatch.setattr(Predictor, "predict", predict)  # after the warm-up
+    held = hold_predictor(monkeypatch, 10)  # after the warm-up
+    gate, entered, scored = held.gate, held.entered, held.scored
     with grpc.insecure_channel(f"127.0.0.1:{app.port}") as channel:
         stub = pb_grpc.InferenceStub(channel)
         try:

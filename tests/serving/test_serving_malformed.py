@@ -6,7 +6,6 @@ test adds the categories that need a busy server: expired deadlines and overload
 from __future__ import annotations
 
 import math
-import threading
 import time
 from collections import Counter
 
@@ -14,7 +13,7 @@ import grpc
 import pytest
 from conftest import SHARED_MAX_ROWS
 from grpc_health.v1 import health_pb2_grpc
-from rpc_helpers import GOOD, SERVING, cols_pb, column_request, health_status, row_request, rows_pb, wait_until
+from rpc_helpers import GOOD, SERVING, cols_pb, column_request, health_status, hold_predictor, row_request, rows_pb, wait_until
 from serving_fixtures import make_spec, random_rows
 
 from serving._proto.embstack.v1 import inference_pb2 as pb
@@ -210,15 +209,6 @@ def test_overload_and_expired_deadlines_many_variants(bundle_dir, spec, start_se
     on a server whose only batch worker is held: a deadline that passes while queued →
     DEADLINE_EXCEEDED and the rows are never scored; a full batch queue, or more RPCs than
     max_concurrent_rpcs → RESOURCE_EXHAUSTED at once. Then the server serves on unchanged."""
-    gate, entered, scored = threading.Event(), threading.Event(), []
-    real_predict = Predictor.predict
-
-    def predict(self, batch):
-        entered.set()
-        gate.wait(20)
-        scored.append(batch.num_rows)
-        return real_predict(self, batch)
-
     config = ServerConfig(max_workers=24, max_concurrent_rpcs=16, limits=Limits(max_rows=MAX_ROWS, max_bag=MAX_BAG),
                           batching=BatchConfig(max_rows=MAX_ROWS, max_queue_rows=40, workers=1))
     app = start_server(bundle_dir, config)
@@ -226,7 +216,8 @@ def test_overload_and_expired_deadlines_many_variants(bundle_dir, spec, start_se
     channel = grpc.insecure_channel(f"127.0.0.1:{app.port}")
     stub = pb_grpc.InferenceStub(channel)
     before = stub.Score(golden, timeout=10)
-    monkeypatch.setattr(Predictor, "predict", predict)  # after the warm-up and the golden request
+    held = hold_predictor(monkeypatch, 20)  # after the warm-up and the golden request
+    gate, entered, scored = held.gate, held.entered, held.scored
     wrong = []
 
     def expect(category, future, code, words=()):
@@ -270,7 +261,7 @@ def test_overload_and_expired_deadlines_many_variants(bundle_dir, spec, start_se
     assert all(len(f.result().probabilities) == 1 for f in queued)
     assert sorted(scored) == sorted([1] + [15])  # the blocker, then the 15 queued rows in one call; nothing expired
     assert health_status(health_pb2_grpc.HealthStub(channel)) == SERVING
-    monkeypatch.setattr(Predictor, "predict", real_predict)
+    monkeypatch.setattr(Predictor, "predict", held.real)
     after = stub.Score(golden, timeout=10)
     assert list(after.probabilities) == list(before.probabilities) and list(after.clusters) == list(before.clusters)
     channel.close()

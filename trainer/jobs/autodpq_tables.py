@@ -14,14 +14,13 @@ OUT/tables.md (mean ± sample std over seeds).
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 
-from trainer.jobs.seeds import pm, run_search_job, stats
+from trainer.jobs.seeds import pm, run_search_job, seeds_parser, stats
 from trainer.jobs.train import write_json
 
 TABLE1 = ["fe", "others", "grid", "random", "autodpq"]
@@ -113,14 +112,8 @@ def markdown(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m trainer.jobs.autodpq_tables", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--config", default="configs/autodpq_ml100k.toml")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser = seeds_parser("python -m trainer.jobs.autodpq_tables", __doc__, "configs/autodpq_ml100k.toml")
     parser.add_argument("--models", nargs="+", default=["deepfm", "ipnn", "dcn"])
-    parser.add_argument("--jobs", type=int, default=1, help="runs at a time")
-    parser.add_argument("--resume", action="store_true")
-    parser.add_argument("overrides", nargs="*", help="section.key=value for every run")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -11,13 +11,12 @@ std over seeds).
 
 from __future__ import annotations
 
-import argparse
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from trainer.jobs.ihas import NAMES
-from trainer.jobs.seeds import pm, run_search_job, stats
+from trainer.jobs.seeds import pm, run_search_job, seeds_parser, stats
 from trainer.jobs.train import write_json
 
 FIGURES = ("test_auc", "test_logloss", "embedding_params", "seconds_per_10k_rows")
@@ -59,13 +58,7 @@ def markdown(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m trainer.jobs.ihas_tables", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--config", default="configs/ihas_ml100k.toml")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--jobs", type=int, default=1, help="runs at a time")
-    parser.add_argument("--resume", action="store_true")
-    parser.add_argument("overrides", nargs="*", help="section.key=value for every run")
+    parser = seeds_parser("python -m trainer.jobs.ihas_tables", __doc__, "configs/ihas_ml100k.toml")
     args = parser.parse_args(argv)
     out = Path(args.out)
     with ThreadPoolExecutor(args.jobs) as pool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -34,3 +35,16 @@ def stats(values: list[float]) -> dict:
 
 def pm(s: dict, digits: int = 4) -> str:
     return f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}"
+
+
+def seeds_parser(prog: str, doc: str, config: str) -> argparse.ArgumentParser:
+    """Command line shared by the per-seed table runners."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc.splitlines()[0])
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--config", default=config)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--jobs", type=int, default=1, help="runs at a time")
+    parser.add_argument("--resume", action="store_true", help="reuse every finished stage of every run")
+    parser.add_argument("overrides", nargs="*",
+                        help="section.key=value for every run (after `--` when they follow a list option such as --seeds)")
+    return parser
