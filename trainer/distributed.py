@@ -89,15 +89,22 @@ def init_tables(dmp: nn.Module, configs: dict, seed: int) -> None:
         gen = torch.Generator().manual_seed(seed * 1_000_003 + index[name])
         full = torch.empty(cfg.num_embeddings, cfg.embedding_dim)
         full.uniform_(cfg.get_weight_init_min(), cfg.get_weight_init_max(), generator=gen)
-        if isinstance(value, ShardedTensor):
-            for shard in value.local_shards():
-                r, c = shard.metadata.shard_offsets
-                h, w = shard.metadata.shard_sizes
-                shard.tensor.copy_(full[r : r + h, c : c + w])
-        elif isinstance(value, torch.Tensor):
-            value.copy_(full)
-        else:
-            raise TypeError(f"table {name}: cannot initialise a {type(value).__name__} shard")
+        copy_full_into(value, full, name)
+
+
+@torch.no_grad()
+def copy_full_into(value, full: torch.Tensor, name: str) -> None:
+    """Copy a full (unsharded) tensor into a state entry: this rank's shards of a
+    ShardedTensor, or the whole of a plain tensor."""
+    if isinstance(value, ShardedTensor):
+        for shard in value.local_shards():
+            r, c = shard.metadata.shard_offsets
+            h, w = shard.metadata.shard_sizes
+            shard.tensor.copy_(full[r : r + h, c : c + w])
+    elif isinstance(value, torch.Tensor):
+        value.copy_(full)
+    else:
+        raise TypeError(f"{name}: cannot copy into a {type(value).__name__}")
 
 
 def shard(

@@ -22,7 +22,8 @@ def _cmd(out: Path, cache: Path, nproc: int, *overrides: str, resume=False) -> l
 
 def _run(*args, **kw) -> dict:
     out = args[0]
-    subprocess.run(_cmd(*args, **kw), cwd=ROOT, check=True, capture_output=True, timeout=600)
+    done = subprocess.run(_cmd(*args, **kw), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
     return json.loads((out / "metrics.json").read_text())
 
 

@@ -31,12 +31,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.distributed._shard.sharded_tensor import ShardedTensor
 
 from trainer.config import load_sections
 from trainer.data.batches import iterate_batches
 from trainer.data.config import DataConfig
-from trainer.distributed import DistEnv, init_distributed
+from trainer.distributed import DistEnv, copy_full_into, init_distributed
 from trainer.jobs.search_stage import search_stage
 from trainer.jobs.train import prepare, write_json
 from trainer.models.ctr import CTRModel, ModelConfig, build_model
@@ -116,13 +115,7 @@ def load_full_state(train: torch.nn.Module, state: dict[str, torch.Tensor]) -> N
     """Copy full (unsharded) model weights into a CTRTrain-wrapped, DMP-sharded module,
     each rank its own shards (as trainer.distributed.init_tables does for fresh tables)."""
     for key, value in train.state_dict().items():
-        full = state[key.split(PREFIX, 1)[1] if PREFIX in key else key]
-        if isinstance(value, ShardedTensor):
-            for shard in value.local_shards():
-                (r, c), (h, w) = shard.metadata.shard_offsets, shard.metadata.shard_sizes
-                shard.tensor.copy_(full[r : r + h, c : c + w])
-        else:
-            value.copy_(full)
+        copy_full_into(value, state[key.split(PREFIX, 1)[1] if PREFIX in key else key], key)
 
 
 def train_compressed(ds, out: Path, layout: CompressedLayout, fe: CTRModel, exp, env, resume, log) -> tuple[CTRModel, dict]:
