@@ -7,12 +7,18 @@ from trainer.models.tables import FieldEmbeddings, layout_for, stored_dim
 MIXED = {"a": 3, "n": 0, "g": 5, "c": 8}  # odd dims, a dropped field
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
+FIRST_ORDER = ["fm", "wide_deep", "deepfm"]
+
+
+@pytest.mark.parametrize(
+    "name, first_order_column",
+    [(n, False) for n in sorted(MODELS)] + [(n, True) for n in FIRST_ORDER],
+)
 @pytest.mark.parametrize("storage", ["local", "sharded"])
-def test_forward_backward_mixed_dims(name, storage, toy_spec, toy_batch, dist_env):
+def test_forward_backward_mixed_dims(name, first_order_column, storage, toy_spec, toy_batch, dist_env):
     from trainer.training import TrainConfig, wrap
 
-    cfg = ModelConfig(name=name, dims=MIXED, mlp=[8, 8])
+    cfg = ModelConfig(name=name, dims=MIXED, mlp=[8, 8], first_order_column=first_order_column)
     model = build_model(toy_spec, cfg, device=torch.device("meta") if storage == "sharded" else None)
     assert model.embeddings.layout.fields == ("a", "g", "c")
     train, opt = wrap(model, TrainConfig(storage=storage, embedding_lr=0.1, lr=1e-2), dist_env, log=lambda _: None)
@@ -63,3 +69,96 @@ def test_zero_padding_interaction_uses_shared_prefix():
     a, b = torch.randn(2, 3), torch.randn(2, 5)
     got = fm_interaction(stack_zero_padded([a, b], 5))
     assert torch.allclose(got, (a * b[:, :3]).sum(1), atol=1e-6)
+
+
+UNIFORM = {"a": 4, "n": 4, "g": 4, "c": 4}  # equal dims: the one-view fast path of FieldEmbeddings.lookup
+
+
+@pytest.mark.parametrize("dims", [MIXED, UNIFORM], ids=["mixed", "uniform"])
+@pytest.mark.parametrize("name", FIRST_ORDER)
+def test_first_order_column_computes_what_separate_tables_compute(name, dims, toy_spec, toy_batch):
+    """Same weights laid out either way give the same logits; the column layout has one
+    table per field (a dropped field keeps a 1-wide one) and no w_ tables."""
+    sep = build_model(toy_spec, ModelConfig(name=name, dims=dims, mlp=[8, 8]))
+    col = build_model(toy_spec, ModelConfig(name=name, dims=dims, mlp=[8, 8], first_order_column=True))
+    assert col.linear is None
+    widths = {c.name: c.embedding_dim for c in col.embeddings.ebc.embedding_bag_configs()}
+    assert widths == {f"t_{f}": stored_dim(d + 1) for f, d in dims.items()}
+    with torch.no_grad():
+        for n, p in sep.named_parameters():
+            if not n.startswith(("embeddings.", "linear.")):
+                dict(col.named_parameters())[n].copy_(p + 0.1)
+                p.add_(0.1)  # non-zero head and bias, so the comparison is not trivially 0 == 0
+        for f in toy_spec.names:
+            w = col.embeddings.ebc.embedding_bags[f"t_{f}"].weight
+            w.normal_()
+            d = dims[f]
+            if d:
+                sep.embeddings.ebc.embedding_bags[f"t_{f}"].weight[:, :d].copy_(w[:, :d])
+            sep.linear.ebc.embedding_bags[f"w_{f}"].weight[:, 0].copy_(w[:, d])
+    b = toy_batch
+    assert torch.allclose(col(b.dense_features, b.sparse_features), sep(b.dense_features, b.sparse_features), atol=1e-5)
+    # A caller that masks embeddings and scores them (iHAS) gets the first-order term too.
+    embs = col.embeddings(b.sparse_features)
+    assert torch.allclose(col.score(b.dense_features, b.sparse_features, embs),
+                          sep.score(b.dense_features, b.sparse_features, embs), atol=1e-5)
+
+
+@pytest.mark.parametrize("storage", ["local", "sharded"])
+def test_first_order_column_starts_at_zero(storage, toy_spec, dist_env):
+    from trainer.training import TrainConfig, wrap
+    from trainer.unshard import unshard_into
+
+    cfg = ModelConfig(name="deepfm", dims=MIXED, mlp=[8], init_scale=0.05, first_order_column=True)
+    model = build_model(toy_spec, cfg, device=torch.device("meta") if storage == "sharded" else None)
+    train, _ = wrap(model, TrainConfig(storage=storage), dist_env, log=lambda _: None)
+    local = unshard_into(train, build_model(toy_spec, cfg))
+    for f in toy_spec.names:
+        w = local.embeddings.ebc.embedding_bags[f"t_{f}"].weight
+        d = MIXED[f]
+        assert torch.all(w[:, d] == 0)
+        if d:
+            assert 0 < w[:, :d].abs().max() <= 0.05
+
+
+def test_first_order_column_accounting(toy_spec):
+    from trainer.jobs.train import table_stats
+
+    for column in (False, True):
+        model = build_model(toy_spec, ModelConfig(name="deepfm", dims=MIXED, first_order_column=column))
+        rows = {f.name: f.num_embeddings for f in toy_spec.fields}
+        stats = table_stats(model)
+        assert stats["embedding_params"] == layout_for(toy_spec, MIXED).embedding_params + sum(rows.values())
+        widths = {f: stored_dim(MIXED[f] + 1) for f in rows} if column else None
+        expected = (sum(rows[f] * widths[f] for f in rows) if column
+                    else sum(rows[f] * (stored_dim(MIXED[f]) if MIXED[f] else 0) + rows[f] * 4 for f in rows))
+        assert stats["embedding_bytes"] == 4 * expected
+
+
+def test_dpq_refuses_first_order_column(toy_spec):
+    from trainer.models.dpq import require_separate_first_order
+
+    with pytest.raises(ValueError, match="first_order_column"):
+        require_separate_first_order(ModelConfig(first_order_column=True))
+
+
+@pytest.mark.parametrize("first_order_column", [False, True])
+def test_uniform_fast_path_matches_per_field_slices(first_order_column, toy_spec, toy_batch):
+    emb = FieldEmbeddings(toy_spec, UNIFORM, first_order_column=first_order_column)
+    assert emb._uniform_order is not None
+    with torch.no_grad():
+        for t in emb.ebc.embedding_bags.values():
+            t.weight.normal_()
+    fast, fast_fo = emb.lookup(toy_batch.sparse_features)
+    emb._uniform_order = None
+    slow, slow_fo = emb.lookup(toy_batch.sparse_features)
+    assert all(torch.equal(a, b) for a, b in zip(fast, slow)) and len(fast) == 4
+    assert (fast_fo is None and slow_fo is None) or torch.allclose(fast_fo, slow_fo, atol=1e-6)
+
+
+def test_dropped_field_with_equal_widths_takes_the_slice_path(toy_spec):
+    # dims 3 and a dropped field's first-order table are both 4 wide: widths are equal but
+    # the tables are not one per kept field, so the one-view path must not be used.
+    emb = FieldEmbeddings(toy_spec, {"a": 3, "n": 0, "g": 3, "c": 3}, first_order_column=True)
+    assert {c.embedding_dim for c in emb.ebc.embedding_bag_configs()} == {4}
+    assert emb._uniform_order is None

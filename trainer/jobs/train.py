@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from torchrec import EmbeddingBagCollection
 
 from trainer.config import load_sections
 from trainer.data.config import DataConfig, load_dataset
@@ -56,14 +57,10 @@ def prepare(exp: TrainExperiment, env: DistEnv, log):
 
 
 def table_stats(model) -> dict[str, int]:
-    layouts = [model.embeddings.layout]
-    params = sum(lay.embedding_params for lay in layouts)
-    stored = sum(lay.embedding_bytes for lay in layouts)
-    if model.linear is not None:
-        rows = sum(cfg.num_embeddings for cfg in model.linear.ebc.embedding_bag_configs())
-        params += rows
-        stored += rows * 4 * 4
-    return {"embedding_params": params, "embedding_bytes": stored}
+    """Logical parameters (embeddings + one first-order weight per id) and stored bytes."""
+    configs = [c for m in model.modules() if isinstance(m, EmbeddingBagCollection) for c in m.embedding_bag_configs()]
+    params = model.embeddings.layout.embedding_params + model.first_order_params
+    return {"embedding_params": params, "embedding_bytes": sum(c.num_embeddings * c.embedding_dim * 4 for c in configs)}
 
 
 def run(exp: TrainExperiment, out: str | Path, *, resume: bool = False, log=print) -> dict:

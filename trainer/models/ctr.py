@@ -34,6 +34,9 @@ class ModelConfig:
         cross_layers: DCN cross layers.
         dense_input: also feed log-scaled numerical values to the MLP.
         init_scale: embedding tables start uniform in ±init_scale.
+        first_order_column: keep FM / Wide&Deep / DeepFM first-order weights as an extra
+            column of each field's table instead of separate tables (one lookup per id;
+            see trainer.models.tables).
     """
 
     name: str = "deepfm"
@@ -44,6 +47,7 @@ class ModelConfig:
     cross_layers: int = 3
     dense_input: bool = False
     init_scale: float = 0.01
+    first_order_column: bool = False
 
     def validate(self) -> list[str]:
         problems = []
@@ -78,7 +82,8 @@ class CTRModel(nn.Module):
 
     def __init__(self, spec: FeatureSpec, cfg: ModelConfig, dims: dict[str, int], device=None):
         super().__init__()
-        self.embeddings = FieldEmbeddings(spec, dims, cfg.init_scale, device)
+        in_column = self.uses_linear and cfg.first_order_column
+        self.embeddings = FieldEmbeddings(spec, dims, cfg.init_scale, device, first_order_column=in_column)
         layout = self.embeddings.layout
         if not layout.fields:
             raise ValueError("every field has dim 0: the model would have no input")
@@ -86,18 +91,25 @@ class CTRModel(nn.Module):
         self.max_dim = max(layout.dims)
         self.n_fields = len(layout.fields)
         self.n_dense = len(spec.numerical) if cfg.dense_input else 0
-        self.linear = LinearWeights(spec, tuple(spec.names), device) if self.uses_linear else None
+        self.linear = LinearWeights(spec, tuple(spec.names), device) if self.uses_linear and not in_column else None
+        self.first_order_params = sum(f.num_embeddings for f in spec.fields) if self.uses_linear else 0
         self.bias = nn.Parameter(torch.zeros(1))
 
     def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:
-        return self.score(dense, sparse, self.embeddings(sparse))
+        embs, first_order = self.embeddings.lookup(sparse)
+        return self.score(dense, sparse, embs, first_order)
 
-    def score(self, dense: torch.Tensor, sparse: KeyedJaggedTensor, embs: list[torch.Tensor]) -> torch.Tensor:
-        """Logits from given per-field embeddings (a search method may mask them first)."""
+    def score(self, dense: torch.Tensor, sparse: KeyedJaggedTensor, embs: list[torch.Tensor],
+              first_order: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits from given per-field embeddings (a search method may mask them first).
+
+        `first_order`: the first-order sum if the caller already has it (from
+        `embeddings.lookup`); otherwise it is looked up here when the model has one.
+        """
         logit = self.head(dense, embs) + self.bias
-        if self.linear is not None:
-            logit = logit + self.linear(sparse)
-        return logit
+        if first_order is None and self.uses_linear:
+            first_order = self.linear(sparse) if self.linear is not None else self.embeddings.lookup(sparse)[1]
+        return logit if first_order is None else logit + first_order
 
     def deep_input(self, dense: torch.Tensor, embs: list[torch.Tensor]) -> torch.Tensor:
         parts = embs + ([dense] if self.n_dense else [])

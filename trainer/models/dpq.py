@@ -335,6 +335,10 @@ class _SplitEmbeddings(nn.Module):
         super().__init__()
         self.layout = layout
 
+    def lookup(self, sparse: KeyedJaggedTensor) -> tuple[list[torch.Tensor], None]:
+        """As FieldEmbeddings.lookup; first-order weights stay in the model's own tables."""
+        return self(sparse), None
+
     def _inputs(self, fields: dict) -> tuple[list[str], list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
         """EBC input for the t_<field> tables: (keys, values, lengths, weights) per feature."""
         keys, values, lengths, weights = [], [], [], []
@@ -509,9 +513,16 @@ def to_served(emb: CompressedEmbeddings) -> ServedEmbeddings:
     return served.eval()
 
 
+def require_separate_first_order(cfg: ModelConfig) -> None:
+    if cfg.first_order_column:
+        raise ValueError("model.first_order_column must be false with DPQ compression: "
+                         "compressed tables have no column for the first-order weights")
+
+
 def compressed_model(spec: FeatureSpec, cfg: ModelConfig, layout: CompressedLayout, tau_kd: float = TAU_KD, device=None) -> CTRModel:
     """The configured CTR model (trainer.models.ctr) with `CompressedEmbeddings` in place of
     its plain tables; the head is unchanged (it only sees per-field [B, X_f] tensors)."""
+    require_separate_first_order(cfg)
     dims = {n: 0 for n in spec.names} | {t.name: t.dim for t in layout.tables}
     model = build_model(spec, cfg, dims=dims, device=device)
     model.embeddings = CompressedEmbeddings(layout, cfg.init_scale, tau_kd, device)

@@ -22,7 +22,7 @@ import torch
 
 from serving.features import FeatureSpec
 from trainer.models.ctr import CTRModel, ModelConfig, build_model
-from trainer.models.dpq import TAU_KD, CompressedLayout, Compression, dpq, plan_layout
+from trainer.models.dpq import TAU_KD, CompressedLayout, Compression, dpq, plan_layout, require_separate_first_order
 from trainer.search.autodpq.supernet import GumbelSchedule, SearchEmbeddings
 from trainer.search.base import SearchLoopConfig
 
@@ -115,6 +115,7 @@ class AutoDPQ:
 
     def __init__(self, cfg: AutoDPQConfig, spec: FeatureSpec, model_cfg: ModelConfig, counts: dict[str, np.ndarray],
                  pretrained: CTRModel | None = None, seed: int = 0):
+        require_separate_first_order(model_cfg)
         self.cfg = cfg
         self.spec = spec
         self.model_cfg = model_cfg
