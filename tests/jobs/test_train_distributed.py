@@ -45,6 +45,15 @@ def test_two_processes_match_one(single, sharding, tmp_path, cache):
     assert abs(two["test_logloss"] - single["test_logloss"]) <= 0.002
 
 
+def test_first_order_column_two_processes_match_one(tmp_path, cache):
+    """Column-wise shards split the 20-wide tables, first-order column included."""
+    col = "model.first_order_column=true"
+    one = _run(tmp_path / "one", cache, 1, col)
+    two = _run(tmp_path / "two", cache, 2, col, "train.sharding=column_wise")
+    assert abs(two["test_auc"] - one["test_auc"]) <= 0.002, (two["test_auc"], one["test_auc"])
+    assert abs(two["test_logloss"] - one["test_logloss"]) <= 0.002
+
+
 def test_killed_run_resumes_to_the_same_metrics(tmp_path, cache):
     epochs = ["train.epochs=4", "train.patience=4", "data.rows=60000"]
     full = _run(tmp_path / "full", cache, 2, *epochs)

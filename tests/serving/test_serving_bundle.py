@@ -208,6 +208,25 @@ def test_single_cluster_bundle_without_router(tmp_path, spec, models):
     assert (got.clusters == 0).all() and float(np.max(np.abs(got.probabilities - want))) < 1e-6
 
 
+@pytest.mark.parametrize("dims", [{}, {"user": 4, "age": 0, "genres": 8}], ids=["uniform", "mixed"])
+def test_first_order_column_model_serves_its_offline_scores(dims, tmp_path, spec):
+    from trainer.models.ctr import ModelConfig, build_model
+
+    torch.manual_seed(3)
+    cfg = ModelConfig(name="deepfm", embedding_dim=8, dims=dims, mlp=[16], first_order_column=True, init_scale=0.3)
+    model = build_model(spec, cfg).eval()
+    with torch.no_grad():  # non-zero first-order weights, so the term is really served
+        for t in model.embeddings.ebc.embedding_bags.values():
+            t.weight.normal_(0, 0.3)
+    rows = random_rows(spec, 300, seed=5)
+    out = write_bundle(tmp_path / "fo", spec=spec, cluster_models=[model], router=None, version="fo-1",
+                       example=Encoder(spec).encode_rows(rows[:16]).to_inputs(spec.names))
+    got = Predictor(load_bundle(out)).predict_rows(rows)
+    with torch.no_grad():
+        want = torch.sigmoid(model(*Encoder(spec).encode_rows(rows).to_inputs(spec.names))).numpy()
+    assert float(np.max(np.abs(got.probabilities - want))) < 1e-6
+
+
 @pytest.mark.parametrize("kind", ["int8", "fp16"])
 def test_quantized_bundle_routes_identically_and_scores_close(kind, tmp_path, spec, models, bundle):
     cluster_models, router = models

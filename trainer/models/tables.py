@@ -75,7 +75,10 @@ class FirstOrderColumnInit:
     @torch.no_grad()
     def __call__(self, weight: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         weight.uniform_(-self.scale, self.scale, generator=generator)
-        weight[:, self.column] = 0.0
+        # Sharded modules also call this on their local pieces (maybe empty, or a column
+        # slice) before trainer.distributed.init_tables overwrites them from the full draw.
+        if weight.dim() == 2 and weight.shape[1] > self.column:
+            weight[:, self.column] = 0.0
         return weight
 
 
