@@ -26,7 +26,7 @@ def stack_zero_padded(embs: list[torch.Tensor], width: int) -> torch.Tensor:
     d_b-dim embedding becomes the product over their first min(d_a, d_b) coordinates, so
     a field keeps interacting after a dim search shortened it, with no extra parameters.
     """
-    return torch.stack([nn.functional.pad(e, (0, width - e.shape[1])) for e in embs], dim=1)
+    return torch.stack([e if e.shape[1] == width else nn.functional.pad(e, (0, width - e.shape[1])) for e in embs], dim=1)
 
 
 def fm_interaction(stacked: torch.Tensor) -> torch.Tensor:
