@@ -1,4 +1,5 @@
-"""Sharded training module → plain CPU model with the same weights (for export and scoring)."""
+"""Sharded training module ⇄ plain CPU model with the same weights (for export and scoring,
+and for starting a sharded run from given weights)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed._shard.sharded_tensor import ShardedTensor
 from torch.distributed.tensor import DTensor
+
+from trainer.distributed import copy_full_into
 
 PREFIX = "model."  # CTRTrain keeps the model under .model
 
@@ -36,3 +39,11 @@ def unshard_into(train: nn.Module, fresh: nn.Module) -> nn.Module:
     if rank == 0:
         fresh.load_state_dict(state, strict=True)
     return fresh.eval()
+
+
+@torch.no_grad()
+def load_full_state(train: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Copy full (unsharded) model weights into a CTRTrain-wrapped, DMP-sharded module,
+    each rank its own shards (as trainer.distributed.init_tables does for fresh tables)."""
+    for key, value in train.state_dict().items():
+        copy_full_into(value, state[key.split(PREFIX, 1)[1] if PREFIX in key else key], key)

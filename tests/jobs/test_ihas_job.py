@@ -22,7 +22,8 @@ def test_ihas_search_job_end_to_end(tmp_path):
         assert all(0 <= d <= 8 and d == len(c["kept"][f]) for f, d in c["dims"].items())
     assert 0 <= report["cluster_purity"] <= 1
     methods = report["methods"]
-    assert set(methods) == {"base", "ihas_1", "ihas_2", "ihas_3", "ihas_4", "ihas"}
+    assert set(methods) == {"base", "ihas_1", "ihas_2", "ihas_3", "ihas_4", "ihas", "ihas_warm"}
+    assert methods["ihas_warm"]["dims"] == methods["ihas"]["dims"]
     for m in methods.values():
         assert 0.5 < m["test_auc"] <= 1 and m["test_logloss"] > 0 and m["seconds_per_10k_rows"] > 0
     # Base keeps every dim of every field; iHAS's params are what its cluster models hold.

@@ -35,14 +35,14 @@ import torch
 from trainer.config import load_sections
 from trainer.data.batches import iterate_batches
 from trainer.data.config import DataConfig
-from trainer.distributed import DistEnv, copy_full_into, init_distributed
+from trainer.distributed import DistEnv, init_distributed
 from trainer.jobs.search_stage import search_stage
 from trainer.jobs.train import prepare, write_json
 from trainer.models.ctr import CTRModel, ModelConfig, build_model
 from trainer.models.dpq import OTHERS, CompressedLayout, compressed_model, dpq, served_model
 from trainer.search.autodpq.method import AutoDPQ, AutoDPQConfig, choices_from, load_pretrained
 from trainer.training import CTRTrain, TrainConfig, evaluate, fit, wrap
-from trainer.unshard import PREFIX, unshard_into
+from trainer.unshard import load_full_state, unshard_into
 
 METRIC_KEYS = ("test_auc", "test_logloss", "val_auc", "val_logloss")
 
@@ -108,14 +108,6 @@ def train_stage(ds, out: Path, build, init, exp: AutoDPQExperiment, env: DistEnv
     log(f"{out.name}: test auc {test['auc']:.4f} logloss {test['logloss']:.4f} (val auc {val['auc']:.4f}), "
         f"embedding bytes {layout.embedding_bytes:,}, {seconds:.0f}s")
     return model.eval(), metrics
-
-
-@torch.no_grad()
-def load_full_state(train: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Copy full (unsharded) model weights into a CTRTrain-wrapped, DMP-sharded module,
-    each rank its own shards (as trainer.distributed.init_tables does for fresh tables)."""
-    for key, value in train.state_dict().items():
-        copy_full_into(value, state[key.split(PREFIX, 1)[1] if PREFIX in key else key], key)
 
 
 def train_compressed(ds, out: Path, layout: CompressedLayout, fe: CTRModel, exp, env, resume, log) -> tuple[CTRModel, dict]:

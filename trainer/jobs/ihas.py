@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from trainer.config import load_sections
+from trainer.config import ConfigError, load_sections
 from trainer.data.batches import iterate_batches
 from trainer.data.config import DataConfig
 from trainer.data.view import RowSubset
@@ -39,10 +39,11 @@ from trainer.jobs.ihas_plots import write_plots
 from trainer.jobs.search_stage import search_stage
 from trainer.jobs.train import prepare, table_stats, write_json
 from trainer.metrics import summary
-from trainer.models.ctr import ModelConfig, build_model
+from trainer.models.ctr import CTRModel, ModelConfig, build_model
 from trainer.search.ihas.method import IHAS, IHASConfig
+from trainer.search.ihas.warm_start import WARM_MODELS, warm_start_state
 from trainer.training import CTRTrain, TrainConfig, fit, predict, wrap
-from trainer.unshard import unshard_into
+from trainer.unshard import load_full_state, unshard_into
 
 SPLITS = ("train", "val", "test")
 
@@ -57,7 +58,11 @@ class IHASExperiment:
 
 def load_experiment(path: str, overrides: list[str]) -> IHASExperiment:
     sections = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "search": IHASConfig}
-    return IHASExperiment(**load_sections(path, sections, overrides))
+    exp = IHASExperiment(**load_sections(path, sections, overrides))
+    if exp.search.warm_variant and exp.model.name not in WARM_MODELS:
+        raise ConfigError(str(path), [f"search.warm_variant: needs model.name in {list(WARM_MODELS)} "
+                                      f"(an MLP-only head), got {exp.model.name!r}"])
+    return exp
 
 
 def cluster_stage(method: IHAS, ds, exp: IHASExperiment, out: Path, log, clusters: int | None = None) -> tuple[dict, torch.nn.Module, dict]:
@@ -80,10 +85,11 @@ def route(router, ds, split: str, batch_size: int) -> np.ndarray:
 
 
 def retrain_cluster(ds, assign: dict, c: int, dims: dict, model_cfg: ModelConfig, exp: IHASExperiment, env: DistEnv,
-                    out: Path, resume: bool, log):
+                    out: Path, resume: bool, log, init_state: dict | None = None):
     """Train the cluster's model on the cluster's rows; returns (plain model, test probs, metrics).
 
     With `resume`, a finished model (OUT/model.pt + test_probs.npy + metrics.json) is reused.
+    `init_state`: full weights to start from (iHAS-warm) instead of a fresh draw.
     """
     files = out / "model.pt", out / "test_probs.npy", out / "metrics.json"
     if resume and all(f.exists() for f in files):
@@ -96,6 +102,8 @@ def retrain_cluster(ds, assign: dict, c: int, dims: dict, model_cfg: ModelConfig
     model = build_model(ds.spec, model_cfg, dims=dims, device=torch.device("meta"))
     stats = table_stats(model)
     train, opt = wrap(model, exp.train, env, log)
+    if init_state is not None:
+        load_full_state(train, init_state)
     result = fit(train, opt, view, exp.train, env, out / "checkpoints", log, resume=False)
     probs, labels = predict(train, view, "test", exp.train, env)
     plain = unshard_into(train, build_model(ds.spec, model_cfg, dims=dims)).eval()
@@ -124,8 +132,12 @@ class Retrained:
 
 
 def retrain_all(ds, decisions: dict, assign: dict, model_cfg: ModelConfig, exp: IHASExperiment, env: DistEnv, out: Path,
-                resume: bool, log, router=None) -> Retrained:
-    """One model per cluster of `decisions`, each on its rows; test scores merged in row order."""
+                resume: bool, log, router=None, warm_from: CTRModel | None = None) -> Retrained:
+    """One model per cluster of `decisions`, each on its rows; test scores merged in row order.
+
+    `warm_from`: the supernet's base network; each cluster model then starts from its
+    weights cut to the cluster's kept columns (trainer.search.ihas.warm_start).
+    """
     test_labels = ds.labels[ds.indices("test")].astype(np.float32)
     merged = np.zeros(len(test_labels), dtype=np.float32)
     models, clusters, timed = [], [], ([(router, ds)] if router is not None and len(decisions["clusters"]) > 1 else [])
@@ -134,7 +146,10 @@ def retrain_all(ds, decisions: dict, assign: dict, model_cfg: ModelConfig, exp: 
             raise RuntimeError(f"cluster {c['id']} is empty or keeps no dims: lower search.clusters or search.l0")
         cid = c["id"]
         log(f"retrain {model_cfg.name} for cluster {cid} ({c['train_rows']} train rows) → {out / f'cluster_{cid}'}")
-        plain, probs, metrics = retrain_cluster(ds, assign, cid, c["dims"], model_cfg, exp, env, out / f"cluster_{cid}", resume, log)
+        init = None
+        if warm_from is not None:
+            init = warm_start_state(warm_from, build_model(ds.spec, model_cfg, dims=c["dims"]), c["kept"])
+        plain, probs, metrics = retrain_cluster(ds, assign, cid, c["dims"], model_cfg, exp, env, out / f"cluster_{cid}", resume, log, init)
         merged[assign["test"] == cid] = probs
         models.append(plain)
         clusters.append(metrics)
@@ -261,6 +276,11 @@ def run(exp: IHASExperiment, out: str | Path, *, resume: bool = False, log=print
         methods["ihas_4"] = row_of(retrain_all(ds, dec4, assign4, exp.model, exp, env, out / "ablations" / "ihas_4", resume, log), rows)
     methods["ihas"] = {**row_of(ihas, rows), "router_embedding_params": method.supernet.base.embeddings.layout.embedding_params,
                        "clusters": ihas.clusters}
+    if exp.search.warm_variant:
+        log("== iHAS-warm: the same clusters and dims, each model started from the supernet's weights")
+        warm = retrain_all(ds, decisions, assign, exp.model, exp, env, out / "variants" / "ihas_warm", resume, log, router,
+                           warm_from=method.supernet.base)
+        methods["ihas_warm"] = {**row_of(warm, rows), "clusters": warm.clusters}
 
     transfer = {}
     for name in exp.search.transfer_models:
@@ -293,7 +313,8 @@ def run(exp: IHASExperiment, out: str | Path, *, resume: bool = False, log=print
     return report
 
 
-NAMES = {"base": "Base", "ihas_1": "iHAS-1", "ihas_2": "iHAS-2", "ihas_3": "iHAS-3", "ihas_4": "iHAS-4", "ihas": "iHAS"}
+NAMES = {"base": "Base", "ihas_1": "iHAS-1", "ihas_2": "iHAS-2", "ihas_3": "iHAS-3", "ihas_4": "iHAS-4", "ihas": "iHAS",
+         "ihas_warm": "iHAS-warm"}
 
 
 def format_report(report: dict) -> str:

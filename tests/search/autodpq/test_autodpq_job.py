@@ -65,7 +65,7 @@ def test_sharded_training_starts_from_the_given_weights(toy_spec, toy_batch, dis
     import numpy as np
     import torch
 
-    from trainer.jobs.autodpq import load_full_state
+    from trainer.unshard import load_full_state
     from trainer.models.ctr import ModelConfig, build_model
     from trainer.models.dpq import OTHERS, compressed_model, dpq, plan_layout
     from trainer.search.autodpq.method import load_pretrained

@@ -46,6 +46,8 @@ class IHASConfig(SearchLoopConfig):
             without polarization) and iHAS-4 (a search with shared gates).
         transfer_models: other base model types retrained per cluster with the frozen
             gates' dims and router, each next to its own Base (the paper's transfer table).
+        warm_variant: also report iHAS-warm: the same clusters and dims, each cluster model
+            started from the supernet's weights instead of from scratch (mlp / wide_deep).
     """
 
     method: str = "ihas"
@@ -62,6 +64,7 @@ class IHASConfig(SearchLoopConfig):
     kmeans_max_iter: int = 500
     ablations: bool = True
     transfer_models: list[str] = field(default_factory=list)
+    warm_variant: bool = False
 
     def validate(self) -> list[str]:
         p = super().validate()
