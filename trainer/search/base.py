@@ -54,6 +54,9 @@ class SearchLoopConfig:
         arch_every: one architecture step on a validation batch every this many training batches.
         arch_lr: Adam learning rate of the architecture parameters.
         patience: stop the search after this many epochs without a better validation AUC.
+        keep: "best" ends the search in the state of its best validation epoch (early
+            stopping); "last" runs all search_epochs and keeps the final state, as a DARTS
+            search reads argmax α at the end (patience is then unused).
     """
 
     pretrain_epochs: int = 5
@@ -61,6 +64,7 @@ class SearchLoopConfig:
     arch_every: int = 100
     arch_lr: float = 1e-3
     patience: int = 2
+    keep: str = "best"
 
     def validate(self) -> list[str]:
         p = []
@@ -71,6 +75,8 @@ class SearchLoopConfig:
             p.append(f"search.pretrain_epochs: must be >= 0, got {self.pretrain_epochs}")
         if not self.arch_lr > 0:
             p.append(f"search.arch_lr: must be > 0, got {self.arch_lr}")
+        if self.keep not in ("best", "last"):
+            p.append(f"search.keep: must be 'best' or 'last', got {self.keep!r}")
         return p
 
 
@@ -81,10 +87,11 @@ def _val_batches(ds, tcfg: TrainConfig):
 
 
 def run_search(method: SearchMethod, ds, loop: SearchLoopConfig, tcfg: TrainConfig, env: DistEnv, log: Log) -> dict:
-    """Pretrain, then alternate weight / architecture steps until validation AUC stops improving.
+    """Pretrain, then alternate weight / architecture steps until validation AUC stops improving
+    (`loop.keep` = "best") or for all search_epochs ("last").
 
     Runs in one process on unsharded tables (Adam on everything, as the papers train);
-    the supernet ends in the state of its best validation epoch.
+    the supernet ends in the state of its best validation epoch, or its last.
 
     Returns:
         The history: per epoch phase, train loss, samples/s and validation AUC / logloss.
@@ -124,12 +131,13 @@ def run_search(method: SearchMethod, ds, loop: SearchLoopConfig, tcfg: TrainConf
         log(f"search epoch {epoch} val auc {auc:.4f} (deterministic architecture)")
         if auc > best:
             best, best_epoch, best_state = auc, epoch, copy.deepcopy(supernet.state_dict())
-        elif epoch - best_epoch >= loop.patience:
+        elif epoch - best_epoch >= loop.patience and loop.keep == "best":
             break
-    supernet.load_state_dict(best_state)
+    if loop.keep == "best":
+        supernet.load_state_dict(best_state)
     method.set_phase("eval")
-    log(f"search converged: best epoch {best_epoch} val auc {best:.4f}")
-    return {"history": history, "best_epoch": best_epoch, "best_val_auc": best}
+    log(f"search done: best epoch {best_epoch} val auc {best:.4f}; keeping the {loop.keep} state")
+    return {"history": history, "best_epoch": best_epoch, "best_val_auc": best, "kept": loop.keep}
 
 
 def _val(method: SearchMethod, train: nn.Module, ds, tcfg: TrainConfig, env: DistEnv) -> dict:

@@ -1,0 +1,47 @@
+"""The shared search loop: early stopping restores the best epoch; keep = "last" runs every epoch."""
+
+import pytest
+import torch
+
+from trainer.config import ConfigError
+from trainer.data.config import DataConfig, load_dataset
+from trainer.models.ctr import ModelConfig
+from trainer.search import base
+from trainer.search.ihas.method import IHAS, IHASConfig
+from trainer.training import TrainConfig
+
+FALLING = [0.80, 0.70, 0.60, 0.50]  # validation AUC per search epoch: never improves after epoch 0
+
+
+@pytest.fixture(scope="module")
+def ds(tmp_path_factory):
+    cfg = DataConfig(source="synthetic", rows=3000, n_categorical=4, n_numerical=1, vocab_min=5, vocab_max=40, signal_fields_per_group=2,
+                     cache_dir=str(tmp_path_factory.mktemp("cache")))
+    return load_dataset(cfg, log=lambda _: None)
+
+
+@pytest.mark.parametrize("keep, epochs_run, state_of_epoch", [("best", 2, 0), ("last", 4, 3)])
+def test_keep_decides_which_state_the_search_ends_in(keep, epochs_run, state_of_epoch, ds, dist_env, monkeypatch):
+    method = IHAS(IHASConfig(pretrain_epochs=0, search_epochs=4, patience=1, arch_every=1, arch_lr=0.1, keep=keep),
+                  ds.spec, ModelConfig(name="mlp", embedding_dim=4, mlp=[4]))
+    gates_after = []  # the gate parameters at the end of each search epoch
+
+    def fake_val(method_, train, ds_, tcfg, env):
+        gates_after.append([p.detach().clone() for p in method_.arch_parameters()])
+        return {"val_auc": FALLING[len(gates_after) - 1], "val_logloss": 0.5}
+
+    monkeypatch.setattr(base, "_val", fake_val)
+    result = base.run_search(method, ds, method.cfg, TrainConfig(batch_size=256, lr=1e-2), dist_env, log=lambda _: None)
+    assert len(result["history"]) == epochs_run and result["best_epoch"] == 0 and result["kept"] == keep
+    assert not all(torch.equal(a, b) for a, b in zip(gates_after[0], gates_after[-1]))  # the gates did move
+    for got, want in zip(method.arch_parameters(), gates_after[state_of_epoch]):
+        assert torch.equal(got, want)
+
+
+def test_unknown_keep_is_a_config_error(tmp_path):
+    from trainer.jobs.ihas import load_experiment
+
+    cfg = tmp_path / "x.toml"
+    cfg.write_text('[model]\nname = "mlp"\n[search]\nkeep = "first"\n')
+    with pytest.raises(ConfigError, match="search.keep"):
+        load_experiment(str(cfg), [])
