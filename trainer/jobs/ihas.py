@@ -319,11 +319,11 @@ NAMES = {"base": "Base", "ihas_1": "iHAS-1", "ihas_2": "iHAS-2", "ihas_3": "iHAS
 
 def format_report(report: dict) -> str:
     """The methods and transfer tables as aligned text."""
-    lines = [f"{'method':8} {'test AUC':>9} {'logloss':>8} {'emb params':>11} {'s/10k rows':>10}"]
+    lines = [f"{'method':9} {'test AUC':>9} {'logloss':>8} {'emb params':>11} {'s/10k rows':>10}"]
     for key, name in NAMES.items():
         if key in report["methods"]:
             m = report["methods"][key]
-            lines.append(f"{name:8} {m['test_auc']:9.4f} {m['test_logloss']:8.4f} {m['embedding_params']:11,} {m['seconds_per_10k_rows']:10.4f}")
+            lines.append(f"{name:9} {m['test_auc']:9.4f} {m['test_logloss']:8.4f} {m['embedding_params']:11,} {m['seconds_per_10k_rows']:10.4f}")
     for name, t in report["transfer"].items():
         lines.append(f"transfer {name:10} Base {t['base']['test_auc']:.4f} → iHAS {t['ihas']['test_auc']:.4f} "
                      f"(params {t['base']['embedding_params']:,} → {t['ihas']['embedding_params']:,})")
