@@ -33,7 +33,6 @@ from torchrec import KeyedJaggedTensor
 from torchrec.datasets.utils import Batch
 
 from serving.features import FeatureSpec, Field
-from trainer.models.blocks import fm_interaction, stack_zero_padded
 from trainer.models.ctr import ModelConfig, build_model
 
 VARIANTS = ("naive", "stack", "stack_col", "dense")

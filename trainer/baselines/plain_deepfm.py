@@ -22,6 +22,7 @@ from torch import nn
 
 from trainer.config import load_sections
 from trainer.data.config import DataConfig, load_dataset
+from trainer.jobs.seeds import stats
 from trainer.metrics import summary
 from trainer.models.ctr import ModelConfig
 from trainer.training import TrainConfig
@@ -117,8 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(sections["train"].threads or torch.get_num_threads())
     ds = load_dataset(sections["data"], log=print)
     runs = [train_one(ds, sections["model"], sections["train"], s) for s in args.seeds]
-    aucs = np.array([r["test_auc"] for r in runs])
-    result = {"runs": runs, "test_auc_mean": float(aucs.mean()), "test_auc_std": float(aucs.std(ddof=1)) if len(aucs) > 1 else 0.0}
+    auc = stats([r["test_auc"] for r in runs])
+    result = {"runs": runs, "test_auc_mean": auc["mean"], "test_auc_std": auc["std"]}
     print(json.dumps(result, indent=2))
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2))

@@ -19,9 +19,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-
-from trainer.jobs.seeds import pm, run_search_job, seeds_parser, stats
-from trainer.jobs.train import write_json
+from trainer.jobs.seeds import pm, publish_tables, run_search_job, seeds_parser, stats
 
 TABLE1 = ["fe", "others", "grid", "random", "autodpq"]
 TABLE2 = ["others", "random", "autodpq"]
@@ -143,9 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         "all_within_5pct": all(b["relative_bytes_gap"] < 0.05 for b in bundles),
         "all_served_equal_offline_1e-6": all(b["max_abs_diff_served_vs_trained"] < 1e-6 for b in bundles),
     }
-    write_json(out / "tables.json", result)
-    (out / "tables.md").write_text(markdown(result))
-    print((out / "tables.md").read_text())
+    publish_tables(out, result, markdown(result))
     return 0
 
 

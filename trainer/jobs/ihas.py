@@ -11,6 +11,8 @@ complete is loaded instead of rerun:
   OUT/ablations/ihas_{2,3,4}/            iHAS-2 (K = 1 from the same search), iHAS-3 (search
                                          without polarization), iHAS-4 (search with shared gates)
   OUT/transfer/<model>/                  other base models with the frozen gates' dims + router
+  OUT/variants/ihas_warm/                iHAS-warm (search.warm_variant): cluster models
+                                         started from the supernet's weights
   OUT/bundle/                            what the server loads (router + cluster models)
   OUT/plots/                             dims per field per cluster; gate-probability histograms
   OUT/report.json                        per method: test AUC, logloss, params, s per 10k rows
@@ -19,6 +21,7 @@ Choices where the paper is vague are documented in trainer/search/ihas/*.py.
 The search stage runs in one process (supernet on unsharded tables with Adam, as in the
 paper); retraining uses the sharded stack (DMP + FBGEMM fused optimizer).
 """
+
 from __future__ import annotations
 
 import itertools

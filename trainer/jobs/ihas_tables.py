@@ -1,4 +1,4 @@
-"""The iHAS paper's Table 4 (Base, iHAS-1…4, iHAS) and its transfer table, over seeds.
+"""The iHAS paper's Table 4 (Base, iHAS-1…4, iHAS; iHAS-warm when configured) and its transfer table, over seeds.
 
     python -m trainer.jobs.ihas_tables --out runs/ihas_seeds [--config configs/ihas_ml100k.toml]
         [--seeds 0 1 2] [--jobs 1] [--resume] [section.key=value ...]
@@ -16,8 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from trainer.jobs.ihas import NAMES
-from trainer.jobs.seeds import pm, run_search_job, seeds_parser, stats
-from trainer.jobs.train import write_json
+from trainer.jobs.seeds import pm, publish_tables, run_search_job, seeds_parser, stats
 
 FIGURES = ("test_auc", "test_logloss", "embedding_params", "seconds_per_10k_rows")
 
@@ -78,9 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         "search_seconds": stats([r["search"]["seconds"] for r in reports]),
         "reports": [{k: r[k] for k in ("seed", "methods", "transfer", "search", "bundle")} for r in reports],
     }
-    write_json(out / "tables.json", result)
-    (out / "tables.md").write_text(markdown(result))
-    print((out / "tables.md").read_text())
+    publish_tables(out, result, markdown(result))
     return 0
 
 

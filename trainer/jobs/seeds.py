@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from trainer.jobs.train import write_json
+
 
 def run_search_job(config: str, out: Path, overrides: list[str], resume: bool) -> dict:
     """`python -m trainer search` in a subprocess (a failed run cannot take the others down);
@@ -25,6 +27,13 @@ def run_search_job(config: str, out: Path, overrides: list[str], resume: bool) -
     if done.returncode:
         raise RuntimeError(f"{' '.join(cmd)} failed (exit {done.returncode}); see {out / 'job.log'}")
     return {**json.loads((out / "report.json").read_text()), "wall_seconds": time.perf_counter() - start}
+
+
+def publish_tables(out: Path, result: dict, markdown: str) -> None:
+    """OUT/tables.json (every figure) and OUT/tables.md (the tables), echoed to stdout."""
+    write_json(out / "tables.json", result)
+    (out / "tables.md").write_text(markdown)
+    print(markdown)
 
 
 def stats(values: list[float]) -> dict:
