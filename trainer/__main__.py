@@ -40,9 +40,8 @@ def main(argv: list[str] | None = None) -> int:
 
             job.run(job.load_experiment(args.config, args.overrides), args.out, resume=args.resume, log=_log)
         elif args.command == "search":
-            from trainer.search.registry import recipe_for
+            from trainer.jobs import search as job
 
-            job = recipe_for(args.config, args.overrides)
             job.run(job.load_experiment(args.config, args.overrides), args.out, resume=args.resume, log=_log)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)

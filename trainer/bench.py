@@ -33,7 +33,8 @@ from torchrec import KeyedJaggedTensor
 from torchrec.datasets.utils import Batch
 
 from serving.features import FeatureSpec, Field
-from trainer.models.ctr import ModelConfig, build_model
+from trainer.models.build import build_model
+from trainer.models.ctr import ModelConfig
 
 VARIANTS = ("naive", "stack", "stack_col", "dense")
 DIM = 16

@@ -1,8 +1,10 @@
 import pytest
 import torch
 
-from trainer.models.ctr import MODELS, ModelConfig, build_model
-from trainer.models.tables import FieldEmbeddings, layout_for, stored_dim
+from trainer.models.build import build_model
+from trainer.models.ctr import MODELS, ModelConfig
+from trainer.models.layout import layout_for, stored_dim
+from trainer.models.tables import FieldEmbeddings
 
 MIXED = {"a": 3, "n": 0, "g": 5, "c": 8}  # odd dims, a dropped field
 

@@ -4,19 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.models.ctr import ModelConfig, build_model
-from trainer.models.dpq import (
-    OTHERS,
-    CompressedEmbeddings,
-    DPQCodebook,
-    code_dtype,
-    compressed_model,
-    dpq,
-    n_full_ids,
-    plan_layout,
-    served_model,
-    to_served,
-)
+from trainer.models.build import build_model
+from trainer.models.ctr import ModelConfig
+from trainer.models.dpq import CompressedEmbeddings, DPQCodebook, served_model, to_served
+from trainer.models.layout import OTHERS, code_dtype, dpq, n_full_ids, plan_layout
 
 # descending train counts per id (id 0 = OOV); threshold 10 → a: ids 4..7 coded, g: ids 2..3, n: 3..4
 COUNTS = {
@@ -174,7 +165,7 @@ def test_bundle_round_trip_serves_the_offline_scores(toy_spec, toy_batch, tmp_pa
     fe = build_model(toy_spec, cfg)
     torch.nn.init.normal_(fe.embeddings.ebc.embedding_bags["t_g"].weight)
     torch.nn.init.normal_(fe.embeddings.ebc.embedding_bags["t_a"].weight)
-    model = compressed_model(toy_spec, cfg, layout(toy_spec, a=dpq(4, 2), n=OTHERS, g=dpq(2, 2)))
+    model = build_model(toy_spec, cfg, layout=layout(toy_spec, a=dpq(4, 2), n=OTHERS, g=dpq(2, 2)))
     from trainer.search.autodpq.method import load_pretrained
 
     load_pretrained(model, fe, seed=0)

@@ -88,7 +88,8 @@ class CentroidRouter(nn.Module):
 
 
 def build(out: Path, version: str, clusters: int = 2, seed: int = 0, quantize: str = "none", init_scale: float = 0.01) -> Path:
-    from trainer.models.ctr import ModelConfig, build_model  # test-side only
+    from trainer.models.build import build_model
+    from trainer.models.ctr import ModelConfig  # test-side only
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)

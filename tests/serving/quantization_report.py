@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     from trainer.distributed import init_distributed
     from trainer.jobs.train import load_experiment, prepare
     from trainer.metrics import summary
-    from trainer.models.ctr import build_model
+    from trainer.models.build import build_model
     from trainer.training import wrap
     from trainer.unshard import unshard_into
 

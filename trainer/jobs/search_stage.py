@@ -10,7 +10,8 @@ import torch
 
 from trainer.distributed import DistEnv
 from trainer.jobs.train import write_json
-from trainer.search.base import SearchLoopConfig, SearchMethod, run_search
+from trainer.search.interface import SearchMethod
+from trainer.search.loop import SearchLoopConfig, run_search
 from trainer.training import TrainConfig
 
 

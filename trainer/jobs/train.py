@@ -21,7 +21,8 @@ from torchrec import EmbeddingBagCollection
 from trainer.config import load_sections
 from trainer.data.config import DataConfig, load_dataset
 from trainer.distributed import DistEnv, init_distributed
-from trainer.models.ctr import ModelConfig, build_model
+from trainer.models.build import build_model
+from trainer.models.ctr import ModelConfig
 from trainer.training import TrainConfig, evaluate, fit, wrap
 
 

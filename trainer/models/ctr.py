@@ -18,7 +18,7 @@ from torchrec import KeyedJaggedTensor
 
 from serving.features import FeatureSpec
 from trainer.models.blocks import CrossNetwork, fm_interaction, mlp, pairwise_inner, stack_zero_padded
-from trainer.models.tables import FieldEmbeddings, LinearWeights
+from trainer.models.tables import LinearWeights
 
 
 @dataclass
@@ -74,16 +74,18 @@ class CTRModel(nn.Module):
     Args:
         spec: the dataset's fields.
         cfg: model config.
-        dims: logical dim per field (0 = dropped).
+        embeddings: any module with a `layout` (trainer.models.layout.EmbeddingLayout),
+            `lookup(sparse) -> (per-field embeddings, first-order sum or None)` and
+            `first_order_in_column` (it also serves the first-order weights).
         device: "meta" when DistributedModelParallel will materialise the tables.
     """
 
     uses_linear = False
 
-    def __init__(self, spec: FeatureSpec, cfg: ModelConfig, dims: dict[str, int], device=None):
+    def __init__(self, spec: FeatureSpec, cfg: ModelConfig, embeddings: nn.Module, device=None):
         super().__init__()
-        in_column = self.uses_linear and cfg.first_order_column
-        self.embeddings = FieldEmbeddings(spec, dims, cfg.init_scale, device, first_order_column=in_column)
+        in_column = self.uses_linear and embeddings.first_order_in_column
+        self.embeddings = embeddings
         layout = self.embeddings.layout
         if not layout.fields:
             raise ValueError("every field has dim 0: the model would have no input")
@@ -122,8 +124,8 @@ class CTRModel(nn.Module):
 class MLPModel(CTRModel):
     """Concatenated embeddings → MLP (the iHAS paper's base network)."""
 
-    def __init__(self, spec, cfg, dims, device=None):
-        super().__init__(spec, cfg, dims, device)
+    def __init__(self, spec, cfg, embeddings, device=None):
+        super().__init__(spec, cfg, embeddings, device)
         self.deep = mlp(self.concat_dim + self.n_dense, cfg.mlp, cfg.dropout)
 
     def head(self, dense, embs):
@@ -151,8 +153,8 @@ class DeepFM(MLPModel):
 class IPNN(CTRModel):
     """Product-based network with inner products: [embeddings, <e_i, e_j>] → MLP."""
 
-    def __init__(self, spec, cfg, dims, device=None):
-        super().__init__(spec, cfg, dims, device)
+    def __init__(self, spec, cfg, embeddings, device=None):
+        super().__init__(spec, cfg, embeddings, device)
         n_pairs = self.n_fields * (self.n_fields - 1) // 2
         self.deep = mlp(self.concat_dim + self.n_dense + n_pairs, cfg.mlp, cfg.dropout)
 
@@ -164,8 +166,8 @@ class IPNN(CTRModel):
 class DCN(CTRModel):
     """Deep & Cross: cross network and MLP side by side on the concatenation."""
 
-    def __init__(self, spec, cfg, dims, device=None):
-        super().__init__(spec, cfg, dims, device)
+    def __init__(self, spec, cfg, embeddings, device=None):
+        super().__init__(spec, cfg, embeddings, device)
         width = self.concat_dim + self.n_dense
         self.cross = CrossNetwork(width, cfg.cross_layers)
         self.deep = mlp(width, cfg.mlp, cfg.dropout, out_dim=None)
@@ -179,9 +181,9 @@ class DCN(CTRModel):
 class DLRM(CTRModel):
     """DLRM: bottom MLP on dense values to the widest embedding dim, pairwise dots, top MLP."""
 
-    def __init__(self, spec, cfg, dims, device=None):
+    def __init__(self, spec, cfg, embeddings, device=None):
         cfg = ModelConfig(**{**cfg.__dict__, "dense_input": True})
-        super().__init__(spec, cfg, dims, device)
+        super().__init__(spec, cfg, embeddings, device)
         self.bottom = mlp(self.n_dense, [max(self.max_dim, 4)], out_dim=self.max_dim) if self.n_dense else None
         n = self.n_fields + (1 if self.bottom is not None else 0)
         self.top = mlp(self.max_dim + n * (n - 1) // 2, cfg.mlp, cfg.dropout)
@@ -205,7 +207,3 @@ MODELS: dict[str, type[CTRModel]] = {
     "dlrm": DLRM,
 }
 
-
-def build_model(spec: FeatureSpec, cfg: ModelConfig, dims: dict[str, int] | None = None, device=None) -> CTRModel:
-    """The configured model; `dims` (e.g. from a search) overrides the config's dims."""
-    return MODELS[cfg.name](spec, cfg, dims if dims is not None else cfg.field_dims(spec), device)

@@ -1,18 +1,7 @@
-"""Frequency-split embedding tables: frequent ids keep rows, rare ids are compressed.
+"""DPQ-SX embedding modules over a frequency-split plan (trainer.models.layout).
 
-SPEC §5 (AutoDPQ, seed 002) with DPQ-SX from Chen et al. 2020. Per field, ids whose
-train count is below a threshold are *low-frequency*. The vocabulary orders ids by
-descending train count (trainer/data/vocab.py), so the low-frequency ids of a field are
-the contiguous suffix [n_full, num_embeddings); id 0 (OOV, the catch-all for unseen
-tokens) always keeps a full row. A field's low-frequency ids are stored one of three ways
-(`Compression.kind`):
-
-  full    each id its own row (FE: no compression);
-  others  all low-frequency ids share one extra row n_full (ids clamped);
-  dpq     product-quantized with (K, D): the dim-X vector is split into D sub-spaces of
-          X/D; each sub-space has K centroids; an id is stored as D codes.
-
-Two module forms share the frequent-id tables (TorchRec tables ``t_<field>``):
+DPQ-SX from Chen et al. 2020, as AutoDPQ uses it. Two module forms share the frequent-id
+tables (TorchRec tables ``t_<field>``):
 
 * `CompressedEmbeddings` (training): a dpq field also holds raw rows for its
   low-frequency ids and a `DPQCodebook`; each raw row is quantized by DPQ-SX — softmax
@@ -34,221 +23,22 @@ divided by their length afterwards (per-sample weights need SUM pooling).
 
 Byte accounting (`FieldTable.embedding_bytes`) counts exactly what `ServedEmbeddings`
 stores: rows × stored width × 4 for each table (FBGEMM needs widths % 4 == 0, see
-tables.py), plus codes × their integer size.
+layout.py), plus codes × their integer size.
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import nn
 from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor, PoolingType
 
-from serving.bundle import DERIVED_SEP as DERIVED  # <field>:<tag> names a feature the model derives from the field's ids
-from serving.features import FeatureSpec
-from trainer.models.ctr import CTRModel, ModelConfig, build_model
-from trainer.models.tables import FieldEmbeddings, stored_dim
+from trainer.models.ctr import CTRModel, ModelConfig
+from trainer.models.layout import EmbeddingLayout, FieldTable, code_dtype, stored_dim
+from trainer.models.tables import FieldEmbeddings
 
-KINDS = ("full", "others", "dpq")
 TAU_KD = 1e-4
-
-
-def code_dtype(k: int) -> torch.dtype:
-    """Smallest integer type holding codes 0..k-1."""
-    if k <= 256:
-        return torch.uint8
-    return torch.int16 if k <= 2**15 else torch.int32
-
-
-@dataclass(frozen=True)
-class Compression:
-    """How a field stores its low-frequency ids.
-
-    Args:
-        kind: "full" | "others" | "dpq" (see the module docstring).
-        k: dpq: centroids per sub-space.
-        d: dpq: sub-spaces (must divide the field's dim).
-    """
-
-    kind: str = "full"
-    k: int = 0
-    d: int = 0
-
-    def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ValueError(f"compression kind {self.kind!r} is not one of {KINDS}")
-        if self.kind == "dpq" and (self.k < 1 or self.d < 1):
-            raise ValueError(f"dpq needs k >= 1 and d >= 1, got k={self.k}, d={self.d}")
-
-    def to_json(self) -> dict:
-        return {"kind": self.kind, "k": self.k, "d": self.d} if self.kind == "dpq" else {"kind": self.kind}
-
-    @classmethod
-    def from_json(cls, d: dict) -> "Compression":
-        return cls(d["kind"], int(d.get("k", 0)), int(d.get("d", 0)))
-
-
-FULL = Compression()
-OTHERS = Compression("others")
-
-
-def dpq(k: int, d: int) -> Compression:
-    return Compression("dpq", k, d)
-
-
-@dataclass(frozen=True)
-class FieldTable:
-    """Storage plan of one field.
-
-    Args:
-        name: the field.
-        bag: mean-pooled bag field (else one id per row, sum = the row).
-        num_embeddings: the field's ids (spec).
-        n_full: ids [0, n_full) keep full rows; [n_full, num_embeddings) are low-frequency.
-        dim: logical embedding dim X.
-        compression: how the low-frequency ids are stored.
-    """
-
-    name: str
-    bag: bool
-    num_embeddings: int
-    n_full: int
-    dim: int
-    compression: Compression = FULL
-
-    def __post_init__(self) -> None:
-        c = self.compression
-        if not 1 <= self.n_full <= self.num_embeddings:
-            raise ValueError(f"field {self.name!r}: n_full {self.n_full} outside [1, {self.num_embeddings}]")
-        if c.kind != "full" and self.n_low == 0:
-            raise ValueError(f"field {self.name!r}: no low-frequency ids to compress with {c.kind!r}")
-        if c.kind == "dpq" and self.dim % c.d:
-            raise ValueError(f"field {self.name!r}: D={c.d} does not divide dim {self.dim}")
-
-    @property
-    def n_low(self) -> int:
-        return self.num_embeddings - self.n_full
-
-    @property
-    def kind(self) -> str:
-        return self.compression.kind
-
-    @property
-    def rows(self) -> int:
-        """Rows of the field's table t_<field>."""
-        return {"full": self.num_embeddings, "others": self.n_full + 1, "dpq": self.n_full}[self.kind]
-
-    @property
-    def feature(self) -> str:
-        """The EBC feature feeding t_<field> (derived when ids are masked or clamped)."""
-        return self.name if self.kind == "full" else f"{self.name}{DERIVED}{self.kind}"
-
-    def sub_features(self) -> list[str]:
-        return [f"{self.name}{DERIVED}dpq{i}" for i in range(self.compression.d)]
-
-    @property
-    def embedding_params(self) -> int:
-        """Logical parameters at inference (codes count one each)."""
-        c = self.compression
-        extra = self.n_low * c.d + c.k * self.dim if c.kind == "dpq" else 0
-        return self.rows * self.dim + extra
-
-    @property
-    def embedding_bytes(self) -> int:
-        """Bytes `ServedEmbeddings` stores for this field."""
-        stored = self.rows * stored_dim(self.dim) * 4
-        c = self.compression
-        if c.kind == "dpq":
-            codes = self.n_low * c.d * torch.empty(0, dtype=code_dtype(c.k)).element_size()
-            stored += codes + c.d * c.k * stored_dim(self.dim // c.d) * 4
-        return stored
-
-    def to_json(self) -> dict:
-        return {"n_full": self.n_full, "n_low": self.n_low, "dim": self.dim, **self.compression.to_json(),
-                "embedding_bytes": self.embedding_bytes}
-
-
-@dataclass(frozen=True)
-class CompressedLayout:
-    """The per-field plans of a model's embeddings (the `layout` a CTR model reads).
-
-    Args:
-        tables: one FieldTable per kept field, in model order.
-    """
-
-    tables: tuple[FieldTable, ...]
-
-    @property
-    def fields(self) -> tuple[str, ...]:
-        return tuple(t.name for t in self.tables)
-
-    @property
-    def dims(self) -> tuple[int, ...]:
-        return tuple(t.dim for t in self.tables)
-
-    @property
-    def embedding_params(self) -> int:
-        return sum(t.embedding_params for t in self.tables)
-
-    @property
-    def embedding_bytes(self) -> int:
-        return sum(t.embedding_bytes for t in self.tables)
-
-    def table(self, name: str) -> FieldTable:
-        return next(t for t in self.tables if t.name == name)
-
-    def with_compression(self, choices: dict[str, Compression]) -> "CompressedLayout":
-        """The same split with other compressions (fields not named keep theirs)."""
-        return CompressedLayout(tuple(
-            FieldTable(t.name, t.bag, t.num_embeddings, t.n_full, t.dim, choices.get(t.name, t.compression)) for t in self.tables
-        ))
-
-    def to_json(self) -> dict:
-        return {t.name: t.to_json() for t in self.tables}
-
-
-def n_full_ids(counts: np.ndarray, threshold: int, field: str = "?") -> int:
-    """1 (the OOV id) + the ids >= 1 with train count >= threshold.
-
-    Raises ValueError unless ids >= 1 are in descending count order (the vocabulary's
-    order; pre-coded synthetic ids with min_count = 1 are not: use min_count >= 2).
-    """
-    c = np.asarray(counts[1:])
-    if len(c) > 1 and (np.diff(c) > 0).any():
-        raise ValueError(
-            f"field {field!r}: ids are not in descending train-count order, so its low-frequency ids are not a "
-            "suffix (pre-coded sources keep raw ids with data.min_count = 1; set data.min_count >= 2)"
-        )
-    return 1 + int((c >= threshold).sum())
-
-
-def plan_layout(
-    spec: FeatureSpec,
-    counts: dict[str, np.ndarray],
-    dims: dict[str, int],
-    threshold: int,
-    choices: dict[str, Compression] | None = None,
-) -> CompressedLayout:
-    """The frequency split of every kept field; `choices` name compressions (default full).
-
-    Args:
-        spec: the dataset's fields.
-        counts: field → train count per id (CachedDataset.id_counts).
-        dims: logical dim per field (0 = dropped).
-        threshold: ids with train count < threshold are low-frequency (id 0 excepted).
-        choices: field → compression; fields without low-frequency ids must stay "full".
-    """
-    choices = choices or {}
-    tables = []
-    for f in spec.fields:
-        if dims.get(f.name, 0) <= 0:
-            continue
-        n_full = n_full_ids(counts[f.name], threshold, f.name)
-        tables.append(FieldTable(f.name, f.kind == "bag", f.num_embeddings, n_full, dims[f.name], choices.get(f.name, FULL)))
-    return CompressedLayout(tuple(tables))
 
 
 class DPQCodebook(nn.Module):
@@ -331,7 +121,9 @@ def _table(name: str, features: list[str], rows: int, dim: int, init_scale: floa
 class _SplitEmbeddings(nn.Module):
     """What both forms share: the t_<field> tables and the per-field assembly."""
 
-    def __init__(self, layout: CompressedLayout):
+    first_order_in_column = False  # first-order weights stay in the model's own tables
+
+    def __init__(self, layout: EmbeddingLayout):
         super().__init__()
         self.layout = layout
 
@@ -384,7 +176,7 @@ class CompressedEmbeddings(_SplitEmbeddings):
         device: where the tables live.
     """
 
-    def __init__(self, layout: CompressedLayout, init_scale: float = 0.01, tau_kd: float = TAU_KD, device=None):
+    def __init__(self, layout: EmbeddingLayout, init_scale: float = 0.01, tau_kd: float = TAU_KD, device=None):
         super().__init__(layout)
         self.ebc = _ebc([_table(f"t_{t.name}", [t.feature], t.rows, t.dim, init_scale) for t in layout.tables], device)
         self.raw = nn.ModuleDict()
@@ -453,7 +245,7 @@ class ServedEmbeddings(_SplitEmbeddings):
         device: where the tables live.
     """
 
-    def __init__(self, layout: CompressedLayout, device=None):
+    def __init__(self, layout: EmbeddingLayout, device=None):
         super().__init__(layout)
         configs = [_table(f"t_{t.name}", [t.feature], t.rows, t.dim, 0.0) for t in layout.tables]
         for t in layout.tables:
@@ -517,16 +309,6 @@ def require_separate_first_order(cfg: ModelConfig) -> None:
     if cfg.first_order_column:
         raise ValueError("model.first_order_column must be false with DPQ compression: "
                          "compressed tables have no column for the first-order weights")
-
-
-def compressed_model(spec: FeatureSpec, cfg: ModelConfig, layout: CompressedLayout, tau_kd: float = TAU_KD, device=None) -> CTRModel:
-    """The configured CTR model (trainer.models.ctr) with `CompressedEmbeddings` in place of
-    its plain tables; the head is unchanged (it only sees per-field [B, X_f] tensors)."""
-    require_separate_first_order(cfg)
-    dims = {n: 0 for n in spec.names} | {t.name: t.dim for t in layout.tables}
-    model = build_model(spec, cfg, dims=dims, device=device)
-    model.embeddings = CompressedEmbeddings(layout, cfg.init_scale, tau_kd, device)
-    return model
 
 
 def served_model(model: CTRModel) -> CTRModel:

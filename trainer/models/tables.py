@@ -1,11 +1,9 @@
 """FeatureSpec + per-field dims → mixed-dimension TorchRec embedding tables.
 
 One table per field, named ``t_<field>``, fed by the feature of the same name. A field
-with dim 0 has no table (the field is dropped). FBGEMM's fused TBE kernels need every
-table's column count to be a multiple of 4, so a table is *stored* with its dim rounded
-up to a multiple of 4 and the pooled output is sliced to the *logical* dim; the extra
-columns are never read, so they never receive gradient. `embedding_params` counts logical
-parameters (what the architecture needs); `embedding_bytes` counts what is stored.
+with dim 0 has no table (the field is dropped). Tables are stored at the FBGEMM-aligned
+width (trainer.models.layout.stored_dim) and the pooled output is sliced to the logical
+dim; the extra columns are never read, so they never receive gradient.
 
 First-order weights (FM / Wide&Deep / DeepFM) live either in their own 1-wide tables
 (`LinearWeights`, tables ``w_<field>``) or, with `first_order_column`, as column d_f of the
@@ -24,43 +22,7 @@ from torch import nn
 from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor, PoolingType
 
 from serving.features import FeatureSpec
-
-FUSED_DIM_ALIGN = 4
-
-
-def stored_dim(dim: int) -> int:
-    return -(-dim // FUSED_DIM_ALIGN) * FUSED_DIM_ALIGN
-
-
-@dataclass(frozen=True)
-class TableLayout:
-    """Where each kept field's embedding lives.
-
-    Args:
-        fields: kept fields in model order.
-        dims: logical dim of each kept field.
-        num_embeddings: rows of each kept field's table.
-    """
-
-    fields: tuple[str, ...]
-    dims: tuple[int, ...]
-    num_embeddings: tuple[int, ...]
-
-    @property
-    def embedding_params(self) -> int:
-        return sum(d * n for d, n in zip(self.dims, self.num_embeddings))
-
-    @property
-    def embedding_bytes(self) -> int:
-        return sum(stored_dim(d) * n * 4 for d, n in zip(self.dims, self.num_embeddings))
-
-
-def layout_for(spec: FeatureSpec, dims: dict[str, int]) -> TableLayout:
-    kept = [f for f in spec.fields if dims.get(f.name, 0) > 0]
-    return TableLayout(
-        tuple(f.name for f in kept), tuple(dims[f.name] for f in kept), tuple(f.num_embeddings for f in kept)
-    )
-
+from trainer.models.layout import layout_for, stored_dim
 
 @dataclass(frozen=True)
 class FirstOrderColumnInit:
@@ -132,6 +94,7 @@ class FieldEmbeddings(nn.Module):
         super().__init__()
         self.layout = layout_for(spec, dims)
         self.first_order = {n: dims.get(n, 0) for n in spec.names} if first_order_column else {}
+        self.first_order_in_column = first_order_column
         configs = table_configs(spec, dims, init_scale=init_scale, first_order_column=first_order_column)
         self.ebc = EmbeddingBagCollection(tables=configs, device=device) if configs else None
         # Every table equally wide and every field at one dim (the common, unsearched case):

@@ -67,7 +67,8 @@ def test_sharded_training_starts_from_the_given_weights(toy_spec, toy_batch, dis
 
     from trainer.unshard import load_full_state
     from trainer.models.ctr import ModelConfig, build_model
-    from trainer.models.dpq import OTHERS, compressed_model, dpq, plan_layout
+    from trainer.models.build import build_model
+    from trainer.models.layout import OTHERS, dpq, plan_layout
     from trainer.search.autodpq.method import load_pretrained
     from trainer.training import TrainConfig, wrap
 
@@ -78,7 +79,7 @@ def test_sharded_training_starts_from_the_given_weights(toy_spec, toy_batch, dis
     fe = build_model(toy_spec, cfg)
     for table in fe.embeddings.ebc.embedding_bags.values():
         torch.nn.init.normal_(table.weight)
-    model = compressed_model(toy_spec, cfg, layout)
+    model = build_model(toy_spec, cfg, layout=layout)
     load_pretrained(model, fe, seed=0)
     with torch.no_grad():
         want = model.eval()(toy_batch.dense_features, toy_batch.sparse_features)

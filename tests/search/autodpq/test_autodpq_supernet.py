@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.models.ctr import ModelConfig, build_model
+from trainer.models.build import build_model
+from trainer.models.ctr import ModelConfig
 from trainer.search.autodpq.method import AutoDPQ, AutoDPQConfig
 from trainer.search.autodpq.supernet import GumbelSchedule
 

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from trainer.models.ctr import MODELS, ModelConfig, build_model
+from trainer.models.build import build_model
+from trainer.models.ctr import MODELS, ModelConfig
 from trainer.search.ihas.warm_start import WARM_MODELS, supports_warm_start, warm_start_state
 
 D = 4

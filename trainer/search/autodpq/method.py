@@ -1,7 +1,9 @@
-"""AutoDPQ as a search method: config, supernet, architecture loss and derived decisions.
+"""AutoDPQ as a search method (trainer.search.interface.SearchMethod).
 
-Decisions (plain JSON) = the frequency threshold and, per field, its split (n_full
-frequent ids, n_low coded ids) and chosen (K, D), with the final α and softmax(α).
+Decisions = per field its storage: full, or the frequency split (n_full frequent ids)
+with the chosen (K, D) for the low-frequency ids; α and softmax(α) go to the details.
+Report rows: Base (= FE, the uncompressed model AutoDPQ starts from), the search-stage
+network, Others, Grid, Random and AutoDPQ, every compressed model started from FE.
 Choices where the paper is vague:
   * the pretrain step is the FE model the recipe trains first (its early-stopped best
     epoch); the supernet copies its head and tables, and each candidate's centroids are
@@ -15,16 +17,20 @@ Choices where the paper is vague:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from serving.features import FeatureSpec
-from trainer.models.ctr import CTRModel, ModelConfig, build_model
-from trainer.models.dpq import TAU_KD, CompressedLayout, Compression, dpq, plan_layout, require_separate_first_order
+from trainer.decisions import ClusterDecision, Decisions, Storage, uniform
+from trainer.models.build import build_model
+from trainer.models.ctr import CTRModel
+from trainer.models.dpq import TAU_KD
+from trainer.models.layout import OTHERS, Compression, EmbeddingLayout, dpq, plan_layout
 from trainer.search.autodpq.supernet import GumbelSchedule, SearchEmbeddings
-from trainer.search.base import SearchLoopConfig
+from trainer.search.interface import SearchContext, Variant
+from trainer.search.loop import SearchLoopConfig
 
 BASELINES = ("others", "grid", "random")
 
@@ -46,12 +52,6 @@ class AutoDPQConfig(SearchLoopConfig):
         bn_restore: map each candidate's BN output back to the field's pretrained per-dim
             mean/std (constants shared by the field's candidates; see supernet.py); false =
             the paper's eq. (2) exactly (zero mean, unit variance).
-        baselines: what else the recipe trains for the report: "others" (low-frequency ids
-            of a field share one row), "grid" (one global (K, D), best on validation),
-            "random" (random (K, D) per field). FE (no compression) is always trained: it
-            is AutoDPQ's pretrain step.
-        random_trials: draws of the Random baseline (the best on validation is kept).
-        export: write OUT/bundle from the retrained AutoDPQ model.
     """
 
     method: str = "autodpq"
@@ -64,9 +64,6 @@ class AutoDPQConfig(SearchLoopConfig):
     gumbel_decay: float = 5e-5
     gumbel_min: float = 0.01
     bn_restore: bool = True
-    baselines: list[str] = field(default_factory=lambda: list(BASELINES))
-    random_trials: int = 1
-    export: bool = True
 
     @property
     def candidates(self) -> list[tuple[int, int]]:
@@ -84,11 +81,29 @@ class AutoDPQConfig(SearchLoopConfig):
             p.append(f"search.tau_kd: must be > 0, got {self.tau_kd}")
         if not (self.gumbel_min > 0 and self.gumbel_start >= self.gumbel_min and self.gumbel_decay >= 0):
             p.append("search.gumbel_*: need gumbel_start >= gumbel_min > 0 and gumbel_decay >= 0")
+        return p
+
+
+@dataclass
+class AutoDPQVariants:
+    """Which baselines an AutoDPQ run trains besides FE (Base) and AutoDPQ.
+
+    Args:
+        baselines: "others" (low-frequency ids of a field share one row), "grid" (one
+            global (K, D), best on validation), "random" (random (K, D) per field).
+        random_trials: draws of the Random baseline (the best on validation is kept).
+    """
+
+    baselines: list[str] = field(default_factory=lambda: list(BASELINES))
+    random_trials: int = 1
+
+    def validate(self) -> list[str]:
+        p = []
         unknown = sorted(set(self.baselines) - set(BASELINES))
         if unknown:
-            p.append(f"search.baselines: {unknown} not in {list(BASELINES)}")
+            p.append(f"variants.baselines: {unknown} not in {list(BASELINES)}")
         if self.random_trials < 1:
-            p.append(f"search.random_trials: must be >= 1, got {self.random_trials}")
+            p.append(f"variants.random_trials: must be >= 1, got {self.random_trials}")
         return p
 
 
@@ -102,35 +117,43 @@ def load_pretrained(model: CTRModel, pretrained: CTRModel, seed: int) -> None:
 
 
 class AutoDPQ:
-    """The AutoDPQ search method (implements trainer.search.base.SearchMethod).
+    """The AutoDPQ search method.
 
     Args:
         cfg: AutoDPQ settings.
-        spec: the dataset's fields.
-        model_cfg: the base model (every kept field at its configured dim).
-        counts: field → train count per id (CachedDataset.id_counts).
-        pretrained: the trained FE model to start from (None: pretrain in the loop).
-        seed: seed of the centroid draws.
+        ctx: the run's context; ctx.base is the trained FE model every compressed model starts from.
     """
 
-    def __init__(self, cfg: AutoDPQConfig, spec: FeatureSpec, model_cfg: ModelConfig, counts: dict[str, np.ndarray],
-                 pretrained: CTRModel | None = None, seed: int = 0):
-        require_separate_first_order(model_cfg)
+    Config = AutoDPQConfig
+    Variants = AutoDPQVariants
+
+    def __init__(self, cfg: AutoDPQConfig, ctx: SearchContext):
         self.cfg = cfg
-        self.spec = spec
-        self.model_cfg = model_cfg
-        self.seed = seed
-        self.pretrained = pretrained
-        self.counts = counts
-        self.split = plan_layout(spec, counts, model_cfg.field_dims(spec), cfg.threshold)
-        bad = [f"{t.name} (dim {t.dim})" for t in self.split.tables if t.n_low for _, d in cfg.candidates if t.dim % d]
-        if bad:
-            raise ValueError(f"search.ds {cfg.ds} must divide the dim of every coded field: {sorted(set(bad))}")
+        self.spec = ctx.spec
+        self.model_cfg = ctx.model
+        self.seed = ctx.train.seed
+        self.pretrained = ctx.base
+        self.counts = ctx.counts
+        self.train_rows = len(ctx.ds.indices("train"))
+        self.split = plan_layout(ctx.spec, ctx.counts, ctx.model.field_dims(ctx.spec), cfg.threshold)
         self.searched = [t.name for t in self.split.tables if t.n_low > 0]
+        self.retrain_options = {"tau_kd": cfg.tau_kd}
         self.supernet: CTRModel | None = None
         self.phase = "pretrain"
 
-    def layout(self, choices: dict[str, Compression]) -> CompressedLayout:
+    @staticmethod
+    def check_config(exp) -> list[str]:
+        p = []
+        if exp.model.first_order_column:
+            p.append("model.first_order_column: must be false with AutoDPQ (compressed tables have no column for "
+                     "the first-order weights)")
+        dims = sorted({exp.model.embedding_dim, *(d for d in exp.model.dims.values() if d > 0)})
+        bad = [(dim, d) for dim in dims for d in exp.search.ds if dim % d]
+        if bad:
+            p.append(f"search.ds: every D must divide every field's dim; {', '.join(f'D={d} vs dim {x}' for x, d in bad)}")
+        return p
+
+    def layout(self, choices: dict[str, Compression]) -> EmbeddingLayout:
         return self.split.with_compression(choices)
 
     def build(self) -> CTRModel:
@@ -167,35 +190,54 @@ class AutoDPQ:
         self.embeddings.arch_steps += 1
         return bce
 
-    def derive(self) -> dict:
-        """Per field argmax α → (K, D), as plain JSON."""
+    def decisions(self, name: str, choices: dict[str, Compression]) -> Decisions:
+        """One cluster: the named fields' low-frequency ids stored as chosen, the rest full."""
+        layout = self.layout(choices)
+        storage = {t.name: Storage(t.kind, t.n_full, t.compression.k, t.compression.d) for t in layout.tables if t.kind != "full"}
+        dims = {n: 0 for n in self.spec.names} | dict(zip(layout.fields, layout.dims))
+        return uniform(name, self.spec.names, dims, self.train_rows, storage)
+
+    def derive(self, ctx: SearchContext) -> Decisions:
+        """Per field argmax α → (K, D)."""
         emb = self.embeddings
-        chosen = emb.chosen()
         alpha = emb.alpha.detach()
-        fields = {}
-        for t in self.split.tables:
-            entry = {"n_full": t.n_full, "n_low": t.n_low, "dim": t.dim}
-            if t.name in chosen:
-                i = emb.searched.index(t.name)
-                entry |= chosen[t.name].to_json() | {
-                    "alpha": [round(float(a), 5) for a in alpha[i]],
-                    "probs": [round(float(p), 5) for p in torch.softmax(alpha[i], 0)],
-                }
-            else:
-                entry |= {"kind": "full"}
-            fields[t.name] = entry
+        chosen = emb.chosen()
+        details = {"threshold": self.cfg.threshold, "candidates": [list(c) for c in self.cfg.candidates],
+                   "gumbel_tau_final": emb.tau, "weight_steps": emb.weight_steps, "arch_steps": emb.arch_steps,
+                   "alpha": {n: [round(float(a), 5) for a in alpha[i]] for i, n in enumerate(emb.searched)},
+                   "probs": {n: [round(float(p), 5) for p in torch.softmax(alpha[i], 0)] for i, n in enumerate(emb.searched)}}
+        return self.decisions("autodpq", chosen).replace(details=details)
+
+    def router(self, decisions: Decisions) -> None:
+        return None
+
+    def variants(self, ctx: SearchContext, decisions: Decisions, wanted: AutoDPQVariants) -> list[Variant]:
+        coded = self.searched
+        rows = [Variant("autodpq_supernet", "AutoDPQ search stage", "supernet")]
+        if "others" in wanted.baselines:
+            rows.append(Variant("others", "Others", "baseline", (self.decisions("others", {n: OTHERS for n in coded}),), init="method"))
+        if "grid" in wanted.baselines:
+            grid = tuple(self.decisions(f"k{k}_d{d}", {n: dpq(k, d) for n in coded}) for k, d in self.cfg.candidates)
+            rows.append(Variant("grid", "Grid", "baseline", grid, init="method"))
+        if "random" in wanted.baselines:
+            rng = np.random.default_rng((self.seed, 17))
+            trials = []
+            for trial in range(wanted.random_trials):
+                picks = rng.integers(len(self.cfg.candidates), size=len(coded))
+                trials.append(self.decisions(f"trial_{trial}", {n: dpq(*self.cfg.candidates[i]) for n, i in zip(coded, picks)}))
+            rows.append(Variant("random", "Random", "baseline", tuple(trials), init="method"))
+        rows.append(Variant("autodpq", "AutoDPQ", "method", (decisions,), init="method"))
+        return rows
+
+    def init_retrain(self, variant: Variant, cluster: ClusterDecision, model: CTRModel) -> None:
+        load_pretrained(model, self.pretrained, self.seed)
+
+    def report(self, ctx: SearchContext, searched: dict[str, Decisions], out: Path | None) -> dict:
+        split = self.split.tables
+        chosen = searched["autodpq"].clusters[0].fields
         return {
-            "method": "autodpq",
             "threshold": self.cfg.threshold,
-            "candidates": [list(c) for c in self.cfg.candidates],
-            "fields": fields,
-            "gumbel_tau_final": emb.tau,
-            "weight_steps": emb.weight_steps,
-            "arch_steps": emb.arch_steps,
-            "config": asdict(self.cfg),
+            "split": {t.name: {"n_full": t.n_full, "n_low": t.n_low, "num_embeddings": t.num_embeddings} for t in split},
+            "coded_share_of_ids": sum(t.n_low for t in split) / sum(t.num_embeddings for t in split),
+            "chosen": {n: [f.storage.k, f.storage.d] for n, f in chosen.items() if f.storage.kind == "dpq"},
         }
-
-
-def choices_from(decisions: dict) -> dict[str, Compression]:
-    """decisions.json → field → Compression."""
-    return {name: Compression.from_json(f) for name, f in decisions["fields"].items()}

@@ -30,7 +30,8 @@ import torch
 from torch import nn
 from torchrec import KeyedJaggedTensor
 
-from trainer.models.dpq import CompressedEmbeddings, CompressedLayout, Compression, DPQCodebook, pool_rows
+from trainer.models.dpq import CompressedEmbeddings, DPQCodebook, pool_rows
+from trainer.models.layout import Compression, EmbeddingLayout
 
 PHASES = ("pretrain", "search", "eval")
 
@@ -57,7 +58,7 @@ class SearchEmbeddings(CompressedEmbeddings):
         schedule: Gumbel temperature per weight step.
     """
 
-    def __init__(self, layout: CompressedLayout, candidates: list[tuple[int, int]], init_scale: float = 0.01,
+    def __init__(self, layout: EmbeddingLayout, candidates: list[tuple[int, int]], init_scale: float = 0.01,
                  tau_kd: float = 1e-4, schedule: GumbelSchedule | None = None):
         super().__init__(layout, init_scale, tau_kd)
         self.candidates = [tuple(c) for c in candidates]

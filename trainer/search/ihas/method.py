@@ -1,21 +1,29 @@
-"""iHAS as a search method: config, supernet, architecture loss and the derived decisions.
+"""iHAS as a search method (trainer.search.interface.SearchMethod).
 
-Decisions (plain JSON) = per cluster, the kept dims per field; plus the centroids and
-the threshold searcher settings. The router (tables + gates + centroids) is built from
-the trained supernet by `router()`.
+Decisions = per cluster, the kept columns of every field (dim = how many); the router's
+centroids and threshold-searcher settings. The router module (search-stage tables +
+deterministic gates + centroids) is built from the trained supernet by `router()`.
+Report rows: iHAS-1 (the search-stage network), iHAS, the paper's ablations (iHAS-2 one
+model from the same search, iHAS-3 a search without polarization, iHAS-4 a search with
+shared gates), iHAS-warm (labelled, not in the paper) and the transfer table.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from serving.features import FeatureSpec
 from trainer.data.batches import iterate_batches
-from trainer.models.ctr import MODELS, ModelConfig, build_model
-from trainer.search.base import SearchLoopConfig
+from trainer.decisions import ClusterDecision, Decisions, FieldDecision, RouterDecision, uniform
+from trainer.models.build import build_model
+from trainer.models.ctr import MODELS, CTRModel
+from trainer.search.ihas.plots import write_plots
+from trainer.search.ihas.warm_start import WARM_MODELS, warm_start_state
+from trainer.search.interface import SearchContext, Variant
+from trainer.search.loop import SearchLoopConfig
 from trainer.search.ihas.gates import GateMode, InstanceGates, SharedGates
 from trainer.search.ihas.kmeans import MiniBatchKMeans
 from trainer.search.ihas.regularizer import ihas_regularizer
@@ -42,12 +50,6 @@ class IHASConfig(SearchLoopConfig):
         keep_ratio: a dim is kept for a cluster if its mean deterministic mask ≥ this (majority).
         kmeans_tol: K-means stops when centroids move less than this (relative to data spread).
         kmeans_max_iter: cap on K-means mini-batch steps.
-        ablations: also run iHAS-2 (one model from the same search), iHAS-3 (a search
-            without polarization) and iHAS-4 (a search with shared gates).
-        transfer_models: other base model types retrained per cluster with the frozen
-            gates' dims and router, each next to its own Base (the paper's transfer table).
-        warm_variant: also report iHAS-warm: the same clusters and dims, each cluster model
-            started from the supernet's weights instead of from scratch (mlp / wide_deep).
     """
 
     method: str = "ihas"
@@ -62,9 +64,6 @@ class IHASConfig(SearchLoopConfig):
     keep_ratio: float = 0.5
     kmeans_tol: float = 1e-3
     kmeans_max_iter: int = 500
-    ablations: bool = True
-    transfer_models: list[str] = field(default_factory=list)
-    warm_variant: bool = False
 
     def validate(self) -> list[str]:
         p = super().validate()
@@ -78,29 +77,60 @@ class IHASConfig(SearchLoopConfig):
             p.append("search.l0 / search.polarization: must be >= 0")
         if self.threshold_bins < 3:
             p.append(f"search.threshold_bins: must be >= 3, got {self.threshold_bins}")
-        unknown = [m for m in self.transfer_models if m not in MODELS]
-        if unknown:
-            p.append(f"search.transfer_models: {unknown} not in {sorted(MODELS)}")
         if not 0 < self.keep_ratio <= 1:
             p.append(f"search.keep_ratio: must be in (0, 1], got {self.keep_ratio}")
         return p
 
 
+@dataclass
+class IHASVariants:
+    """Which rows an iHAS run reports besides Base, iHAS-1 and iHAS.
+
+    Args:
+        ablations: iHAS-2 (one model from the same search), iHAS-3 (a search without
+            polarization) and iHAS-4 (a search with shared gates).
+        transfer_models: other base model types retrained per cluster with the frozen
+            gates' dims and router, each next to its own Base (the paper's transfer table).
+        warm: iHAS-warm: the same clusters and dims, each cluster model started from the
+            supernet's weights instead of from scratch (mlp / wide_deep heads only).
+    """
+
+    ablations: bool = True
+    transfer_models: list[str] = field(default_factory=list)
+    warm: bool = False
+
+    def validate(self) -> list[str]:
+        unknown = [m for m in self.transfer_models if m not in MODELS]
+        return [f"variants.transfer_models: {unknown} not in {sorted(MODELS)}"] if unknown else []
+
+
 class IHAS:
-    """The iHAS search method (implements trainer.search.base.SearchMethod).
+    """The iHAS search method.
 
     Args:
         cfg: iHAS settings.
-        spec: the dataset's fields.
-        model_cfg: the base model; every field starts at model_cfg.embedding_dim.
+        ctx: the run's context; every field starts at ctx.model.embedding_dim.
     """
 
-    def __init__(self, cfg: IHASConfig, spec: FeatureSpec, model_cfg: ModelConfig):
+    Config = IHASConfig
+    Variants = IHASVariants
+    retrain_options: dict = {}
+
+    def __init__(self, cfg: IHASConfig, ctx: SearchContext):
         self.cfg = cfg
-        self.spec = spec
-        self.model_cfg = model_cfg
+        self.spec = ctx.spec
+        self.model_cfg = ctx.model
         self.supernet: GatedSupernet | None = None
         self.phase = "pretrain"
+
+    @staticmethod
+    def check_config(exp) -> list[str]:
+        p = []
+        if exp.variants.warm and exp.model.name not in WARM_MODELS:
+            p.append(f"variants.warm: needs model.name in {list(WARM_MODELS)} (an MLP-only head), got {exp.model.name!r}")
+        if exp.model.dims:
+            p.append("model.dims: iHAS searches from every field at model.embedding_dim; remove the per-field dims")
+        return p
 
     def build(self) -> GatedSupernet:
         d = self.model_cfg.embedding_dim
@@ -134,46 +164,63 @@ class IHAS:
                 acc.append(t.numpy())
         return tuple(np.concatenate(a) for a in out)
 
-    def derive(self, ds, batch_size: int, seed: int, log, clusters: int | None = None) -> tuple[dict, Router]:
+    def derive(self, ctx: SearchContext, clusters: int | None = None) -> Decisions:
         """Cluster the deterministic masked embeddings; per cluster, keep majority dims.
 
         Args:
             clusters: K, default the config's; 1 gives iHAS-2's single model from the same search.
-
-        Returns:
-            (decisions as plain JSON, router module).
         """
         k = clusters or self.cfg.clusters
-        masked, masks, probs = self.masked_embeddings(ds, "train", batch_size)
-        kmeans = MiniBatchKMeans(k, self.cfg.kmeans_max_iter, self.cfg.kmeans_tol, seed)
-        kmeans.fit(masked, batch_size=batch_size)
+        masked, masks, probs = self.masked_embeddings(ctx.ds, "train", ctx.train.eval_batch_size)
+        kmeans = MiniBatchKMeans(k, self.cfg.kmeans_max_iter, self.cfg.kmeans_tol, ctx.train.seed)
+        kmeans.fit(masked, batch_size=ctx.train.eval_batch_size)
         assign = kmeans.assign(masked).numpy()
-        log(f"k-means: {kmeans.n_iter} steps, converged={kmeans.converged}, cluster sizes {np.bincount(assign, minlength=k).tolist()}")
+        ctx.log(f"k-means: {kmeans.n_iter} steps, converged={kmeans.converged}, cluster sizes {np.bincount(assign, minlength=k).tolist()}")
         d = self.model_cfg.embedding_dim
-        clusters = []
+        found, mean_masks = [], []
         for c in range(k):
             rows = assign == c
             mean_mask = masks[rows].mean(axis=0) if rows.any() else np.zeros(masks.shape[1])
             keep = (mean_mask >= self.cfg.keep_ratio).reshape(len(self.spec.names), d)
-            clusters.append(
-                {
-                    "id": c,
-                    "train_rows": int(rows.sum()),
-                    "dims": {n: int(k.sum()) for n, k in zip(self.spec.names, keep)},
-                    "kept": {n: np.flatnonzero(k).tolist() for n, k in zip(self.spec.names, keep)},
-                    "mean_mask": mean_mask.round(4).tolist(),
-                }
-            )
-        decisions = {
-            "method": "ihas",
-            "embedding_dim": d,
-            "fields": self.spec.names,
-            "clusters": clusters,
-            "centroids": kmeans.centroids.tolist(),
-            "kmeans": {"steps": kmeans.n_iter, "converged": kmeans.converged},
-            "threshold": {"bins": self.cfg.threshold_bins, "fallback": self.cfg.threshold_fallback},
-            "open_fraction": float(masks.mean()),
-            "prob_histogram": np.histogram(probs, bins=20, range=(0, 1))[0].tolist(),
-            "config": asdict(self.cfg),
-        }
-        return decisions, Router(self.supernet, kmeans.centroids)
+            fields = {n: FieldDecision(int(kk.sum()), tuple(np.flatnonzero(kk).tolist())) for n, kk in zip(self.spec.names, keep)}
+            found.append(ClusterDecision(c, fields, int(rows.sum())))
+            mean_masks.append(mean_mask.round(4).tolist())
+            ctx.log(f"cluster {c}: {int(rows.sum())} train rows, dims {found[-1].dims}")
+        router = RouterDecision(kmeans.centroids.tolist(), self.cfg.threshold_bins, self.cfg.threshold_fallback) if k > 1 else None
+        details = {"embedding_dim": d, "kmeans": {"steps": kmeans.n_iter, "converged": kmeans.converged},
+                   "open_fraction": float(masks.mean()), "prob_histogram": np.histogram(probs, bins=20, range=(0, 1))[0].tolist(),
+                   "mean_mask": mean_masks}
+        return Decisions("ihas", tuple(found), router=router, details=details)
+
+    def router(self, decisions: Decisions) -> Router | None:
+        if decisions.router is None:
+            return None
+        return Router(self.supernet, torch.tensor(decisions.router.centroids, dtype=torch.float32))
+
+    def variants(self, ctx: SearchContext, decisions: Decisions, wanted: IHASVariants) -> list[Variant]:
+        rows = [Variant("ihas_1", "iHAS-1 (search-stage model)", "supernet")]
+        if wanted.ablations:
+            one = self.derive(ctx, clusters=1).replace(method="ihas_2")
+            rows += [Variant("ihas_2", "iHAS-2 (one model, same search)", "ablation", (one,)),
+                     Variant("ihas_3", "iHAS-3 (no polarization)", "ablation", search={"polarization": 0.0}),
+                     Variant("ihas_4", "iHAS-4 (shared gates)", "ablation", search={"shared_gates": True, "clusters": 1})]
+        rows.append(Variant("ihas", "iHAS", "method", (decisions,)))
+        if wanted.warm:
+            rows.append(Variant("ihas_warm", "iHAS-warm (not in the paper)", "variant", (decisions,), init="method"))
+        base = uniform("base", ctx.spec.names, {n: self.model_cfg.embedding_dim for n in ctx.spec.names}, len(ctx.ds.indices("train")))
+        for m in wanted.transfer_models:
+            rows += [Variant(f"transfer_{m}_base", f"transfer: Base ({m})", "transfer", (base,), model=m),
+                     Variant(f"transfer_{m}", f"transfer: iHAS ({m})", "transfer", (decisions,), model=m)]
+        return rows
+
+    def init_retrain(self, variant: Variant, cluster: ClusterDecision, model: CTRModel) -> None:
+        model.load_state_dict(warm_start_state(self.supernet.base, model, cluster.kept))
+
+    def report(self, ctx: SearchContext, searched: dict[str, Decisions], out: Path | None) -> dict:
+        main = searched["ihas"]
+        entry = {"open_fraction": main.details["open_fraction"]}
+        if out is not None:
+            labels = {"ihas": "iHAS", "ihas_3": "iHAS-3 (no polarization)"}
+            hist = {labels[k]: d.details["prob_histogram"] for k, d in searched.items() if k in labels}
+            entry["plots"] = write_plots(main, self.model_cfg.embedding_dim, hist, out)
+        return entry

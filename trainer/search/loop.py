@@ -1,11 +1,9 @@
-"""The interface every architecture-search method implements, and the shared loop.
+"""The search loop every method shares (trainer.search.interface.SearchMethod).
 
 A method owns a *supernet* (an nn.Module mapping (dense, sparse) → logits) whose
-parameters split into architecture parameters (gates, α, β, ...) and weights. The
-shared loop is first-order DARTS-style alternation: weights step on training batches,
-architecture steps on validation batches. What a method leaves behind is plain JSON
-(`derive`), which the retrain recipes turn into ordinary models. Supernets never leave
-the trainer.
+parameters split into architecture parameters (gates, α, β, ...) and weights. The loop
+is first-order DARTS-style alternation: weights step on training batches, architecture
+steps on validation batches. Supernets never leave the trainer.
 """
 
 from __future__ import annotations
@@ -13,35 +11,14 @@ from __future__ import annotations
 import copy
 import itertools
 from dataclasses import dataclass
-from typing import Protocol
 
 import torch
 from torch import nn
 
 from trainer.data.batches import iterate_batches
 from trainer.distributed import DistEnv, dense_optimizer
+from trainer.search.interface import SearchMethod
 from trainer.training import CTRTrain, Log, TrainConfig, evaluate, train_epoch
-
-
-class SearchMethod(Protocol):
-    """What the search loop needs from a method."""
-
-    def build(self) -> nn.Module:
-        """The supernet; built once, then driven by the loop."""
-
-    def arch_parameters(self) -> list[nn.Parameter]:
-        """Parameters updated on validation batches only."""
-
-    phase: str
-
-    def set_phase(self, phase: str) -> None:
-        """"pretrain" (architecture fixed), "search" (stochastic) or "eval" (deterministic)."""
-
-    def init_architecture(self) -> None:
-        """(Re)initialise the architecture parameters when the search starts after pretraining."""
-
-    def arch_loss(self, bce: torch.Tensor) -> torch.Tensor:
-        """Objective of an architecture step given the batch's BCE (adds regularizers)."""
 
 
 @dataclass

@@ -7,12 +7,15 @@ from pathlib import Path
 
 import numpy as np
 
+from trainer.decisions import Decisions
 
-def write_plots(decisions: dict, histograms: dict[str, list[int]], out: Path) -> list[str]:
+
+def write_plots(decisions: Decisions, dim: int, histograms: dict[str, list[int]], out: Path) -> list[str]:
     """Write OUT/dims_per_cluster.png and OUT/gate_probabilities.png; returns their paths.
 
     Args:
-        decisions: the iHAS decisions (fields, clusters with dims per field).
+        decisions: the iHAS decisions (clusters with dims per field).
+        dim: the searched (full) embedding dim.
         histograms: label → counts of gate probabilities over equal bins of [0, 1].
     """
     import matplotlib
@@ -21,14 +24,14 @@ def write_plots(decisions: dict, histograms: dict[str, list[int]], out: Path) ->
     import matplotlib.pyplot as plt
 
     out.mkdir(parents=True, exist_ok=True)
-    fields = decisions["fields"]
-    dims = np.array([[c["dims"][f] for f in fields] for c in decisions["clusters"]])
+    fields = list(decisions.clusters[0].fields)
+    dims = np.array([[c.fields[f].dim for f in fields] for c in decisions.clusters])
     fig, ax = plt.subplots(figsize=(1.0 + 0.8 * len(fields), 1.2 + 0.6 * len(dims)))
-    im = ax.imshow(dims, cmap="viridis", vmin=0, vmax=decisions["embedding_dim"], aspect="auto")
+    im = ax.imshow(dims, cmap="viridis", vmin=0, vmax=dim, aspect="auto")
     ax.set_xticks(range(len(fields)), fields, rotation=45, ha="right")
-    ax.set_yticks(range(len(dims)), [f"cluster {c['id']} ({c['train_rows']:,} rows)" for c in decisions["clusters"]])
+    ax.set_yticks(range(len(dims)), [f"cluster {c.id} ({c.train_rows:,} rows)" for c in decisions.clusters])
     for (i, j), v in np.ndenumerate(dims):
-        ax.text(j, i, str(v), ha="center", va="center", color="white" if v < decisions["embedding_dim"] / 2 else "black")
+        ax.text(j, i, str(v), ha="center", va="center", color="white" if v < dim / 2 else "black")
     fig.colorbar(im, ax=ax, label="kept dims")
     ax.set_title("iHAS: embedding dims per field per cluster")
     fig.tight_layout()

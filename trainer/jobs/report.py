@@ -1,0 +1,108 @@
+"""One report schema for every search method: `rows`, one per Base / method / variant.
+
+Every row has at least: method (the row's key), label, kind, test_auc, test_logloss,
+val_auc, val_logloss, embedding_params (scoring models' tables + first-order weights,
+router excluded, as the papers count), embedding_bytes (stored embedding tables and
+codes of the scoring models), served_bytes (every tensor the served modules hold to
+score a row: router tables and gates, cluster models' tables, codes, centroids,
+first-order weights, padding and dense layers), served_table_bytes (the part of
+served_bytes that is not dense layers), infer_s_per_10k (one thread), clusters and the
+wall seconds of each stage that produced it (`seconds`: search, retrain).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+from trainer.data.batches import iterate_batches
+from trainer.data.view import RowSubset
+from trainer.jobs.retrain import Trained
+from trainer.models.build import served_form
+
+DENSE_PREFIXES = ("deep.", "cross.", "out.", "top.", "bottom.", "bias", "gates.", "centroids")
+
+
+def tensor_bytes(modules: list[nn.Module]) -> dict[str, int]:
+    """{"total", "tables"}: bytes of every tensor the modules hold, and of their table tensors
+    (EBC weights, DPQ codes, first-order tables; not dense layers, gates or centroids)."""
+    total = tables = 0
+    for m in modules:
+        for name, t in m.state_dict().items():
+            n = t.numel() * t.element_size()
+            total += n
+            tables += 0 if name.startswith(DENSE_PREFIXES) else n
+    return {"total": total, "tables": tables}
+
+
+@torch.no_grad()
+def seconds_per_10k(stages: list[tuple[nn.Module, object]], rows: int, batch: int = 1024, repeats: int = 3) -> float:
+    """Median seconds (one thread) to run each (module, dataset view) over its test rows, per 10k rows.
+
+    A routed row set is timed as router over all rows + each cluster model over its own
+    rows, i.e. what a split-by-cluster predictor computes, without the split/merge bookkeeping.
+    """
+    loaded = [(m, list(iterate_batches(v, "test", batch, shuffle=False, seed=0, epoch=0))) for m, v in stages]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for module, batches in loaded:
+            for b in batches:
+                module(b.dense_features, b.sparse_features)
+        times.append(time.perf_counter() - t0)
+    torch.set_num_threads(threads)
+    return float(np.median(times)) / rows * 10_000
+
+
+def trained_row(name: str, label: str, kind: str, trained: Trained, router, assign: dict, ds, search_seconds: float = 0.0) -> dict:
+    """A report row for retrained models (served form timed and counted, router included when routed)."""
+    served = [served_form(m) for m in trained.models]
+    routed = router if len(served) > 1 else None
+    stages = ([(routed, ds)] if routed is not None else []) + [
+        (m, RowSubset(ds, {"test": assign["test"] == c})) for c, m in enumerate(served)]
+    size = tensor_bytes(([routed] if routed is not None else []) + served)
+    return {
+        "method": name, "label": label, "kind": kind, **trained.metrics,
+        "embedding_params": sum(c["embedding_params"] for c in trained.clusters),
+        "embedding_bytes": sum(c["embedding_layout_bytes"] for c in trained.clusters),
+        "served_bytes": size["total"], "served_table_bytes": size["tables"],
+        "router_bytes": tensor_bytes([routed])["total"] if routed is not None else 0,
+        "infer_s_per_10k": seconds_per_10k(stages, len(ds.indices("test"))),
+        "clusters": len(served), "dims": [c.dims for c in trained.decisions.clusters],
+        "seconds": {"search": search_seconds, "retrain": trained.seconds},
+        "per_cluster": trained.clusters,
+    }
+
+
+def supernet_row(name: str, label: str, supernet: nn.Module, metrics: dict, params: int, ds, search_seconds: float) -> dict:
+    """A report row for the search-stage network itself (deterministic architecture, nothing retrained)."""
+    size = tensor_bytes([supernet])
+    return {
+        "method": name, "label": label, "kind": "supernet", **metrics, "embedding_params": params,
+        "embedding_bytes": None, "served_bytes": size["total"], "served_table_bytes": size["tables"], "router_bytes": 0,
+        "infer_s_per_10k": seconds_per_10k([(supernet, ds)], len(ds.indices("test"))),
+        "clusters": 1, "seconds": {"search": search_seconds, "retrain": 0.0},
+    }
+
+
+def cluster_purity(ds, assign: np.ndarray) -> float | None:
+    """Share of test rows whose cluster's majority planted group is their own (synthetic data only)."""
+    if ds.groups is None:
+        return None
+    groups = np.asarray(ds.groups[ds.indices("test")])
+    hits = sum(np.bincount(groups[assign == c]).max() for c in np.unique(assign))
+    return float(hits / len(groups))
+
+
+def format_rows(rows: list[dict]) -> str:
+    """The rows as an aligned text table."""
+    lines = [f"{'method':26} {'test AUC':>9} {'logloss':>8} {'emb params':>11} {'served bytes':>13} {'s/10k rows':>10}"]
+    for r in rows:
+        lines.append(f"{r['label'][:26]:26} {r['test_auc']:9.4f} {r['test_logloss']:8.4f} {r['embedding_params']:11,} "
+                     f"{r['served_bytes']:13,} {r['infer_s_per_10k']:10.4f}")
+    return "\n".join(lines)

@@ -1,0 +1,168 @@
+"""The search recipe every method runs: Base → search → decisions → retrain → export → report.
+
+    python -m trainer search --config configs/ihas_ml100k.toml --out runs/ihas_ml100k [--resume] [section.key=value ...]
+
+Stages write under OUT; with --resume a stage whose output is complete is loaded instead
+of rerun:
+  OUT/rows/base/cluster_0/       Base: every field at the configured dim, all rows (also the
+                                 trained model a method may start from)
+  OUT/search/                    supernet.pt + search.json (history, seconds)
+  OUT/decisions.json             the typed decisions (trainer.decisions)
+  OUT/rows/<name>/cluster_<c>/   every retrained row: the method, its ablations, baselines,
+                                 labelled variants (a row with its own search keeps it there too)
+  OUT/bundle/                    the method's models (+ router) as served; checked against offline scores
+  OUT/plots/                     method figures
+  OUT/report.json                one schema for every method (trainer.jobs.report)
+The search stage runs in one process on unsharded tables with Adam (as the papers train);
+every retrain uses the configured storage (sharded: DMP + FBGEMM fused optimizer).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trainer.config import ConfigError, load_sections, read_toml
+from trainer.data.config import DataConfig
+from trainer.decisions import Decisions, uniform
+from trainer.distributed import init_distributed
+from trainer.jobs.export import export_bundle
+from trainer.jobs.report import cluster_purity, format_rows, supernet_row, trained_row
+from trainer.jobs.retrain import retrain, route
+from trainer.jobs.search_stage import search_stage
+from trainer.jobs.train import prepare, write_json
+from trainer.models.ctr import ModelConfig
+from trainer.models.layout import EmbeddingLayout
+from trainer.search.interface import SearchContext, Variant
+from trainer.search.registry import METHODS
+from trainer.training import CTRTrain, TrainConfig, evaluate
+
+
+@dataclass
+class ReportConfig:
+    """What the recipe writes besides the rows.
+
+    Args:
+        export: write and verify OUT/bundle from the method's row.
+        plots: write the method's figures under OUT/plots.
+    """
+
+    export: bool = True
+    plots: bool = True
+
+
+@dataclass
+class SearchExperiment:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    search: Any = None
+    variants: Any = None
+    report: ReportConfig = field(default_factory=ReportConfig)
+
+
+def load_experiment(path: str, overrides: list[str]) -> SearchExperiment:
+    """Every section typed by the method's own dataclasses; cross-section mistakes raise the same ConfigError."""
+    name = read_toml(path, overrides).get("search", {}).get("method")
+    if name not in METHODS:
+        raise ConfigError(str(path), [f"search.method: {name!r} is not one of {sorted(METHODS)}"])
+    cls = METHODS[name]
+    sections = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "search": cls.Config,
+                "variants": cls.Variants, "report": ReportConfig}
+    exp = SearchExperiment(**load_sections(path, sections, overrides))
+    problems = cls.check_config(exp)
+    if problems:
+        raise ConfigError(str(path), problems)
+    return exp
+
+
+def supernet_params(supernet: torch.nn.Module) -> int:
+    return sum(m.layout.embedding_params for m in supernet.modules() if isinstance(getattr(m, "layout", None), EmbeddingLayout))
+
+
+def load_or_derive(method, ctx: SearchContext, out: Path, resume: bool, name: str) -> Decisions:
+    path = out / "decisions.json"
+    if resume and path.exists():
+        return Decisions.from_json(json.loads(path.read_text()))
+    decisions = method.derive(ctx).replace(method=name)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(path, decisions.to_json())
+    return decisions
+
+
+def run(exp: SearchExperiment, out: str | Path, *, resume: bool = False, log=print) -> dict:
+    env = init_distributed()
+    if env.world_size > 1:
+        raise SystemExit("the search recipe runs in one process; drop torchrun")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    ds = prepare(exp, env, log)
+    cls = METHODS[exp.search.method]
+    tcfg, rows_dir = exp.train, out / "rows"
+
+    log("== Base: every field at its configured dim, all rows")
+    one = route(None, ds, tcfg.eval_batch_size)
+    base_dec = uniform("base", ds.spec.names, exp.model.field_dims(ds.spec), len(ds.indices("train")))
+    base = retrain(ds, base_dec, one, exp.model, tcfg, env, rows_dir / "base", resume, log)
+    rows = [trained_row("base", "Base", "baseline", base, None, one, ds)]
+
+    ctx = SearchContext(ds.spec, exp.model, tcfg, ds, base.models[0], env, log)
+    method = cls(exp.search, ctx)
+    search = search_stage(method, ds, exp.search, tcfg, env, out, resume, log)
+    decisions = load_or_derive(method, ctx, out, resume, exp.search.method)
+    router = method.router(decisions)
+    assign = route(router, ds, tcfg.eval_batch_size)
+    searched = {exp.search.method: decisions}
+    main = None
+    for v in method.variants(ctx, decisions, exp.variants):
+        log(f"== {v.label}")
+        if v.kind == "supernet":
+            method.set_phase("eval")
+            m = {f"{s}_{k}": x for s in ("val", "test") for k, x in evaluate(CTRTrain(method.supernet), ds, s, tcfg, env).items()}
+            rows.append(supernet_row(v.name, v.label, method.supernet, m, supernet_params(method.supernet), ds, search["seconds"]))
+            continue
+        v_router, v_assign, v_search, candidates = router, assign, 0.0, v.decisions
+        if v.search:
+            sub = cls(replace(exp.search, **v.search), ctx)
+            v_search = search_stage(sub, ds, sub.cfg, tcfg, env, rows_dir / v.name, resume, log)["seconds"]
+            sub_dec = load_or_derive(sub, ctx, rows_dir / v.name, resume, v.name)
+            searched[v.name] = sub_dec
+            v_router, candidates = sub.router(sub_dec), (sub_dec,)
+            v_assign = route(v_router, ds, tcfg.eval_batch_size)
+        elif len(v.decisions[0].clusters) == 1:
+            v_router, v_assign = None, one
+        model_cfg = replace(exp.model, name=v.model) if v.model else exp.model
+        init = (lambda c, m, v=v: method.init_retrain(v, c, m)) if v.init == "method" else None
+        runs = []
+        for d in candidates:
+            where = rows_dir / v.name / (d.method if len(candidates) > 1 else "")
+            runs.append(retrain(ds, d, v_assign, model_cfg, tcfg, env, where, resume, log, init, method.retrain_options))
+        best = max(runs, key=lambda t: t.metrics["val_auc"])
+        row = trained_row(v.name, v.label, v.kind, best, v_router, v_assign, ds, v_search or search["seconds"])
+        if len(runs) > 1:
+            row |= {"picked": best.decisions.method, "candidates": {t.decisions.method: t.metrics for t in runs},
+                    "seconds": {"search": 0.0, "retrain": sum(t.seconds for t in runs)}}
+        rows.append(row)
+        if v.kind == "method":
+            main = (best, row)
+
+    report = {
+        "dataset": ds.spec.dataset, "method": exp.search.method, "model": exp.model.name, "seed": tcfg.seed,
+        "rows": rows,
+        "search": {k: search[k] for k in ("best_epoch", "best_val_auc", "seconds")},
+        "cluster_purity": cluster_purity(ds, assign["test"]) if len(decisions.clusters) > 1 else None,
+        "config": asdict(exp),
+    }
+    if report["cluster_purity"] is not None:
+        log(f"cluster purity vs planted sub-populations (test rows): {report['cluster_purity']:.3f}")
+    if exp.report.export:
+        report["bundle"] = export_bundle(ds, main[0], router, main[1], tcfg.seed, out, log)
+    report |= method.report(ctx, searched, out / "plots" if exp.report.plots else None)
+    write_json(out / "report.json", report)
+    log("\n" + format_rows(rows))
+    log(f"report → {out / 'report.json'}")
+    return report

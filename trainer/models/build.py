@@ -1,0 +1,61 @@
+"""Config + decisions → a CTR model: the one place that picks an embeddings implementation.
+
+Plain mixed-dim tables when every field stores all its ids, the DPQ training form when a
+cluster's decisions compress some field; the head never knows which. Models get their
+embeddings at construction (nothing swaps `model.embeddings` afterwards except the
+export conversion `served_form`).
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from serving.features import FeatureSpec
+from trainer.decisions import ClusterDecision
+from trainer.models.ctr import MODELS, CTRModel, ModelConfig
+from trainer.models.dpq import TAU_KD, CompressedEmbeddings, require_separate_first_order, served_model
+from trainer.models.layout import EmbeddingLayout, from_cluster, layout_for
+from trainer.models.tables import FieldEmbeddings
+
+
+def embeddings_for(spec: FeatureSpec, cfg: ModelConfig, layout: EmbeddingLayout, device=None, tau_kd: float = TAU_KD) -> nn.Module:
+    """The embeddings module that stores `layout` (see the module docstring)."""
+    if all(t.kind == "full" for t in layout.tables):
+        dims = dict(zip(layout.fields, layout.dims))
+        in_column = MODELS[cfg.name].uses_linear and cfg.first_order_column
+        return FieldEmbeddings(spec, dims, cfg.init_scale, device, first_order_column=in_column)
+    require_separate_first_order(cfg)
+    return CompressedEmbeddings(layout, cfg.init_scale, tau_kd, device)
+
+
+def build_model(spec: FeatureSpec, cfg: ModelConfig, dims: dict[str, int] | None = None, device=None, *,
+                cluster: ClusterDecision | None = None, layout: EmbeddingLayout | None = None,
+                embeddings: nn.Module | None = None, tau_kd: float = TAU_KD) -> CTRModel:
+    """The configured model over one of: a cluster's decisions, a layout, plain `dims`
+    (default: the config's), or a ready embeddings module (a search supernet's)."""
+    if embeddings is None:
+        if cluster is not None:
+            layout = from_cluster(spec, cluster)
+        elif layout is None:
+            layout = layout_for(spec, dims if dims is not None else cfg.field_dims(spec))
+        embeddings = embeddings_for(spec, cfg, layout, device, tau_kd)
+    return MODELS[cfg.name](spec, cfg, embeddings, device)
+
+
+def served_form(model: CTRModel) -> CTRModel:
+    """What the bundle stores for a trained model: DPQ fields as codes + centroids, else the model."""
+    if isinstance(model.embeddings, CompressedEmbeddings):
+        return served_model(model)
+    return model.eval()
+
+
+def module_bytes(module: nn.Module) -> int:
+    """Bytes of every tensor a module holds (parameters and buffers, shared storage once)."""
+    seen, total = set(), 0
+    for t in module.state_dict(keep_vars=False).values():
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
+        if key not in seen:
+            seen.add(key)
+            total += t.numel() * t.element_size()
+    return total
+
