@@ -47,7 +47,7 @@ import torch
 from torch import nn
 from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor, PoolingType
 
-from serving.bundle import DERIVED_SEP as DERIVED  # <field>:<tag> names a feature the model derives from the field's ids
+from serving.contract import DERIVED_SEP as DERIVED  # <field>:<tag> names a feature the model derives from the field's ids
 from serving.features import FeatureSpec
 from trainer.models.ctr import CTRModel, ModelConfig, build_model
 from trainer.models.tables import FieldEmbeddings, stored_dim
