@@ -6,7 +6,7 @@ the same session, interleaved.
     scripts/loadtest.sh --duration 4 --warmup 1 --refine 1 --out runs/loadtest/smoke.json
 
 Steps:
-1. Builds the bundle with tests/serving/make_deepfm_bundle.py (reused when it exists;
+1. Builds the bundle with scripts/make_deepfm_bundle.py (reused when it exists;
    --rebuild forces it). That script imports `trainer`; serving does not.
 2. Starts two servers, `taskset -c <server core> python -m serving`, batching on and
    off, both on 127.0.0.1 with port 0 (the port is read from the server's "serving" log
@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-MAKE_BUNDLE = ROOT / "tests" / "serving" / "make_deepfm_bundle.py"
+MAKE_BUNDLE = ROOT / "scripts" / "make_deepfm_bundle.py"
 ANSWERED = 0.97  # a point must answer this share of its rate
 LAG_MS = 5.0  # generator send lag (p99) above which a point is flagged generator-limited
 

@@ -4,7 +4,7 @@ make Python run code the archive chose.
 `torch.export.load(...).module()` is not safe on an archive someone else wrote (sha256
 in the manifest catches corruption, not an attacker who can write the bundle directory):
   * pickled weights / constants / example inputs are loaded with
-    `torch.load(weights_only=False)` as a fallback (bundle.py also forces weights-only);
+    `torch.load(weights_only=False)` as a fallback (bundle/verify.py also forces weights-only);
   * node targets are resolved as attribute paths from `torch`, `operator` and `math`, so
     "torch.os.system" would resolve and run when the graph runs;
   * symbolic shape expressions are parsed with `sympy.sympify`, which evaluates Python;

@@ -158,7 +158,7 @@ def test_reported_bytes_are_the_bytes_stored(toy_spec, k):
 
 def test_bundle_round_trip_serves_the_offline_scores(toy_spec, toy_batch, tmp_path):
     from serving.batch import FeatureBatch
-    from serving.bundle import load_bundle, write_bundle
+    from serving.bundle import load_bundle, served_bytes, write_bundle
     from serving.predictor import Predictor
 
     cfg = ModelConfig(name="deepfm", embedding_dim=DIM, mlp=[8])
@@ -171,7 +171,8 @@ def test_bundle_round_trip_serves_the_offline_scores(toy_spec, toy_batch, tmp_pa
     load_pretrained(model, fe, seed=0)
     model.eval()
     dense, sparse = toy_batch.dense_features, toy_batch.sparse_features
-    path = write_bundle(tmp_path / "b", spec=toy_spec, cluster_models=[served_model(model)], router=None,
+    served = served_model(model)
+    path = write_bundle(tmp_path / "b", spec=toy_spec, cluster_models=[served], router=None,
                         example=(dense, sparse), version="dpq-test")
     bundle = load_bundle(path)
     derived = [t for t in bundle.manifest.clusters[0].tables if "derived" in t]
@@ -180,3 +181,9 @@ def test_bundle_round_trip_serves_the_offline_scores(toy_spec, toy_batch, tmp_pa
     with torch.no_grad():
         want = torch.sigmoid(model(dense, sparse)).numpy()
     assert np.abs(got - want).max() < 1e-6
+    # what the bundle stores is what the trainer's byte accounting says: the codes are embedding storage
+    sizes = served_bytes(path)
+    assert sizes["total"] == sum(t.numel() * t.element_size() for t in served.state_dict().values())
+    first_order = sum(t.numel() * t.element_size() for t in served.linear.state_dict().values())
+    assert sizes["embedding"] == served.embeddings.stored_bytes() + first_order
+    assert sizes["tensors"]["cluster_0.pt2:embeddings.codes_a"][0] == "uint8"

@@ -14,7 +14,8 @@ import torch
 from serving_fixtures import DIMS, TinyCTR, in_memory_scores, random_rows
 
 from serving import wire
-from serving.bundle import MANIFEST, SCHEMA_VERSION, BundleError, _sha256, load_bundle, read_manifest, write_bundle
+from serving.bundle import MANIFEST, SCHEMA_VERSION, BundleError, load_bundle, read_manifest, write_bundle
+from serving.bundle.manifest import _sha256
 from serving.encode import Encoder
 from serving.features import FeatureSpec, Field
 from serving.predictor import Predictor

@@ -22,7 +22,8 @@ from serving._proto.embstack.v1 import admin_pb2, admin_pb2_grpc
 from serving._proto.embstack.v1 import inference_pb2 as pb
 from serving._proto.embstack.v1 import inference_pb2_grpc as pb_grpc
 from serving.batcher import BatchConfig
-from serving.bundle import MANIFEST, _sha256
+from serving.bundle import MANIFEST
+from serving.bundle.manifest import _sha256
 from serving.encode import Limits
 from serving.server import ServerConfig
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from serving.bundle import DERIVED_SEP as DERIVED  # <field>:<tag> names a feature the model derives from the field's ids
+from serving.contract import DERIVED_SEP as DERIVED  # <field>:<tag> names a feature the model derives from the field's ids
 from serving.features import FeatureSpec
 from trainer.decisions import ClusterDecision
 

@@ -1,13 +1,13 @@
 """Writes a DeepFM-sized multi-cluster bundle for load tests (the trainer's real models).
 
-    .venv/bin/python tests/serving/make_deepfm_bundle.py --out runs/loadtest/deepfm-2c
+    .venv/bin/python scripts/make_deepfm_bundle.py --out runs/loadtest/deepfm-2c
 
 MovieLens-1M-shaped feature spec (8 fields: 7 categorical + the genres bag, ML-1M
 vocabulary sizes), one trainer DeepFM per cluster (embedding dim 16, MLP 400-400-400,
 untrained weights: serving cost does not depend on them) and a nearest-centroid router
 over its own dim-16 tables whose centroids come from a few k-means steps on random rows,
-so rows split between the clusters. Test-side only: it imports `trainer`, which serving
-must not.
+so rows split between the clusters. A tool, not part of serving: it imports `trainer`,
+which serving must not.
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ class CentroidRouter(nn.Module):
 
 def build(out: Path, version: str, clusters: int = 2, seed: int = 0, quantize: str = "none", init_scale: float = 0.01) -> Path:
     from trainer.models.build import build_model
-    from trainer.models.ctr import ModelConfig  # test-side only
+    from trainer.models.ctr import ModelConfig
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)

@@ -1,14 +1,14 @@
 """Score change of int8 / fp16 serving tables on a trained model: AUC and logloss on the test
 split, float vs quantized bundle, and the per-row probability change.
 
-    .venv/bin/python tests/serving/quantization_report.py --run runs/deepfm_try \\
+    .venv/bin/python scripts/quantization_report.py --run runs/deepfm_try \\
         --config configs/deepfm_ml100k.toml --out runs/loadtest/quantization.json
 
 Takes the run's latest checkpoint (the trainer's sharded DCP checkpoint, restored and
 unsharded with the trainer's own helpers), writes a float, an int8 and an fp16 bundle of the
 model with `serving.bundle.write_bundle`, loads each as the server would and scores the
-whole test split through `serving.predictor.Predictor`. Test-side only: it imports
-`trainer`, which serving must not.
+whole test split through `serving.predictor.Predictor`. A tool, not part of serving: it
+imports `trainer`, which serving must not.
 """
 
 from __future__ import annotations

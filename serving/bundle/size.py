@@ -1,0 +1,55 @@
+"""What a bundle stores to score a row, in bytes: every tensor its programs hold."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from torch import nn
+
+from serving.bundle.verify import load_bundle
+
+
+def served_bytes(bundle_dir: str | os.PathLike) -> dict[str, Any]:
+    """Bytes of every parameter and buffer of the bundle's loaded programs (router, if any,
+    and each cluster model): numel × element size, so quantized tables count with their
+    FBGEMM scale/bias and padding columns and integer buffers (e.g. DPQ codes) at their
+    integer width.
+
+    Each program is loaded from its own .pt2 file, so programs never share storage and each
+    counts in full; within a program each tensor object counts once (`named_parameters` /
+    `named_buffers` skip repeats). Tensor constants the export lifts out of
+    a module are not state and are not counted: for quantized tables these are FBGEMM's
+    packed copy of the same rows (which the .pt2 file stores too) and its offsets.
+
+    Returns a JSON-serialisable dict:
+        total: router + clusters.
+        router: bytes of the router program (0 for a bundle without one).
+        clusters: bytes per cluster model, index = cluster id.
+        embedding: bytes of the embedding storage within total: tensors of torchrec
+            EmbeddingBagCollection tables (a name component "embedding_bags", float or
+            quantized) and integer tensors (a served model keeps integer state only to
+            map ids to rows, such as DPQ codes).
+        tensors: "<program file>:<tensor name>" → [dtype, shape, bytes].
+
+    Raises BundleError when the bundle does not load (see `load_bundle`).
+    """
+    bundle = load_bundle(bundle_dir)
+    m = bundle.manifest
+    tensors: dict[str, list] = {}
+    embedding = 0
+
+    def program_bytes(file: str, program: nn.Module) -> int:
+        nonlocal embedding
+        total = 0
+        for name, t in (*program.named_parameters(), *program.named_buffers()):
+            n = t.numel() * t.element_size()
+            tensors[f"{file}:{name}"] = [str(t.dtype).removeprefix("torch."), list(t.shape), n]
+            total += n
+            if "embedding_bags" in name.split(".") or not t.is_floating_point():
+                embedding += n
+        return total
+
+    clusters = [program_bytes(c.model, model) for c, model in zip(m.clusters, bundle.models)]
+    router = program_bytes(m.router, bundle.router) if m.router is not None else 0
+    return {"total": router + sum(clusters), "router": router, "clusters": clusters, "embedding": embedding, "tensors": tensors}
