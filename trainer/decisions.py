@@ -13,6 +13,7 @@ clustered decisions carry the router's parameters.
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field, replace
 
 VERSION = 1
@@ -178,7 +179,8 @@ class Decisions:
                 raise DecisionsError(f"cluster {c.id} decides fields {sorted(c.fields)}, the data has {sorted(names)}")
 
     def to_json(self) -> dict:
-        return asdict(self)
+        """Plain JSON types (tuples become lists), as json.loads gives them back."""
+        return json.loads(json.dumps(asdict(self)))
 
     @classmethod
     def from_json(cls, obj: dict) -> "Decisions":

@@ -1,35 +1,32 @@
-"""Per-seed table runners: mean ± sample std and the table rows come from the seed reports."""
+"""The per-seed table runner: mean ± sample std of every report row, for any method."""
 
 import pytest
 
-from trainer.jobs import ihas_tables
-from trainer.jobs.seeds import pm, stats
+from trainer.jobs import tables
 
 
 def test_stats_is_mean_and_sample_std():
-    s = stats([0.78, 0.79, 0.80])
+    s = tables.stats([0.78, 0.79, 0.80])
     assert s["mean"] == pytest.approx(0.79) and s["std"] == pytest.approx(0.01) and s["n"] == 3
-    assert stats([0.5])["std"] == 0.0
-    assert pm(s) == "0.7900 ± 0.0100"
+    assert tables.stats([0.5])["std"] == 0.0
+    assert tables.pm(s) == "0.7900 ± 0.0100"
 
 
-def _row(auc, params):
-    return {"test_auc": auc, "test_logloss": 1 - auc, "embedding_params": params, "seconds_per_10k_rows": 0.01,
-            "dims": [{"a": 2}]}
+def _row(name, kind, auc, params, retrain_s):
+    return {"method": name, "label": name.upper(), "kind": kind, "test_auc": auc, "test_logloss": 1 - auc, "val_auc": auc,
+            "embedding_params": params, "embedding_bytes": 4 * params, "served_bytes": 8 * params, "infer_s_per_10k": 0.01,
+            "dims": [{"a": 2}], "seconds": {"search": 0.0, "retrain": retrain_s}}
 
 
-def test_ihas_table_aggregates_every_method_and_transfer_model(tmp_path, monkeypatch):
-    reports = []
+def test_rows_are_aggregated_per_method_over_seeds(tmp_path, monkeypatch):
+    reports = {}
     for seed, shift in enumerate([0.0, 0.01, 0.02]):
-        methods = {k: _row(0.70 + shift + i / 100, 100 * (i + 1)) for i, k in enumerate(ihas_tables.NAMES)}
-        methods["ihas"]["router_embedding_params"] = 999
-        reports.append({"dataset": "d", "model": "mlp", "seed": seed, "methods": methods,
-                        "transfer": {"fm": {"base": _row(0.6 + shift, 10), "ihas": _row(0.65 + shift, 20)}},
-                        "search": {"seconds": 1.0}, "bundle": {}})
-    monkeypatch.setattr(ihas_tables, "run_search_job", lambda config, out, overrides, resume: reports[int(overrides[0][-1])])
-    assert ihas_tables.main(["--out", str(tmp_path), "--seeds", "0", "1", "2"]) == 0
+        reports[seed] = {"method": "m", "dataset": "d", "model": "mlp", "seed": seed, "cluster_purity": 0.9 + shift,
+                         "rows": [_row("base", "baseline", 0.70 + shift, 100, 10.0), _row("m", "method", 0.72 + shift, 50, 30.0)],
+                         "bundle": {"served_bytes": 400, "max_abs_diff_served_vs_offline": 0.0}, "wall_seconds": 5.0}
+    monkeypatch.setattr(tables, "run_search_job", lambda config, out, overrides, resume: reports[int(overrides[-1][-1])])
+    assert tables.main(["--config", "x.toml", "--out", str(tmp_path), "--seeds", "0", "1", "2"]) == 0
     md = (tmp_path / "tables.md").read_text()
-    assert "| Base | 0.7100 ± 0.0100 | 0.2900 ± 0.0100 | 100 |" in md
-    assert "| iHAS | 0.7600 ± 0.0100 | 0.2400 ± 0.0100 | 600 |" in md
-    assert "| fm | 0.6100 ± 0.0100 | 0.6600 ± 0.0100 |" in md
-    assert "999 params" in md
+    assert "| BASE | 0.7100 ± 0.0100 | 0.2900 ± 0.0100 | 100 | 400 | 800 |" in md
+    assert "| M | 0.7300 ± 0.0100 | 0.2700 ± 0.0100 | 50 | 200 | 400 | 0.0100 ± 0.0000 | 3.00 ± 0.00 |" in md
+    assert "Cluster purity (test rows vs planted groups): 0.910 ± 0.010" in md

@@ -6,7 +6,8 @@ import torch
 from trainer.config import ConfigError
 from trainer.data.config import DataConfig, load_dataset
 from trainer.models.ctr import ModelConfig
-from trainer.search import base
+from trainer.search import loop as base
+from trainer.search.interface import SearchContext
 from trainer.search.ihas.method import IHAS, IHASConfig
 from trainer.training import TrainConfig
 
@@ -22,8 +23,8 @@ def ds(tmp_path_factory):
 
 @pytest.mark.parametrize("keep, epochs_run, state_of_epoch", [("best", 2, 0), ("last", 4, 3)])
 def test_keep_decides_which_state_the_search_ends_in(keep, epochs_run, state_of_epoch, ds, dist_env, monkeypatch):
-    method = IHAS(IHASConfig(pretrain_epochs=0, search_epochs=4, patience=1, arch_every=1, arch_lr=0.1, keep=keep),
-                  ds.spec, ModelConfig(name="mlp", embedding_dim=4, mlp=[4]))
+    ctx = SearchContext.of(ds, ModelConfig(name="mlp", embedding_dim=4, mlp=[4]), TrainConfig(), None, dist_env, lambda _: None)
+    method = IHAS(IHASConfig(pretrain_epochs=0, search_epochs=4, patience=1, arch_every=1, arch_lr=0.1, keep=keep), ctx)
     gates_after = []  # the gate parameters at the end of each search epoch
 
     def fake_val(method_, train, ds_, tcfg, env):
@@ -39,9 +40,9 @@ def test_keep_decides_which_state_the_search_ends_in(keep, epochs_run, state_of_
 
 
 def test_unknown_keep_is_a_config_error(tmp_path):
-    from trainer.jobs.ihas import load_experiment
+    from trainer.jobs.search import load_experiment
 
     cfg = tmp_path / "x.toml"
-    cfg.write_text('[model]\nname = "mlp"\n[search]\nkeep = "first"\n')
+    cfg.write_text('[model]\nname = "mlp"\n[search]\nmethod = "ihas"\nkeep = "first"\n')
     with pytest.raises(ConfigError, match="search.keep"):
         load_experiment(str(cfg), [])

@@ -110,7 +110,7 @@ def run(exp: SearchExperiment, out: str | Path, *, resume: bool = False, log=pri
     base = retrain(ds, base_dec, one, exp.model, tcfg, env, rows_dir / "base", resume, log)
     rows = [trained_row("base", "Base", "baseline", base, None, one, ds)]
 
-    ctx = SearchContext(ds.spec, exp.model, tcfg, ds, base.models[0], env, log)
+    ctx = SearchContext.of(ds, exp.model, tcfg, base.models[0], env, log)
     method = cls(exp.search, ctx)
     search = search_stage(method, ds, exp.search, tcfg, env, out, resume, log)
     decisions = load_or_derive(method, ctx, out, resume, exp.search.method)

@@ -41,7 +41,9 @@ class SearchContext:
         spec: the dataset's fields.
         model: the base model config (every field at model.embedding_dim unless model.dims says otherwise).
         train: the training settings (batch sizes, seed).
-        ds: the cached dataset (train / val / test splits, id_counts, planted groups on synthetic data).
+        ds: the cached dataset (train / val / test splits, planted groups on synthetic data); None in unit tests.
+        counts: field → train count per id (id 0 = OOV).
+        train_rows: rows of the train split.
         base: the recipe's trained Base model (plain, unsharded), for methods that start from it.
         env: the process group.
         log: progress lines.
@@ -51,13 +53,15 @@ class SearchContext:
     model: ModelConfig
     train: TrainConfig
     ds: Any
+    counts: dict[str, np.ndarray]
+    train_rows: int
     base: CTRModel | None
-    env: DistEnv
+    env: DistEnv | None
     log: Log
 
-    @property
-    def counts(self) -> dict[str, np.ndarray]:
-        return self.ds.id_counts
+    @classmethod
+    def of(cls, ds, model: ModelConfig, train: TrainConfig, base: CTRModel | None, env: DistEnv, log: Log) -> "SearchContext":
+        return cls(ds.spec, model, train, ds, ds.id_counts, len(ds.indices("train")), base, env, log)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,8 @@ from trainer.models.build import build_model
 from trainer.models.ctr import ModelConfig
 from trainer.search.autodpq.method import AutoDPQ, AutoDPQConfig
 from trainer.search.autodpq.supernet import GumbelSchedule
+from trainer.search.interface import SearchContext
+from trainer.training import TrainConfig
 
 COUNTS = {
     "a": np.array([0, 50, 40, 30, 5, 3, 2, 1]),
@@ -17,6 +19,10 @@ COUNTS = {
 }
 
 
+def context(spec, cfg, base=None) -> SearchContext:
+    return SearchContext(spec, cfg, TrainConfig(), None, COUNTS, 100, base, None, lambda _: None)
+
+
 @pytest.fixture
 def method(toy_spec):
     torch.manual_seed(0)
@@ -24,7 +30,7 @@ def method(toy_spec):
     fe = build_model(toy_spec, cfg)
     for table in fe.embeddings.ebc.embedding_bags.values():
         torch.nn.init.normal_(table.weight)
-    m = AutoDPQ(AutoDPQConfig(threshold=10, ks=[2, 4], ds=[2, 4]), toy_spec, cfg, COUNTS, pretrained=fe.eval())
+    m = AutoDPQ(AutoDPQConfig(threshold=10, ks=[2, 4], ds=[2, 4]), context(toy_spec, cfg, fe.eval()))
     m.build()
     return m
 
@@ -81,14 +87,10 @@ def test_search_mixes_batch_normalised_candidates_and_eval_takes_argmax(method, 
         high = emb._lookup(*emb._inputs(toy_batch.sparse_features.to_dict()))["a:dpq"][:, :8]
         want = emb.bns["a"][3](high + pool_rows(rows, cand(raw), 8)) * std + mean
     assert torch.allclose(chosen, want, atol=1e-6)
-    decisions = method.derive()
-    assert {n: (f.get("k"), f.get("d")) for n, f in decisions["fields"].items()} == {
-        "a": (4, 4), "n": (4, 4), "g": (4, 4), "c": (None, None)
+    decisions = method.derive(context(method.spec, method.model_cfg))
+    fields = decisions.clusters[0].fields
+    assert {n: (f.storage.kind, f.storage.k, f.storage.d) for n, f in fields.items()} == {
+        "a": ("dpq", 4, 4), "n": ("dpq", 4, 4), "g": ("dpq", 4, 4), "c": ("full", 0, 0)
     }
-    assert decisions["fields"]["a"]["probs"][3] > 0.99
-
-
-def test_candidates_must_divide_the_dim(toy_spec):
-    cfg = ModelConfig(name="deepfm", embedding_dim=6, mlp=[8])
-    with pytest.raises(ValueError, match="must divide"):
-        AutoDPQ(AutoDPQConfig(threshold=10, ks=[2], ds=[4]), toy_spec, cfg, COUNTS)
+    assert fields["a"].storage.n_full == 4 and fields["a"].dim == 8
+    assert decisions.details["probs"]["a"][3] > 0.99

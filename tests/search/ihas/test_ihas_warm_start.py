@@ -55,9 +55,9 @@ def test_warm_models_are_exactly_the_mlp_only_heads(name, toy_spec):
 
 def test_warm_variant_with_an_interaction_model_is_a_config_error(tmp_path):
     from trainer.config import ConfigError
-    from trainer.jobs.ihas import load_experiment
+    from trainer.jobs.search import load_experiment
 
     cfg = tmp_path / "x.toml"
-    cfg.write_text('[model]\nname = "deepfm"\n[search]\nwarm_variant = true\n')
-    with pytest.raises(ConfigError, match="warm_variant.*deepfm"):
+    cfg.write_text('[model]\nname = "deepfm"\n[search]\nmethod = "ihas"\n[variants]\nwarm = true\n')
+    with pytest.raises(ConfigError, match="variants.warm.*deepfm"):
         load_experiment(str(cfg), [])

@@ -134,7 +134,7 @@ class AutoDPQ:
         self.seed = ctx.train.seed
         self.pretrained = ctx.base
         self.counts = ctx.counts
-        self.train_rows = len(ctx.ds.indices("train"))
+        self.train_rows = ctx.train_rows
         self.split = plan_layout(ctx.spec, ctx.counts, ctx.model.field_dims(ctx.spec), cfg.threshold)
         self.searched = [t.name for t in self.split.tables if t.n_low > 0]
         self.retrain_options = {"tau_kd": cfg.tau_kd}

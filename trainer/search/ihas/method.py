@@ -207,7 +207,7 @@ class IHAS:
         rows.append(Variant("ihas", "iHAS", "method", (decisions,)))
         if wanted.warm:
             rows.append(Variant("ihas_warm", "iHAS-warm (not in the paper)", "variant", (decisions,), init="method"))
-        base = uniform("base", ctx.spec.names, {n: self.model_cfg.embedding_dim for n in ctx.spec.names}, len(ctx.ds.indices("train")))
+        base = uniform("base", ctx.spec.names, {n: self.model_cfg.embedding_dim for n in ctx.spec.names}, ctx.train_rows)
         for m in wanted.transfer_models:
             rows += [Variant(f"transfer_{m}_base", f"transfer: Base ({m})", "transfer", (base,), model=m),
                      Variant(f"transfer_{m}", f"transfer: iHAS ({m})", "transfer", (decisions,), model=m)]

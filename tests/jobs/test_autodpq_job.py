@@ -1,0 +1,77 @@
+"""AutoDPQ through the recipe on tiny synthetic data, per base model: decisions, baselines, bundle."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from trainer.decisions import Decisions
+
+CONFIG = Path(__file__).resolve().parents[2] / "configs" / "tiny" / "autodpq_synthetic.toml"
+CANDIDATES = {(2, 2), (2, 4), (4, 2), (4, 4)}
+
+
+def _check(out, report: dict, model: str, baselines: list[str]) -> None:
+    decisions = Decisions.from_json(json.loads((out / "decisions.json").read_text()))
+    coded = {n for n, s in report["split"].items() if s["n_low"] > 0}
+    assert coded and report["model"] == model
+    for name, f in decisions.clusters[0].fields.items():
+        assert (f.storage.kind == "dpq") == (name in coded)
+        if f.storage.kind == "dpq":
+            assert (f.storage.k, f.storage.d) in CANDIDATES and f.storage.n_full == report["split"][name]["n_full"]
+    rows = {r["method"]: r for r in report["rows"]}
+    assert set(rows) == {"base", "autodpq_supernet", "autodpq", *baselines}
+    # compressing the rare ids saves bytes whatever the (K, D) (the tiny grid is cheap)
+    assert rows["autodpq"]["embedding_bytes"] < rows["base"]["embedding_bytes"]
+    assert rows["autodpq"]["served_bytes"] < rows["base"]["served_bytes"]
+
+
+def test_deepfm_with_every_baseline(tiny_run):
+    _, _, out, report = tiny_run("autodpq_synthetic")
+    _check(out, report, "deepfm", ["others", "grid", "random"])
+    grid = next(r for r in report["rows"] if r["method"] == "grid")
+    assert set(grid["candidates"]) == {"k2_d2", "k2_d4", "k4_d2", "k4_d4"} and grid["picked"] in grid["candidates"]
+    assert max(c["val_auc"] for c in grid["candidates"].values()) == grid["val_auc"]
+    manifest = json.loads((out / "bundle" / "manifest.json").read_text())
+    assert any(t.get("derived", "").endswith(":dpq0") for t in manifest["clusters"][0]["tables"])
+
+
+@pytest.mark.parametrize("model,storage", [("ipnn", "local"), ("dcn", "sharded")])
+def test_other_models_and_storage_in_process(model, storage, tmp_path):
+    from trainer.jobs.search import load_experiment, run
+
+    overrides = [f"model.name={model}", f"train.storage={storage}", 'variants.baselines=["others"]', "report.export=false",
+                 "report.plots=false", f"data.cache_dir={tmp_path / 'cache'}"]
+    report = run(load_experiment(str(CONFIG), overrides), tmp_path / model, log=lambda _: None)
+    _check(tmp_path / model, report, model, ["others"])
+    assert report["config"]["train"]["storage"] == storage
+
+
+def test_sharded_training_starts_from_the_given_weights(toy_spec, toy_batch, dist_env):
+    import numpy as np
+    import torch
+
+    from trainer.unshard import load_full_state
+    from trainer.models.build import build_model
+    from trainer.models.ctr import ModelConfig
+    from trainer.models.layout import OTHERS, dpq, plan_layout
+    from trainer.search.autodpq.method import load_pretrained
+    from trainer.training import TrainConfig, wrap
+
+    counts = {"a": np.array([0, 50, 40, 30, 5, 3, 2, 1]), "n": np.array([0, 90, 20, 9, 1]),
+              "g": np.array([0, 30, 5, 2]), "c": np.array([0, 70, 60])}
+    layout = plan_layout(toy_spec, counts, {n: 8 for n in toy_spec.names}, 10, {"a": dpq(4, 2), "g": dpq(2, 2), "n": OTHERS})
+    cfg = ModelConfig(name="deepfm", embedding_dim=8, mlp=[8])
+    fe = build_model(toy_spec, cfg)
+    for table in fe.embeddings.ebc.embedding_bags.values():
+        torch.nn.init.normal_(table.weight)
+    model = build_model(toy_spec, cfg, layout=layout)
+    load_pretrained(model, fe, seed=0)
+    with torch.no_grad():
+        want = model.eval()(toy_batch.dense_features, toy_batch.sparse_features)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    train, _ = wrap(model, TrainConfig(storage="sharded"), dist_env, log=lambda _: None)
+    load_full_state(train, state)
+    with torch.no_grad():
+        got = train.eval()(toy_batch)[1][1]
+    assert torch.allclose(got, want, atol=1e-6)

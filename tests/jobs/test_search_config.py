@@ -1,0 +1,43 @@
+"""Search configs: every mistake, within a section or across sections, is one ConfigError at load."""
+
+from pathlib import Path
+
+import pytest
+
+from trainer.config import ConfigError
+from trainer.jobs.search import load_experiment
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("config", sorted(str(p) for p in ROOT.glob("configs/**/*.toml") if "method" in p.read_text()))
+def test_shipped_search_configs_load(config):
+    assert load_experiment(config, []).search.method in ("ihas", "autodpq")
+
+
+def _errors(tmp_path, text: str) -> str:
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_experiment(str(cfg), [])
+    return str(err.value)
+
+
+def test_autodpq_cross_section_mistakes_together(tmp_path):
+    msg = _errors(tmp_path, '[model]\nname = "deepfm"\nembedding_dim = 16\nfirst_order_column = true\ndims = {a = 6}\n'
+                            '[search]\nmethod = "autodpq"\nds = [2, 4]\n')
+    assert "model.first_order_column" in msg and "D=4 vs dim 6" in msg and "2 problem(s)" in msg
+
+
+def test_ihas_cross_section_mistakes_together(tmp_path):
+    msg = _errors(tmp_path, '[model]\nname = "deepfm"\ndims = {a = 4}\n[search]\nmethod = "ihas"\n[variants]\nwarm = true\n')
+    assert "variants.warm" in msg and "model.dims" in msg and "2 problem(s)" in msg
+
+
+def test_section_mistakes_name_the_method_sections(tmp_path):
+    msg = _errors(tmp_path, '[search]\nmethod = "ihas"\nwarm_variant = true\n[variants]\nbaselines = ["others"]\n[report]\nexport = 1\n')
+    assert "search.warm_variant: unknown key" in msg and "variants.baselines: unknown key" in msg and "report.export" in msg
+
+
+def test_unknown_method(tmp_path):
+    assert "search.method: 'aim'" in _errors(tmp_path, '[search]\nmethod = "aim"\n')
