@@ -164,3 +164,38 @@ def test_dropped_field_with_equal_widths_takes_the_slice_path(toy_spec):
     emb = FieldEmbeddings(toy_spec, {"a": 3, "n": 0, "g": 3, "c": 3}, first_order_column=True)
     assert {c.embedding_dim for c in emb.ebc.embedding_bag_configs()} == {4}
     assert emb._uniform_order is None
+
+
+@pytest.mark.parametrize("name", ["fm", "deepfm", "ipnn"])
+def test_kept_pairs_prune_the_pairwise_interaction(name, toy_spec, toy_batch):
+    """Every pair kept = the unpruned model; a pruned FM term is the sum over the kept pairs only."""
+    from trainer.decisions import Interaction
+    from trainer.models.blocks import stack_zero_padded
+
+    cfg = ModelConfig(name=name, embedding_dim=4, mlp=[4])
+    names = toy_spec.names
+    every = [Interaction((a, b)) for i, a in enumerate(names) for b in names[i + 1:]]
+    torch.manual_seed(0)
+    full = build_model(toy_spec, cfg).eval()
+    torch.manual_seed(0)
+    same = build_model(toy_spec, cfg, interactions=tuple(every)).eval()
+    same.load_state_dict(full.state_dict())
+    x = toy_batch.dense_features, toy_batch.sparse_features
+    with torch.no_grad():
+        assert torch.allclose(same(*x), full(*x), atol=1e-6)  # pair sum vs ½((Σe)² − Σe²): float rounding only
+    kept = (Interaction((names[0], names[2])),)
+    pruned = build_model(toy_spec, cfg, interactions=kept).eval()
+    assert pruned.pair_index.tolist() == [[0], [2]]
+    if name == "fm":
+        with torch.no_grad():
+            embs, _ = pruned.embeddings.lookup(toy_batch.sparse_features)
+            want = (embs[0] * embs[2]).sum(dim=1)
+            assert torch.allclose(pruned.head(None, embs), want, atol=1e-6)
+    assert "pair_index" not in pruned.state_dict()  # architecture, not a weight
+
+
+def test_kept_pairs_on_a_model_without_pairwise_interactions_are_refused(toy_spec):
+    from trainer.decisions import Interaction
+
+    with pytest.raises(ValueError, match="no pairwise interactions"):
+        build_model(toy_spec, ModelConfig(name="mlp", mlp=[4]), interactions=(Interaction(("a", "g")),))

@@ -57,14 +57,16 @@ def route(router, ds, batch_size: int) -> dict[str, np.ndarray]:
 
 
 def train_cluster(ds, assign: dict, cluster: ClusterDecision, model_cfg: ModelConfig, tcfg: TrainConfig, env: DistEnv,
-                  out: Path, resume: bool, log: Log, init: Init | None = None, options: dict | None = None):
+                  out: Path, resume: bool, log: Log, init: Init | None = None, options: dict | None = None,
+                  interactions: tuple | None = None):
     """Train one cluster's model on its rows; returns (plain model, val probs, test probs, metrics).
 
     Args:
         init: fills a fresh CPU model in place (a method's warm start) instead of a fresh draw.
         options: the method's extra `build_model` keywords (e.g. the DPQ-SX temperature).
+        interactions: the decisions' kept interactions (None = all of the model's).
     """
-    kw = {"cluster": cluster, **(options or {})}
+    kw = {"cluster": cluster, "interactions": interactions, **(options or {})}
     files = out / "model.pt", out / "val_probs.npy", out / "test_probs.npy", out / "metrics.json"
     if resume and all(f.exists() for f in files):
         plain = build_model(ds.spec, model_cfg, **kw)
@@ -112,15 +114,14 @@ def retrain(ds, decisions: Decisions, assign: dict, model_cfg: ModelConfig, tcfg
             resume: bool, log: Log, init: Init | None = None, options: dict | None = None) -> Trained:
     """One model per cluster of `decisions` (OUT/cluster_<c>/), val and test scores merged in row order."""
     decisions.check_fields(ds.spec.names)
-    if decisions.interactions is not None:
-        raise ValueError(f"{decisions.method}: decisions keep a subset of interactions, which no base model reads yet")
     merged = {s: np.zeros(len(ds.indices(s)), dtype=np.float32) for s in ("val", "test")}
     models, clusters, seconds = [], [], 0.0
     for c in decisions.clusters:
         if not (assign["train"] == c.id).any() or not any(c.dims.values()):
             raise RuntimeError(f"{decisions.method}: cluster {c.id} is empty or keeps no dims (lower search.clusters or search.l0)")
         log(f"retrain {model_cfg.name} for {decisions.method} cluster {c.id} ({int((assign['train'] == c.id).sum())} train rows) → {out}")
-        plain, val, test, metrics = train_cluster(ds, assign, c, model_cfg, tcfg, env, out / f"cluster_{c.id}", resume, log, init, options)
+        plain, val, test, metrics = train_cluster(ds, assign, c, model_cfg, tcfg, env, out / f"cluster_{c.id}", resume, log, init, options,
+                                                     decisions.interactions)
         merged["val"][assign["val"] == c.id] = val
         merged["test"][assign["test"] == c.id] = test
         models.append(plain)

@@ -29,14 +29,19 @@ def stack_zero_padded(embs: list[torch.Tensor], width: int) -> torch.Tensor:
     return torch.stack([e if e.shape[1] == width else nn.functional.pad(e, (0, width - e.shape[1])) for e in embs], dim=1)
 
 
-def fm_interaction(stacked: torch.Tensor) -> torch.Tensor:
-    """Σ_{i<j} <e_i, e_j> per row, in O(N·d): ½((Σe)² − Σe²)."""
+def fm_interaction(stacked: torch.Tensor, pairs: torch.Tensor | None = None) -> torch.Tensor:
+    """Σ_{i<j} <e_i, e_j> per row: over every pair in O(N·d) as ½((Σe)² − Σe²), or over the
+    kept `pairs` ([2, P] field indices) only."""
+    if pairs is not None:
+        return pairwise_inner(stacked, pairs).sum(dim=1)
     s = stacked.sum(dim=1)
     return 0.5 * (s.pow(2) - stacked.pow(2).sum(dim=1)).sum(dim=1)
 
 
-def pairwise_inner(stacked: torch.Tensor) -> torch.Tensor:
-    """All <e_i, e_j>, i < j, as [B, N(N-1)/2]."""
+def pairwise_inner(stacked: torch.Tensor, pairs: torch.Tensor | None = None) -> torch.Tensor:
+    """<e_i, e_j> for every i < j as [B, N(N-1)/2], or for the kept `pairs` ([2, P]) as [B, P]."""
+    if pairs is not None:
+        return (stacked[:, pairs[0]] * stacked[:, pairs[1]]).sum(dim=2)
     n = stacked.shape[1]
     gram = torch.bmm(stacked, stacked.transpose(1, 2))
     i, j = torch.triu_indices(n, n, offset=1, device=stacked.device)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from torch import nn
 
 from serving.features import FeatureSpec
-from trainer.decisions import ClusterDecision
+from trainer.decisions import ClusterDecision, Interaction
 from trainer.models.ctr import MODELS, CTRModel, ModelConfig
 from trainer.models.dpq import TAU_KD, CompressedEmbeddings, require_separate_first_order, served_model
 from trainer.models.layout import EmbeddingLayout, from_cluster, layout_for
@@ -30,16 +30,19 @@ def embeddings_for(spec: FeatureSpec, cfg: ModelConfig, layout: EmbeddingLayout,
 
 def build_model(spec: FeatureSpec, cfg: ModelConfig, dims: dict[str, int] | None = None, device=None, *,
                 cluster: ClusterDecision | None = None, layout: EmbeddingLayout | None = None,
-                embeddings: nn.Module | None = None, tau_kd: float = TAU_KD) -> CTRModel:
+                embeddings: nn.Module | None = None, tau_kd: float = TAU_KD,
+                interactions: tuple[Interaction, ...] | None = None) -> CTRModel:
     """The configured model over one of: a cluster's decisions, a layout, plain `dims`
-    (default: the config's), or a ready embeddings module (a search supernet's)."""
+    (default: the config's), or a ready embeddings module (a search supernet's).
+    `interactions`: the kept pairs (None = every pair of the model's interaction)."""
     if embeddings is None:
         if cluster is not None:
             layout = from_cluster(spec, cluster)
         elif layout is None:
             layout = layout_for(spec, dims if dims is not None else cfg.field_dims(spec))
         embeddings = embeddings_for(spec, cfg, layout, device, tau_kd)
-    return MODELS[cfg.name](spec, cfg, embeddings, device)
+    pairs = None if interactions is None else [tuple(i.fields) for i in interactions]
+    return MODELS[cfg.name](spec, cfg, embeddings, device, pairs)
 
 
 def served_form(model: CTRModel) -> CTRModel:

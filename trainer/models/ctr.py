@@ -78,11 +78,15 @@ class CTRModel(nn.Module):
             `lookup(sparse) -> (per-field embeddings, first-order sum or None)` and
             `first_order_in_column` (it also serves the first-order weights).
         device: "meta" when DistributedModelParallel will materialise the tables.
+        pairs: the kept field pairs (names) of a model with pairwise interactions
+            (`prunes_pairs`); None = every pair. Pairs with a dropped field are dropped.
     """
 
     uses_linear = False
+    prunes_pairs = False  # its head sums or concatenates <e_i, e_j> over field pairs
 
-    def __init__(self, spec: FeatureSpec, cfg: ModelConfig, embeddings: nn.Module, device=None):
+    def __init__(self, spec: FeatureSpec, cfg: ModelConfig, embeddings: nn.Module, device=None,
+                 pairs: list[tuple[str, str]] | None = None):
         super().__init__()
         in_column = self.uses_linear and embeddings.first_order_in_column
         self.embeddings = embeddings
@@ -96,6 +100,15 @@ class CTRModel(nn.Module):
         self.linear = LinearWeights(spec, tuple(spec.names), device) if self.uses_linear and not in_column else None
         self.first_order_params = sum(f.num_embeddings for f in spec.fields) if self.uses_linear else 0
         self.bias = nn.Parameter(torch.zeros(1))
+        index = None
+        if pairs is not None:
+            if not self.prunes_pairs:
+                raise ValueError(f"model {cfg.name!r} has no pairwise interactions to keep or drop")
+            pos = {f: i for i, f in enumerate(layout.fields)}
+            kept = sorted({tuple(sorted((pos[a], pos[b]))) for a, b in pairs if a in pos and b in pos and a != b})
+            index = torch.tensor(kept, dtype=torch.long).reshape(-1, 2).T.contiguous()
+        # not persistent: the kept pairs are architecture (from the decisions), not a trained weight
+        self.register_buffer("pair_index", index, persistent=False)
 
     def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:
         embs, first_order = self.embeddings.lookup(sparse)
@@ -124,8 +137,8 @@ class CTRModel(nn.Module):
 class MLPModel(CTRModel):
     """Concatenated embeddings → MLP (the iHAS paper's base network)."""
 
-    def __init__(self, spec, cfg, embeddings, device=None):
-        super().__init__(spec, cfg, embeddings, device)
+    def __init__(self, spec, cfg, embeddings, device=None, pairs=None):
+        super().__init__(spec, cfg, embeddings, device, pairs)
         self.deep = mlp(self.concat_dim + self.n_dense, cfg.mlp, cfg.dropout)
 
     def head(self, dense, embs):
@@ -134,9 +147,10 @@ class MLPModel(CTRModel):
 
 class FM(CTRModel):
     uses_linear = True
+    prunes_pairs = True
 
     def head(self, dense, embs):
-        return fm_interaction(stack_zero_padded(embs, self.max_dim))
+        return fm_interaction(stack_zero_padded(embs, self.max_dim), self.pair_index)
 
 
 class WideDeep(MLPModel):
@@ -145,29 +159,32 @@ class WideDeep(MLPModel):
 
 class DeepFM(MLPModel):
     uses_linear = True
+    prunes_pairs = True
 
     def head(self, dense, embs):
-        return super().head(dense, embs) + fm_interaction(stack_zero_padded(embs, self.max_dim))
+        return super().head(dense, embs) + fm_interaction(stack_zero_padded(embs, self.max_dim), self.pair_index)
 
 
 class IPNN(CTRModel):
     """Product-based network with inner products: [embeddings, <e_i, e_j>] → MLP."""
 
-    def __init__(self, spec, cfg, embeddings, device=None):
-        super().__init__(spec, cfg, embeddings, device)
-        n_pairs = self.n_fields * (self.n_fields - 1) // 2
+    prunes_pairs = True
+
+    def __init__(self, spec, cfg, embeddings, device=None, pairs=None):
+        super().__init__(spec, cfg, embeddings, device, pairs)
+        n_pairs = self.n_fields * (self.n_fields - 1) // 2 if self.pair_index is None else self.pair_index.shape[1]
         self.deep = mlp(self.concat_dim + self.n_dense + n_pairs, cfg.mlp, cfg.dropout)
 
     def head(self, dense, embs):
-        products = pairwise_inner(stack_zero_padded(embs, self.max_dim))
+        products = pairwise_inner(stack_zero_padded(embs, self.max_dim), self.pair_index)
         return self.deep(torch.cat([self.deep_input(dense, embs), products], dim=1)).squeeze(1)
 
 
 class DCN(CTRModel):
     """Deep & Cross: cross network and MLP side by side on the concatenation."""
 
-    def __init__(self, spec, cfg, embeddings, device=None):
-        super().__init__(spec, cfg, embeddings, device)
+    def __init__(self, spec, cfg, embeddings, device=None, pairs=None):
+        super().__init__(spec, cfg, embeddings, device, pairs)
         width = self.concat_dim + self.n_dense
         self.cross = CrossNetwork(width, cfg.cross_layers)
         self.deep = mlp(width, cfg.mlp, cfg.dropout, out_dim=None)
@@ -181,9 +198,9 @@ class DCN(CTRModel):
 class DLRM(CTRModel):
     """DLRM: bottom MLP on dense values to the widest embedding dim, pairwise dots, top MLP."""
 
-    def __init__(self, spec, cfg, embeddings, device=None):
+    def __init__(self, spec, cfg, embeddings, device=None, pairs=None):
         cfg = ModelConfig(**{**cfg.__dict__, "dense_input": True})
-        super().__init__(spec, cfg, embeddings, device)
+        super().__init__(spec, cfg, embeddings, device, pairs)
         self.bottom = mlp(self.n_dense, [max(self.max_dim, 4)], out_dim=self.max_dim) if self.n_dense else None
         n = self.n_fields + (1 if self.bottom is not None else 0)
         self.top = mlp(self.max_dim + n * (n - 1) // 2, cfg.mlp, cfg.dropout)
