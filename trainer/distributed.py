@@ -51,6 +51,15 @@ class DistEnv:
         return self.rank == 0
 
 
+def broadcast(obj, env: DistEnv):
+    """Rank 0's picklable `obj` on every rank (the object itself in one process)."""
+    if env.world_size == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def init_distributed() -> DistEnv:
     """Join the torchrun group (nccl on GPU, gloo on CPU) or form a 1-rank gloo group."""
     if not dist.is_initialized():

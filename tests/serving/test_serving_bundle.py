@@ -212,7 +212,7 @@ def test_single_cluster_bundle_without_router(tmp_path, spec, models):
 @pytest.mark.parametrize("dims", [{}, {"user": 4, "age": 0, "genres": 8}], ids=["uniform", "mixed"])
 def test_first_order_column_model_serves_its_offline_scores(dims, tmp_path, spec):
     from trainer.models.build import build_model
-from trainer.models.ctr import ModelConfig
+    from trainer.models.ctr import ModelConfig
 
     torch.manual_seed(3)
     cfg = ModelConfig(name="deepfm", embedding_dim=8, dims=dims, mlp=[16], first_order_column=True, init_scale=0.3)

@@ -123,12 +123,14 @@ def test_twenty_reloads_under_load(batching, bundle_dir, tmp_path, start_server,
         assert order.index(v) >= newest_swap, (v, order[newest_swap])
     seen_versions = {v for rs in load.results for v, _, _, _ in rs}
     assert len(seen_versions) >= 10 and versions[-1] in seen_versions
-    # the same models under every version: identical scores for identical requests
-    by_request: dict[int, set] = {}
+    # the same models under every version: the same scores for identical requests, up to the
+    # float rounding that depends on how many rows a cluster model scores at once (batching
+    # merges requests; measured ≤ 2 ulp, ~6e-8)
+    by_request: dict[int, list] = {}
     for rs in load.results:
         for _, _, (i, probs), _ in rs:
-            by_request.setdefault(i, set()).add(probs)
-    assert all(len(s) == 1 for s in by_request.values())
+            by_request.setdefault(i, []).append(np.asarray(probs))
+    assert all(np.abs(np.stack(ps) - ps[0]).max() <= 1e-6 for ps in by_request.values())
     assert app.metrics.reloads.value("ok") == 20 and app.metrics.reloads.value("failed") == 0
     assert app.host.version == versions[-1]
 

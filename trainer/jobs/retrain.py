@@ -3,7 +3,8 @@
 Each cluster of a `Decisions` gets one model built from its decisions and trained on the
 rows routed to it (all rows for one cluster) with the same `fit` that `trainer train`
 uses (early stopping on validation AUC, a checkpoint per epoch). A finished cluster
-(model.pt + val/test probabilities + metrics.json) is reused on resume.
+(model.pt + val/test probabilities + metrics.json) is reused on resume. Under torchrun
+every rank trains its shard of each batch and ends with the full model; rank 0 writes.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 from trainer.data.batches import iterate_batches
 from trainer.data.view import RowSubset
 from trainer.decisions import ClusterDecision, Decisions
-from trainer.distributed import DistEnv
+from trainer.distributed import DistEnv, broadcast
 from trainer.jobs.train import table_stats, write_json
 from trainer.metrics import summary
 from trainer.models.build import build_model
@@ -96,17 +97,20 @@ def train_cluster(ds, assign: dict, cluster: ClusterDecision, model_cfg: ModelCo
     val_probs, _ = predict(train, view, "val", tcfg, env)
     test_probs, labels = predict(train, view, "test", tcfg, env)
     plain = (unshard_into(train, build_model(ds.spec, model_cfg, **kw)) if sharded else model).eval()
+    if sharded and env.world_size > 1:  # unshard_into fills rank 0's copy; every rank scores and warm-starts from it
+        plain.load_state_dict(broadcast(plain.state_dict(), env))
     metrics = {"cluster": c, "model": model_cfg.name, "dims": cluster.dims, **stats,
                "embedding_layout_bytes": plain.embeddings.layout.embedding_bytes, "best_val_auc": result.best_val_auc,
                "best_epoch": result.best_epoch, "epochs": len(result.history), "seconds": time.perf_counter() - start,
                "train_rows": int((assign["train"] == c).sum()), "test_rows": len(labels), "samples_per_s": result.samples_per_s}
     if len(np.unique(labels)) == 2:
         metrics.update({f"test_{k}": v for k, v in summary(test_probs, labels).items()})
-    out.mkdir(parents=True, exist_ok=True)
-    torch.save(plain.state_dict(), files[0])
-    np.save(files[1], val_probs)
-    np.save(files[2], test_probs)
-    write_json(files[3], metrics)
+    if env.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        torch.save(plain.state_dict(), files[0])
+        np.save(files[1], val_probs)
+        np.save(files[2], test_probs)
+        write_json(files[3], metrics)
     return plain, val_probs, test_probs, metrics
 
 

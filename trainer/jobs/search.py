@@ -13,8 +13,11 @@ of rerun:
   OUT/bundle/                    the method's models (+ router) as served; checked against offline scores
   OUT/plots/                     method figures
   OUT/report.json                one schema for every method (trainer.jobs.report)
-The search stage runs in one process on unsharded tables with Adam (as the papers train);
-every retrain uses the configured storage (sharded: DMP + FBGEMM fused optimizer).
+The search stage trains the supernet on unsharded tables with Adam (as the papers train);
+every retrain uses the configured storage (sharded: DMP + FBGEMM fused optimizer). Every
+stage runs under `torchrun --nproc_per_node N -m trainer search ...`: batches are cut across
+ranks, the supernet is replicated with its gradients (architecture included) averaged, the
+decisions are rank 0's, and rank 0 alone writes decisions, report and bundle.
 """
 
 from __future__ import annotations
@@ -25,11 +28,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from trainer.config import ConfigError, load_sections, read_toml
 from trainer.data.config import DataConfig
 from trainer.decisions import Decisions, uniform
-from trainer.distributed import init_distributed
+from trainer.distributed import broadcast, init_distributed
 from trainer.jobs.export import export_bundle
 from trainer.jobs.report import cluster_purity, format_rows, supernet_row, trained_row
 from trainer.jobs.retrain import retrain, route
@@ -85,19 +89,22 @@ def supernet_params(supernet: torch.nn.Module) -> int:
 
 
 def load_or_derive(method, ctx: SearchContext, out: Path, resume: bool, name: str) -> Decisions:
+    """OUT/decisions.json on resume, else derived: rank 0's decisions on every rank (replicas
+    derive from equal supernets, but float sums may round differently), written by rank 0."""
     path = out / "decisions.json"
     if resume and path.exists():
         return Decisions.from_json(json.loads(path.read_text()))
-    decisions = method.derive(ctx).replace(method=name)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(path, decisions.to_json())
+    decisions = Decisions.from_json(broadcast(method.derive(ctx).replace(method=name).to_json(), ctx.env))
+    if ctx.env.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(path, decisions.to_json())
     return decisions
 
 
 def run(exp: SearchExperiment, out: str | Path, *, resume: bool = False, log=print) -> dict:
     env = init_distributed()
-    if env.world_size > 1:
-        raise SystemExit("the search recipe runs in one process; drop torchrun")
+    if not env.is_main:
+        log = quiet
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     ds = prepare(exp, env, log)
@@ -118,7 +125,7 @@ def run(exp: SearchExperiment, out: str | Path, *, resume: bool = False, log=pri
     assign = route(router, ds, tcfg.eval_batch_size)
     searched = {exp.search.method: decisions}
     main = None
-    for v in method.variants(ctx, decisions, exp.variants):
+    for v in broadcast(method.variants(ctx, decisions, exp.variants), env):
         log(f"== {v.label}")
         if v.kind == "supernet":
             method.set_phase("eval")
@@ -159,10 +166,16 @@ def run(exp: SearchExperiment, out: str | Path, *, resume: bool = False, log=pri
     }
     if report["cluster_purity"] is not None:
         log(f"cluster purity vs planted sub-populations (test rows): {report['cluster_purity']:.3f}")
-    if exp.report.export:
-        report["bundle"] = export_bundle(ds, main[0], router, main[1], tcfg.seed, out, log)
-    report |= method.report(ctx, searched, out / "plots" if exp.report.plots else None)
-    write_json(out / "report.json", report)
-    log("\n" + format_rows(rows))
-    log(f"report → {out / 'report.json'}")
+    if env.is_main:
+        if exp.report.export:
+            report["bundle"] = export_bundle(ds, main[0], router, main[1], tcfg.seed, out, log)
+        report |= method.report(ctx, searched, out / "plots" if exp.report.plots else None)
+        write_json(out / "report.json", report)
+        log("\n" + format_rows(rows))
+        log(f"report → {out / 'report.json'}")
+    dist.barrier()
     return report
+
+
+def quiet(_: str) -> None:
+    """The log of ranks other than 0."""

@@ -32,7 +32,8 @@ def search_stage(method: SearchMethod, ds, loop: SearchLoopConfig, tcfg: TrainCo
     start = time.perf_counter()
     result = run_search(method, ds, loop, tcfg, env, log)
     result["seconds"] = time.perf_counter() - start
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(method.supernet.state_dict(), path)
-    write_json(out / "search" / "search.json", result)
+    if env.is_main:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(method.supernet.state_dict(), path)
+        write_json(out / "search" / "search.json", result)
     return result

@@ -57,24 +57,30 @@ class SearchLoopConfig:
         return p
 
 
-def _val_batches(ds, tcfg: TrainConfig):
-    """Validation batches forever, reshuffled on every pass."""
+def _val_batches(ds, tcfg: TrainConfig, env: DistEnv):
+    """This rank's slice of validation batches forever, reshuffled on every pass."""
     for epoch in itertools.count():
-        yield from iterate_batches(ds, "val", tcfg.batch_size, shuffle=True, seed=tcfg.seed + 7919, epoch=epoch)
+        yield from iterate_batches(ds, "val", tcfg.batch_size, shuffle=True, seed=tcfg.seed + 7919, epoch=epoch,
+                                   rank=env.rank, world_size=env.world_size)
 
 
 def run_search(method: SearchMethod, ds, loop: SearchLoopConfig, tcfg: TrainConfig, env: DistEnv, log: Log) -> dict:
     """Pretrain, then alternate weight / architecture steps until validation AUC stops improving
     (`loop.keep` = "best") or for all search_epochs ("last").
 
-    Runs in one process on unsharded tables (Adam on everything, as the papers train);
-    the supernet ends in the state of its best validation epoch, or its last.
+    The supernet trains on unsharded tables (Adam on everything, as the papers train);
+    under torchrun every rank holds a replica, each batch (training and architecture) is
+    cut across ranks and DDP averages every gradient, architecture parameters included,
+    so the replicas stay equal. The supernet ends in the state of its best validation
+    epoch, or its last.
 
     Returns:
         The history: per epoch phase, train loss, samples/s and validation AUC / logloss.
     """
     supernet = method.build()
     train = CTRTrain(supernet)
+    if env.world_size > 1:  # gates are unused while pretraining, weights unused by nothing else
+        train = nn.parallel.DistributedDataParallel(train, find_unused_parameters=True)
     arch = method.arch_parameters()
     arch_ids = {id(p) for p in arch}
     weights = {n: p for n, p in supernet.named_parameters() if id(p) not in arch_ids}
@@ -90,12 +96,12 @@ def run_search(method: SearchMethod, ds, loop: SearchLoopConfig, tcfg: TrainConf
     method.init_architecture()
     method.set_phase("search")
     a_opt = torch.optim.Adam(arch, lr=loop.arch_lr)
-    val_iter = _val_batches(ds, tcfg)
+    val_iter = _val_batches(ds, tcfg, env)
 
     def arch_step(step: int) -> None:
         if (step + 1) % loop.arch_every:
             return
-        bce, _ = train(next(val_iter))
+        bce, _ = train(next(val_iter).to(env.device))
         a_opt.zero_grad()
         method.arch_loss(bce).backward()
         a_opt.step()

@@ -1,0 +1,48 @@
+"""The search recipe under torchrun: 2 processes reach the decisions of 1.
+
+The supernet is replicated with its gradients averaged, so a 2-process search is the
+1-process search up to float rounding, except where a method draws noise per row (iHAS's
+Gumbel gates): each rank then draws for its own half of a batch, so a few rows land in
+the other cluster. Compared: the dims and storage of every cluster (exact), Base and the
+search-stage network (test AUC within 0.002, as for `trainer train`), the cluster sizes
+(within 1% of the training rows) and, for one-cluster methods, the method's own row.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from trainer.config import read_toml
+from trainer.decisions import Decisions
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIGS = sorted(p for p in (ROOT / "configs" / "tiny").glob("*.toml") if read_toml(p).get("search", {}).get("method"))
+
+
+def _rows(report: dict) -> dict:
+    return {r["method"]: r for r in report["rows"]}
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
+def test_two_processes_reach_the_decisions_of_one(config, tiny_run, search_cmd, tmp_path):
+    _, tmp, one_out, one = tiny_run(config.stem)
+    out = tmp_path / "two"
+    cmd = search_cmd(config, out, tmp / "cache")
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    res = subprocess.run([*launcher, *cmd[1:]], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-4000:]
+    two = json.loads((out / "report.json").read_text())
+    d1, d2 = (Decisions.from_json(json.loads((o / "decisions.json").read_text())) for o in (one_out, out))
+    assert [(c.dims, {n: f.storage for n, f in c.fields.items()}) for c in d1.clusters] == \
+           [(c.dims, {n: f.storage for n, f in c.fields.items()}) for c in d2.clusters]
+    train_rows = sum(c.train_rows for c in d1.clusters)
+    assert all(abs(a.train_rows - b.train_rows) <= 0.01 * train_rows for a, b in zip(d1.clusters, d2.clusters))
+    r1, r2 = _rows(one), _rows(two)
+    assert r1.keys() == r2.keys()
+    compared = ["base"] + [k for k, r in r1.items() if r["kind"] == "supernet" or (r["kind"] == "method" and r["clusters"] == 1)]
+    for key in compared:
+        assert abs(r1[key]["test_auc"] - r2[key]["test_auc"]) <= 0.002, (key, r1[key]["test_auc"], r2[key]["test_auc"])
+    assert two["bundle"]["max_abs_diff_served_vs_offline"] < 1e-6
