@@ -24,9 +24,9 @@ def _errors(tmp_path, text: str) -> str:
 
 
 def test_autodpq_cross_section_mistakes_together(tmp_path):
-    msg = _errors(tmp_path, '[model]\nname = "deepfm"\nembedding_dim = 16\nfirst_order_column = true\ndims = {a = 6}\n'
-                            '[search]\nmethod = "autodpq"\nds = [2, 4]\n')
-    assert "model.first_order_column" in msg and "D=4 vs dim 6" in msg and "2 problem(s)" in msg
+    msg = _errors(tmp_path, '[data]\nsource = "synthetic"\n[model]\nname = "deepfm"\nembedding_dim = 16\nfirst_order_column = true\n'
+                            'dims = {a = 6}\n[search]\nmethod = "autodpq"\nds = [2, 4]\n')
+    assert "model.first_order_column" in msg and "D=4 vs dim 6" in msg and "data.min_count" in msg and "3 problem(s)" in msg
 
 
 def test_ihas_cross_section_mistakes_together(tmp_path):

@@ -147,6 +147,9 @@ class AutoDPQ:
         if exp.model.first_order_column:
             p.append("model.first_order_column: must be false with AutoDPQ (compressed tables have no column for "
                      "the first-order weights)")
+        if exp.data.source == "synthetic" and exp.data.min_count < 2:
+            p.append("data.min_count: must be >= 2 with AutoDPQ on synthetic data (its pre-coded ids are not in "
+                     "train-count order, so the low-frequency ids would not be a suffix)")
         dims = sorted({exp.model.embedding_dim, *(d for d in exp.model.dims.values() if d > 0)})
         bad = [(dim, d) for dim in dims for d in exp.search.ds if dim % d]
         if bad:
