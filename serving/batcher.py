@@ -223,8 +223,16 @@ class MicroBatcher:
             start = stop
 
 
-def score_directly(predictor: Predictor, batch: FeatureBatch, metrics: ServerMetrics | None = None) -> Prediction:
-    """Batching off: one model call per cluster for this request, on the caller's thread."""
+def score_directly(
+    predictor: Predictor, batch: FeatureBatch, deadline: float | None = None, metrics: ServerMetrics | None = None
+) -> Prediction:
+    """Batching off: one model call per cluster for this request, on the caller's thread.
+
+    Takes `MicroBatcher.submit`'s arguments, so the server calls either one. A deadline
+    already past (the request took that long to decode) raises DeadlineExceeded unscored.
+    """
+    if deadline is not None and deadline <= time.monotonic():
+        raise DeadlineExceeded("deadline expired before scoring; the rows were not scored")
     pred = predictor.predict(batch)
     if metrics is not None:
         metrics.batch_rows.observe(batch.num_rows)

@@ -33,6 +33,7 @@ import threading
 import time
 from concurrent import futures
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import grpc
@@ -44,7 +45,6 @@ from serving import wire
 from serving._proto.embstack.v1 import admin_pb2, admin_pb2_grpc
 from serving._proto.embstack.v1 import inference_pb2 as pb
 from serving._proto.embstack.v1 import inference_pb2_grpc as pb_grpc
-from serving.batch import FeatureBatch
 from serving.batcher import BatchConfig, MicroBatcher, available_cores, score_directly
 from serving.bundle import BundleError, load_bundle
 from serving.encode import Limits
@@ -52,7 +52,7 @@ from serving.errors import DeadlineExceeded, NotReady, PermissionDenied, Unauthe
 from serving.interceptors import ErrorMappingInterceptor, TokenAuthInterceptor, bearer_matches
 from serving.logs import log_event
 from serving.metrics import MetricsEndpoint, ServerMetrics
-from serving.predictor import Prediction, Predictor
+from serving.predictor import Predictor
 
 log = logging.getLogger("serving.server")
 
@@ -349,14 +349,7 @@ def start_app(bundle_dir: str | Path, address: str = "127.0.0.1:0", config: Serv
     )
     host = ModelHost(config)
     batcher = MicroBatcher(config.batching, metrics) if config.batching.enabled else None
-
-    def score(predictor: Predictor, batch: FeatureBatch, deadline: float | None) -> Prediction:
-        if batcher is not None:
-            return batcher.submit(predictor, batch, deadline)
-        if deadline is not None and deadline <= time.monotonic():  # expired while decoding
-            raise DeadlineExceeded("deadline expired before scoring; the rows were not scored")
-        return score_directly(predictor, batch, metrics)
-
+    score = batcher.submit if batcher is not None else partial(score_directly, metrics=metrics)
     pb_grpc.add_InferenceServicer_to_server(InferenceServicer(host, score, metrics), server)
     health_servicer = health.HealthServicer(
         experimental_non_blocking=True, experimental_thread_pool=futures.ThreadPoolExecutor(max_workers=1)

@@ -190,14 +190,13 @@ class CompressedEmbeddings(_SplitEmbeddings):
     def forward(self, sparse: KeyedJaggedTensor) -> list[torch.Tensor]:
         fields = sparse.to_dict()
         pooled = self._lookup(*self._inputs(fields))
-        out = []
-        for t in self.layout.tables:
-            jt = fields[t.name]
-            e = pooled[t.feature][:, : t.dim]
-            if t.kind == "dpq":
-                e = e + self.low_pooled(t, jt, self.codebooks[t.name])
-            out.append(self._finish(t, e, jt))
-        return out
+        return [self._field(t, pooled[t.feature][:, : t.dim], fields[t.name]) for t in self.layout.tables]
+
+    def _field(self, t: FieldTable, e: torch.Tensor, jt) -> torch.Tensor:
+        """Field t's embedding [B, X] from its pooled frequent rows `e` and its ids `jt`."""
+        if t.kind == "dpq":
+            e = e + self.low_pooled(t, jt, self.codebooks[t.name])
+        return self._finish(t, e, jt)
 
     def low_pooled(self, t: FieldTable, jt, quantize) -> torch.Tensor:
         """[B, X] sum over each row's low-frequency ids of quantize(raw row)."""

@@ -20,6 +20,8 @@ from trainer.distributed import DistEnv, dense_optimizer
 from trainer.search.interface import SearchMethod
 from trainer.training import CTRTrain, Log, TrainConfig, evaluate, train_epoch
 
+KEEP_BEST, KEEP_LAST = "best", "last"  # the values of SearchLoopConfig.keep
+
 
 @dataclass
 class SearchLoopConfig:
@@ -41,7 +43,7 @@ class SearchLoopConfig:
     arch_every: int = 100
     arch_lr: float = 1e-3
     patience: int = 2
-    keep: str = "best"
+    keep: str = KEEP_BEST
 
     def validate(self) -> list[str]:
         p = []
@@ -52,7 +54,7 @@ class SearchLoopConfig:
             p.append(f"search.pretrain_epochs: must be >= 0, got {self.pretrain_epochs}")
         if not self.arch_lr > 0:
             p.append(f"search.arch_lr: must be > 0, got {self.arch_lr}")
-        if self.keep not in ("best", "last"):
+        if self.keep not in (KEEP_BEST, KEEP_LAST):
             p.append(f"search.keep: must be 'best' or 'last', got {self.keep!r}")
         return p
 
@@ -114,9 +116,9 @@ def run_search(method: SearchMethod, ds, loop: SearchLoopConfig, tcfg: TrainConf
         log(f"search epoch {epoch} val auc {auc:.4f} (deterministic architecture)")
         if auc > best:
             best, best_epoch, best_state = auc, epoch, copy.deepcopy(supernet.state_dict())
-        elif epoch - best_epoch >= loop.patience and loop.keep == "best":
+        elif epoch - best_epoch >= loop.patience and loop.keep == KEEP_BEST:
             break
-    if loop.keep == "best":
+    if loop.keep == KEEP_BEST:
         supernet.load_state_dict(best_state)
     method.set_phase("eval")
     log(f"search done: best epoch {best_epoch} val auc {best:.4f}; keeping the {loop.keep} state")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from trainer.data.readers.base import BadLines, DataError, FieldDecl, RawChunk
+from trainer.data.readers.base import BadLines, DataError, FieldDecl, FileReader, RawChunk
 from trainer.data.readers.text import Layout, file_fingerprint, iter_delimited, read_header
 
 CATEGORICAL = (
@@ -15,20 +15,14 @@ CATEGORICAL = (
 )  # fmt: skip
 
 
-class AvazuReader:
-    """Streams an Avazu CSV file (columns found by header name, in any order).
-
-    Args:
-        path: the CSV (optionally .gz).
-        max_bad_lines: malformed lines that may be skipped (counted) before DataError.
-    """
+class AvazuReader(FileReader):
+    """Streams the Avazu CSV at `path`, optionally .gz (columns found by header name, in any order)."""
 
     dataset_id = "avazu"
     label = "click"
 
     def __init__(self, path: str, max_bad_lines: int = 0):
-        self.path, self.max_bad_lines = str(path), max_bad_lines
-        self.bad_lines, self.bad_examples = 0, []
+        super().__init__(path, max_bad_lines)
         header = read_header(self.path, ",", quoted=True)
         missing = [c for c in ("id", "click", *CATEGORICAL) if c not in header]
         if missing:
@@ -43,11 +37,7 @@ class AvazuReader:
     def fingerprint(self) -> str:
         return f"avazu|{file_fingerprint(self.path)}|bad={self.max_bad_lines}"
 
-    def iter_chunks(self, chunk_rows: int) -> Iterator[RawChunk]:
-        bad = BadLines(self.max_bad_lines)
-        try:
-            # Avazu cells never contain commas or quotes: the fast unquoted path is safe, and
-            # a stray quoted comma would show up as a wrong column count, not bad data.
-            yield from iter_delimited(self.path, self._layout, ",", chunk_rows, bad, header=True, quoted=False)
-        finally:
-            self.bad_lines, self.bad_examples = bad.count, bad.examples
+    def _chunks(self, chunk_rows: int, bad: BadLines) -> Iterator[RawChunk]:
+        # Avazu cells never contain commas or quotes: the fast unquoted path is safe, and
+        # a stray quoted comma would show up as a wrong column count, not bad data.
+        yield from iter_delimited(self.path, self._layout, ",", chunk_rows, bad, header=True, quoted=False)

@@ -143,6 +143,34 @@ class BadLines:
             self.examples.append(str(DataError(path, line, problem)))
 
 
+class FileReader:
+    """What the file readers share: the source path, the bad-line budget, and the bad-line
+    count and examples of the latest pass (a `BadLines` per pass, read back when the pass
+    ends, however it ends).
+
+    Subclasses set `dataset_id` and `label`, and implement `fields`, `fingerprint` and
+    `_chunks(chunk_rows, bad)`, which reports malformed lines to `bad`.
+
+    Args:
+        path: the file or directory.
+        max_bad_lines: malformed lines that may be skipped (counted) before DataError.
+    """
+
+    def __init__(self, path: str, max_bad_lines: int = 0):
+        self.path, self.max_bad_lines = str(path), max_bad_lines
+        self.bad_lines, self.bad_examples = 0, []
+
+    def iter_chunks(self, chunk_rows: int) -> Iterator[RawChunk]:
+        bad = BadLines(self.max_bad_lines)
+        try:
+            yield from self._chunks(chunk_rows, bad)
+        finally:
+            self.bad_lines, self.bad_examples = bad.count, bad.examples
+
+    def _chunks(self, chunk_rows: int, bad: BadLines) -> Iterator[RawChunk]:
+        raise NotImplementedError
+
+
 def head_rows(chunk: RawChunk, n: int) -> RawChunk:
     """The first n rows of `chunk` (columns are sequences or arrays; both slice)."""
     groups = None if chunk.groups is None else chunk.groups[:n]

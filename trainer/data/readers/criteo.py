@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from trainer.data.readers.base import BadLines, FieldDecl, RawChunk
+from trainer.data.readers.base import BadLines, FieldDecl, FileReader, RawChunk
 from trainer.data.readers.text import Layout, file_fingerprint, iter_delimited
 
 N_NUMERICAL, N_CATEGORICAL = 13, 26
@@ -16,20 +16,14 @@ FIELDS = [FieldDecl(f"I{i + 1}", "numerical") for i in range(N_NUMERICAL)] + [
 ]
 
 
-class CriteoReader:
-    """Streams a Criteo TSV file.
-
-    Args:
-        path: the TSV (optionally .gz).
-        max_bad_lines: malformed lines that may be skipped (counted) before DataError.
-    """
+class CriteoReader(FileReader):
+    """Streams the Criteo TSV at `path`, optionally .gz."""
 
     dataset_id = "criteo"
     label = "label"
 
     def __init__(self, path: str, max_bad_lines: int = 0):
-        self.path, self.max_bad_lines = str(path), max_bad_lines
-        self.bad_lines, self.bad_examples = 0, []
+        super().__init__(path, max_bad_lines)
         file_fingerprint(self.path)  # fail now, not at the first pass, if the file is absent
 
     def fields(self) -> list[FieldDecl]:
@@ -38,10 +32,6 @@ class CriteoReader:
     def fingerprint(self) -> str:
         return f"criteo|{file_fingerprint(self.path)}|bad={self.max_bad_lines}"
 
-    def iter_chunks(self, chunk_rows: int) -> Iterator[RawChunk]:
-        bad = BadLines(self.max_bad_lines)
+    def _chunks(self, chunk_rows: int, bad: BadLines) -> Iterator[RawChunk]:
         layout = Layout(1 + len(FIELDS), 0, tuple((d, i + 1) for i, d in enumerate(FIELDS)))
-        try:
-            yield from iter_delimited(self.path, layout, "\t", chunk_rows, bad, header=False, quoted=False)
-        finally:
-            self.bad_lines, self.bad_examples = bad.count, bad.examples
+        yield from iter_delimited(self.path, layout, "\t", chunk_rows, bad, header=False, quoted=False)

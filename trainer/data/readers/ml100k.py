@@ -12,7 +12,7 @@ import zipfile
 from pathlib import Path
 from typing import Iterator
 
-from trainer.data.readers.base import BadLines, DataError, FieldDecl, RawChunk
+from trainer.data.readers.base import BadLines, DataError, FieldDecl, FileReader, RawChunk
 from trainer.data.readers.movielens import FIELDS, LABEL, Items, Users, iter_joined
 from trainer.data.readers.text import file_fingerprint, iter_rows
 
@@ -20,7 +20,7 @@ DEFAULT_WHEEL = Path(__file__).resolve().parents[3] / "data" / "downloads" / "re
 MEMBER = "recbole/dataset_example/ml-100k/ml-100k.{}"
 
 
-class MovieLens100KReader:
+class MovieLens100KReader(FileReader):
     """Streams the 100,000 ratings of ML-100K joined with user and item attributes.
 
     Args:
@@ -32,8 +32,7 @@ class MovieLens100KReader:
     label = LABEL
 
     def __init__(self, path: str | Path | None = None, max_bad_lines: int = 0):
-        self.path, self.max_bad_lines = str(path or DEFAULT_WHEEL), max_bad_lines
-        self.bad_lines, self.bad_examples = 0, []
+        super().__init__(path or DEFAULT_WHEEL, max_bad_lines)
         if not Path(self.path).is_file():
             raise DataError(
                 self.path, None, "recbole wheel not found: run `make setup` (or scripts/setup.sh), which downloads it"
@@ -45,8 +44,7 @@ class MovieLens100KReader:
     def fingerprint(self) -> str:
         return f"ml100k|{file_fingerprint(self.path)}|bad={self.max_bad_lines}"
 
-    def iter_chunks(self, chunk_rows: int) -> Iterator[RawChunk]:
-        bad = BadLines(self.max_bad_lines)
+    def _chunks(self, chunk_rows: int, bad: BadLines) -> Iterator[RawChunk]:
         try:
             with zipfile.ZipFile(self.path) as z:
                 users = self._users(z, bad)
@@ -55,8 +53,6 @@ class MovieLens100KReader:
                 yield from iter_joined(where, rows, users, items, chunk_rows, bad)
         except zipfile.BadZipFile as e:
             raise DataError(self.path, None, f"not a readable wheel/zip: {e}") from None
-        finally:
-            self.bad_lines, self.bad_examples = bad.count, bad.examples
 
     def _table(
         self, z: zipfile.ZipFile, ext: str, want: tuple[str, ...], bad: BadLines

@@ -7,15 +7,17 @@ from __future__ import annotations
 import os
 from typing import Iterator
 
-from trainer.data.readers.base import BadLines, DataError, FieldDecl, RawChunk
+from trainer.data.readers.base import BadLines, DataError, FieldDecl, FileReader, RawChunk
 from trainer.data.readers.movielens import FIELDS, LABEL, Items, Users, iter_joined, year_from_title
 from trainer.data.readers.text import file_fingerprint, iter_rows, open_text
 
 SEP = "::"
 ENCODING = "latin-1"  # the GroupLens files are not UTF-8 (accented titles)
+USERS_COLUMNS = "UserID::Gender::Age::Occupation::Zip-code"
+MOVIES_COLUMNS = "MovieID::Title::Genres"
 
 
-class MovieLens1MReader:
+class MovieLens1MReader(FileReader):
     """Streams ratings.dat joined with users.dat and movies.dat.
 
     Args:
@@ -27,8 +29,7 @@ class MovieLens1MReader:
     label = LABEL
 
     def __init__(self, path: str, max_bad_lines: int = 0):
-        self.path, self.max_bad_lines = str(path), max_bad_lines
-        self.bad_lines, self.bad_examples = 0, []
+        super().__init__(path, max_bad_lines)
         if not os.path.isdir(self.path):
             raise DataError(
                 self.path,
@@ -44,37 +45,23 @@ class MovieLens1MReader:
     def fingerprint(self) -> str:
         return f"ml1m|{file_fingerprint(*self._files)}|bad={self.max_bad_lines}"
 
-    def iter_chunks(self, chunk_rows: int) -> Iterator[RawChunk]:
+    def _chunks(self, chunk_rows: int, bad: BadLines) -> Iterator[RawChunk]:
         ratings, users_path, movies_path = self._files
-        bad = BadLines(self.max_bad_lines)
-        try:
-            users = self._users(users_path, bad)
-            items = self._items(movies_path, bad)
-            with open_text(ratings, ENCODING) as fh:
-                yield from iter_joined(ratings, iter_rows(fh, SEP, quoted=False), users, items, chunk_rows, bad)
-        finally:
-            self.bad_lines, self.bad_examples = bad.count, bad.examples
+        users: Users = {c[0]: (c[2], c[1], c[3], c[4]) for c in _rows(users_path, USERS_COLUMNS, bad)}
+        items: Items = {
+            c[0]: (year_from_title(c[1]), c[2].split("|") if c[2] else []) for c in _rows(movies_path, MOVIES_COLUMNS, bad)
+        }
+        with open_text(ratings, ENCODING) as fh:
+            yield from iter_joined(ratings, iter_rows(fh, SEP, quoted=False), users, items, chunk_rows, bad)
 
-    @staticmethod
-    def _users(path: str, bad: BadLines) -> Users:
-        users: Users = {}
-        with open_text(path, ENCODING) as fh:
-            for n, c in iter_rows(fh, SEP, quoted=False):
-                if len(c) != 5:
-                    bad.report(
-                        path, n, f"expected 5 columns (UserID::Gender::Age::Occupation::Zip-code), found {len(c)}"
-                    )
-                    continue
-                users[c[0]] = (c[2], c[1], c[3], c[4])
-        return users
 
-    @staticmethod
-    def _items(path: str, bad: BadLines) -> Items:
-        items: Items = {}
-        with open_text(path, ENCODING) as fh:
-            for n, c in iter_rows(fh, SEP, quoted=False):
-                if len(c) != 3:
-                    bad.report(path, n, f"expected 3 columns (MovieID::Title::Genres), found {len(c)}")
-                    continue
-                items[c[0]] = (year_from_title(c[1]), c[2].split("|") if c[2] else [])
-        return items
+def _rows(path: str, columns: str, bad: BadLines) -> Iterator[list[str]]:
+    """The cells of each line of the .dat file at `path` that has one cell per name in
+    `columns` ("A::B::C"); other lines are reported to `bad` and skipped."""
+    width = len(columns.split(SEP))
+    with open_text(path, ENCODING) as fh:
+        for n, c in iter_rows(fh, SEP, quoted=False):
+            if len(c) != width:
+                bad.report(path, n, f"expected {width} columns ({columns}), found {len(c)}")
+                continue
+            yield c

@@ -67,6 +67,9 @@ class SyntheticParams:
     signal_fields_per_group: int = 4
     seed: int = 0
 
+    # Ids are computed in float32, which holds every integer up to 2**24 exactly.
+    MAX_VOCAB = 2**24
+
     def problems(self) -> list[str]:
         """Every inconsistency, as (key, message) strings without a section prefix."""
         p = []
@@ -74,7 +77,7 @@ class SyntheticParams:
             p.append(f"rows: must be > 0, got {self.rows}")
         if self.n_categorical < 1 or self.n_numerical < 0:
             p.append(f"n_categorical >= 1 and n_numerical >= 0 needed, got {self.n_categorical}, {self.n_numerical}")
-        if not 1 <= self.vocab_min <= self.vocab_max <= 2**24:
+        if not 1 <= self.vocab_min <= self.vocab_max <= self.MAX_VOCAB:
             p.append(
                 "vocab_min/vocab_max: need 1 <= vocab_min <= vocab_max <= 2**24, "
                 f"got {self.vocab_min}, {self.vocab_max}"

@@ -7,11 +7,11 @@ import os
 import re
 from typing import Iterator
 
-from trainer.data.readers.base import KINDS, NAME_RE, BadLines, DataError, FieldDecl, RawChunk
+from trainer.data.readers.base import KINDS, NAME_RE, BadLines, DataError, FieldDecl, FileReader, RawChunk
 from trainer.data.readers.text import Layout, file_fingerprint, iter_delimited, read_header
 
 
-class TableReader:
+class TableReader(FileReader):
     """Streams a CSV/TSV with a header line.
 
     Args:
@@ -34,9 +34,8 @@ class TableReader:
         bag_sep: str = "|",
         max_bad_lines: int = 0,
     ):
-        self.path, self.label, self.delimiter, self.bag_sep = str(path), label, delimiter, bag_sep
-        self.max_bad_lines = max_bad_lines
-        self.bad_lines, self.bad_examples = 0, []
+        super().__init__(path, max_bad_lines)
+        self.label, self.delimiter, self.bag_sep = label, delimiter, bag_sep
         stem = os.path.basename(self.path).split(".")[0]
         self.dataset_id = f"table-{re.sub(r'[^A-Za-z0-9_.-]', '_', stem)}"
         bad_names = [n for n in fields if not NAME_RE.match(n)]
@@ -62,11 +61,5 @@ class TableReader:
         fmt = f"{self.delimiter!r}|{self.bag_sep!r}|bad={self.max_bad_lines}"
         return f"table|{file_fingerprint(self.path)}|{self.label}|{decl}|{fmt}"
 
-    def iter_chunks(self, chunk_rows: int) -> Iterator[RawChunk]:
-        bad = BadLines(self.max_bad_lines)
-        try:
-            yield from iter_delimited(
-                self.path, self._layout, self.delimiter, chunk_rows, bad, header=True, quoted=True
-            )
-        finally:
-            self.bad_lines, self.bad_examples = bad.count, bad.examples
+    def _chunks(self, chunk_rows: int, bad: BadLines) -> Iterator[RawChunk]:
+        yield from iter_delimited(self.path, self._layout, self.delimiter, chunk_rows, bad, header=True, quoted=True)

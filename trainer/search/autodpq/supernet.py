@@ -31,7 +31,7 @@ from torch import nn
 from torchrec import KeyedJaggedTensor
 
 from trainer.models.dpq import CompressedEmbeddings, DPQCodebook, pool_rows
-from trainer.models.layout import Compression, EmbeddingLayout
+from trainer.models.layout import Compression, EmbeddingLayout, FieldTable
 
 PHASES = ("pretrain", "search", "eval")
 
@@ -117,33 +117,29 @@ class SearchEmbeddings(CompressedEmbeddings):
         best = self.alpha.argmax(dim=1).tolist()
         return {name: Compression("dpq", *self.candidates[i]) for name, i in zip(self.searched, best)}
 
+    def _stochastic(self) -> bool:
+        """Whether this forward draws the Gumbel-softmax mixture (search-phase training)."""
+        return self.phase == "search" and self.training and torch.is_grad_enabled()
+
     def forward(self, sparse: KeyedJaggedTensor) -> list[torch.Tensor]:
         if self.phase not in PHASES:
             raise ValueError(f"phase {self.phase!r} is not one of {PHASES}")
-        stochastic = self.phase == "search" and self.training and torch.is_grad_enabled()
-        if stochastic:
+        if self._stochastic():
             self.forwards += 1
-        fields = sparse.to_dict()
-        pooled = self._lookup(*self._inputs(fields))
-        out = []
-        for t in self.layout.tables:
-            jt = fields[t.name]
-            e = pooled[t.feature][:, : t.dim]
-            if t.kind != "dpq":
-                out.append(self._finish(t, e, jt))
-                continue
-            rows, raw = self.low_rows(t, jt)
-            batch = jt.lengths().numel()
-            if self.phase == "pretrain":
-                out.append(self._finish(t, e + pool_rows(rows, raw, batch), jt))
-                continue
-            i = self.searched.index(t.name)
-            books, bns = self.codebooks[t.name], self.bns[t.name]
-            if stochastic:
-                p = nn.functional.gumbel_softmax(self.alpha[i], tau=self.tau, hard=False)
-                terms = [self._normed(t.name, bn, self._finish(t, e + pool_rows(rows, book(raw), batch), jt)) for book, bn in zip(books, bns)]
-                out.append(sum(w * x for w, x in zip(p, terms)))
-            else:
-                c = int(self.alpha[i].argmax())
-                out.append(self._normed(t.name, bns[c], self._finish(t, e + pool_rows(rows, books[c](raw), batch), jt)))
-        return out
+        return super().forward(sparse)
+
+    def _field(self, t: FieldTable, e: torch.Tensor, jt) -> torch.Tensor:
+        if t.kind != "dpq":
+            return self._finish(t, e, jt)
+        rows, raw = self.low_rows(t, jt)
+        batch = jt.lengths().numel()
+        if self.phase == "pretrain":
+            return self._finish(t, e + pool_rows(rows, raw, batch), jt)
+        i = self.searched.index(t.name)
+        books, bns = self.codebooks[t.name], self.bns[t.name]
+        if self._stochastic():
+            p = nn.functional.gumbel_softmax(self.alpha[i], tau=self.tau, hard=False)
+            terms = [self._normed(t.name, bn, self._finish(t, e + pool_rows(rows, book(raw), batch), jt)) for book, bn in zip(books, bns)]
+            return sum(w * x for w, x in zip(p, terms))
+        c = int(self.alpha[i].argmax())
+        return self._normed(t.name, bns[c], self._finish(t, e + pool_rows(rows, books[c](raw), batch), jt))

@@ -89,9 +89,19 @@ def straight_through_gumbel(logits: torch.Tensor, tau: float) -> torch.Tensor:
 
 
 class _GateBase(nn.Module):
-    """Mode handling shared by the instance-wise and shared gates."""
+    """Construction and mode handling shared by the instance-wise and shared gates.
 
-    def __init__(self, width: int, tau: float, init_prob: float, threshold: HistogramThreshold | None):
+    A subclass creates its parameters in `_make_parameters` and sets their starting
+    values in `reset_parameters`, which the constructor calls once they exist.
+    """
+
+    def __init__(
+        self,
+        width: int,
+        tau: float = 0.1,
+        init_prob: float = 0.9,
+        threshold: HistogramThreshold | None = None,
+    ):
         super().__init__()
         if width <= 0:
             raise ValueError(f"width must be positive, got {width}")
@@ -104,6 +114,14 @@ class _GateBase(nn.Module):
         self.init_prob = init_prob
         self.threshold = threshold if threshold is not None else HistogramThreshold()
         self._mode = GateMode.OPEN
+        self._make_parameters()
+        self.reset_parameters()
+
+    def _make_parameters(self) -> None:
+        raise NotImplementedError
+
+    def reset_parameters(self) -> None:
+        raise NotImplementedError
 
     @property
     def mode(self) -> GateMode:
@@ -146,16 +164,8 @@ class InstanceGates(_GateBase):
         threshold: per-row threshold searcher for deterministic mode.
     """
 
-    def __init__(
-        self,
-        width: int,
-        tau: float = 0.1,
-        init_prob: float = 0.9,
-        threshold: HistogramThreshold | None = None,
-    ):
-        super().__init__(width, tau, init_prob, threshold)
-        self.fc = nn.Linear(width, width)
-        self.reset_parameters()
+    def _make_parameters(self) -> None:
+        self.fc = nn.Linear(self.width, self.width)
 
     def reset_parameters(self) -> None:
         """(Re)initialise: default small weights, bias = logit(init_prob)."""
@@ -184,16 +194,8 @@ class SharedGates(_GateBase):
     # gradient, and unlike InstanceGates there is no input-dependent term to break ties.
     INIT_JITTER = 0.1
 
-    def __init__(
-        self,
-        width: int,
-        tau: float = 0.1,
-        init_prob: float = 0.9,
-        threshold: HistogramThreshold | None = None,
-    ):
-        super().__init__(width, tau, init_prob, threshold)
-        self.logit = nn.Parameter(torch.empty(width))
-        self.reset_parameters()
+    def _make_parameters(self) -> None:
+        self.logit = nn.Parameter(torch.empty(self.width))
 
     def reset_parameters(self) -> None:
         """(Re)initialise: logit(init_prob) ± uniform jitter of INIT_JITTER."""
