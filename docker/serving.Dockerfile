@@ -2,7 +2,7 @@
 # No training code inside: only serving/ (and pyproject.toml) is copied; serving never
 # imports trainer.
 #   docker build -f docker/serving.Dockerfile -t embstack-serving .
-#   docker run --rm -p 50051:50051 -p 9100:9100 -v $PWD/runs/ihas/bundle:/bundle:ro embstack-serving
+#   docker run --rm -p 50051:50051 -p 9100:9100 -v $PWD/runs/ihas_ml100k/bundle:/bundle:ro embstack-serving
 # Hot reload: mount a directory of bundles whose `current` symlink you repoint, run with
 # `--bundle /bundles/current`, then `docker kill -s HUP <container>` (or Admin/Reload with
 # EMBSTACK_ADMIN_TOKEN set). `docker stop` sends SIGTERM: health NOT_SERVING, 2 s more of

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The serving load test (issue #4) on a 2-core machine: builds the DeepFM-sized 2-cluster
+# The serving load test on a 2-core machine: builds the DeepFM-sized 2-cluster
 # bundle, runs the server on core 0 and the load generator on core 1 (taskset), sweeps the
 # open-loop rate at 100 rows/request with micro-batching on and off (interleaved) for the
 # most rows/s with p99 < 50 ms, then measures p50/p99 at half that rate. One JSON + a table.

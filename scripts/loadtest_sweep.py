@@ -1,4 +1,4 @@
-"""The serving load test of issue #4: DeepFM-sized 2-cluster bundle, 100 rows per request,
+"""The serving load test: DeepFM-sized 2-cluster bundle, 100 rows per request,
 server and load generator pinned to different cores, micro-batching on and off measured in
 the same session, interleaved.
 

@@ -1,6 +1,6 @@
 """Serve a bundle over gRPC.
 
-    .venv/bin/python -m serving --bundle runs/ihas/bundle --port 50051 --metrics-port 9100
+    .venv/bin/python -m serving --bundle runs/ihas_ml100k/bundle --port 50051 --metrics-port 9100
     taskset -c 0 .venv/bin/python -m serving --bundle B --port 50051 --batching off
 
 Logs are JSON lines on stderr (no progress output).

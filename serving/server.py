@@ -1,9 +1,9 @@
 """The gRPC inference server: Inference + Admin services, grpc.health.v1, reflection,
 micro-batching, hot reload and a Prometheus endpoint.
 
-    app = start_app("runs/ihas/bundle", "127.0.0.1:0", ServerConfig(metrics_port=0))
+    app = start_app("runs/ihas_ml100k/bundle", "127.0.0.1:0", ServerConfig(metrics_port=0))
     app.port, app.metrics_port          # the bound ports
-    app.reload("runs/ihas/bundle-v2")   # verify, warm up, swap; the old one serves on failure
+    app.reload("runs/ihas_ml100k/bundle-v2")   # verify, warm up, swap; the old one serves on failure
     app.stop(grace=5).wait()
 
 The server starts listening before the bundle loads, with health NOT_SERVING, so load

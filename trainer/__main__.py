@@ -1,7 +1,7 @@
 """embstack trainer CLI.
 
     python -m trainer train --config configs/deepfm_ml100k.toml --out runs/x [section.key=value ...]
-    python -m trainer search --config configs/ihas_ml100k.toml --out runs/ihas [--resume]
+    python -m trainer search --config configs/ihas_ml100k.toml --out runs/ihas_ml100k [--resume]
     torchrun --nproc_per_node 2 -m trainer train --config ... --out ...
 """
 

@@ -23,18 +23,20 @@ from trainer.data.view import RowSubset
 from trainer.jobs.retrain import Trained
 from trainer.models.build import served_form
 
-DENSE_PREFIXES = ("deep.", "cross.", "out.", "top.", "bottom.", "bias", "gates.", "centroids")
+# state-dict names of per-id storage: TorchRec tables (embeddings, first-order weights,
+# DPQ centroids), DPQ codes, and the training form's raw rows and codebooks
+TABLE_MARKERS = ("embedding_bags.", "codes_", ".raw.", "codebooks.")
 
 
 def tensor_bytes(modules: list[nn.Module]) -> dict[str, int]:
-    """{"total", "tables"}: bytes of every tensor the modules hold, and of their table tensors
-    (EBC weights, DPQ codes, first-order tables; not dense layers, gates or centroids)."""
+    """{"total", "tables"}: bytes of every tensor the modules hold, and of their per-id
+    storage (TABLE_MARKERS; not dense layers, gates, batch norms or router centroids)."""
     total = tables = 0
     for m in modules:
         for name, t in m.state_dict().items():
             n = t.numel() * t.element_size()
             total += n
-            tables += 0 if name.startswith(DENSE_PREFIXES) else n
+            tables += n if any(k in name for k in TABLE_MARKERS) else 0
     return {"total": total, "tables": tables}
 
 

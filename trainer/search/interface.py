@@ -90,7 +90,7 @@ class Variant:
     def __post_init__(self) -> None:
         if self.kind not in VARIANT_KINDS or self.init not in INITS:
             raise ValueError(f"variant {self.name}: kind {self.kind!r} / init {self.init!r} not in {VARIANT_KINDS} / {INITS}")
-        if self.kind not in ("supernet",) and not self.decisions and not self.search:
+        if self.kind != "supernet" and not self.decisions and not self.search:
             raise ValueError(f"variant {self.name}: needs decisions or a search")
 
 
@@ -101,6 +101,7 @@ class SearchMethod(Protocol):
     Variants: ClassVar[type]  # the [variants] section dataclass: which extra rows to train
     supernet: nn.Module | None
     phase: str
+    retrain_options: dict  # extra build_model keywords for retrained models (e.g. the DPQ-SX temperature)
 
     def __init__(self, cfg: Any, ctx: SearchContext) -> None: ...
 

@@ -37,7 +37,7 @@ BASELINES = ("others", "grid", "random")
 
 @dataclass
 class AutoDPQConfig(SearchLoopConfig):
-    """AutoDPQ settings (SPEC §5). Inherits the alternating schedule.
+    """AutoDPQ settings (paper defaults unless a config says otherwise). Inherits the alternating schedule.
 
     Args:
         method: "autodpq".

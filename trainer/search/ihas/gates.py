@@ -1,4 +1,4 @@
-"""iHAS Bernoulli gates over the concatenated embedding (SPEC §4.1–4.2).
+"""iHAS Bernoulli gates over the concatenated embedding (the paper's search and deterministic modes).
 
 ``InstanceGates`` predicts one keep-probability per embedding coordinate of each row,
 p = sigmoid(W E + b), and turns it into a 0/1 mask in one of three modes:
@@ -159,7 +159,7 @@ class InstanceGates(_GateBase):
 
     Args:
         width: N* = N·d, the length of the concatenated embedding.
-        tau: Gumbel-softmax temperature for stochastic mode (SPEC default 0.1).
+        tau: Gumbel-softmax temperature for stochastic mode (paper default 0.1).
         init_prob: keep-probability the gates start at (module docstring).
         threshold: per-row threshold searcher for deterministic mode.
     """

@@ -1,4 +1,4 @@
-"""Mini-batch K-means (Sculley 2010) for the iHAS clustering stage (SPEC §4.3).
+"""Mini-batch K-means (Sculley 2010) for the iHAS clustering stage.
 
 Each step assigns a mini-batch to the nearest centroids (Euclidean) and moves each
 centroid c toward its assigned points with per-point learning rate 1/count(c), count

@@ -35,7 +35,7 @@ PHASE_MODES = {"pretrain": GateMode.OPEN, "search": GateMode.STOCHASTIC, "eval":
 
 @dataclass
 class IHASConfig(SearchLoopConfig):
-    """iHAS search settings (SPEC §4). Inherits the alternating schedule.
+    """iHAS search settings (paper defaults unless a config says otherwise). Inherits the alternating schedule.
 
     Args:
         method: "ihas".
@@ -114,12 +114,12 @@ class IHAS:
 
     Config = IHASConfig
     Variants = IHASVariants
-    retrain_options: dict = {}
 
     def __init__(self, cfg: IHASConfig, ctx: SearchContext):
         self.cfg = cfg
         self.spec = ctx.spec
         self.model_cfg = ctx.model
+        self.retrain_options: dict = {}
         self.supernet: GatedSupernet | None = None
         self.phase = "pretrain"
 

@@ -1,11 +1,11 @@
-"""iHAS gate regularizer: expected L0 plus polarisation (SPEC §4.1, paper Eq. 5).
+"""iHAS gate regularizer: expected L0 plus polarisation (paper Eq. 5).
 
     R = Σ_i Σ_j ( λ·p_ij − μ·|p_ij − p̄_i| ),   p̄_i = mean_j p_ij
 
 The first term is the expected number of open gates of row i (E‖m_i‖₀ = Σ_j p_ij under
 Bernoulli masks); the second rewards probabilities far from their row mean, which
 splits each row's gates into a group near 0 and a group near 1 (μ = 0 is ablation
-iHAS-3; SPEC's formula has μ = 1).
+iHAS-3; the paper's formula has μ = 1).
 
 Reduction: the sum over j follows the paper; across rows the default is the *mean*
 (``reduction="mean"``), so R sits on the same per-row scale as the mean BCE it is added

@@ -1,4 +1,4 @@
-"""Histogram threshold searcher for iHAS deterministic gates (SPEC §4.2).
+"""Histogram threshold searcher for iHAS deterministic gates.
 
 Per row i, the gate probabilities p_i1..p_iN* are histogrammed over [0, 1]; the
 histogram is scanned left→right for the first local minimum ("valley"); the threshold
