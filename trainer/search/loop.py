@@ -12,6 +12,7 @@ import copy
 import itertools
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -20,6 +21,7 @@ from trainer.distributed import DistEnv, dense_optimizer
 from trainer.search.interface import SearchMethod
 from trainer.training import CTRTrain, Log, TrainConfig, evaluate, train_epoch
 
+ARCH_SPLITS = ("val", "gate")
 KEEP_BEST, KEEP_LAST = "best", "last"  # the values of SearchLoopConfig.keep
 
 
@@ -36,6 +38,14 @@ class SearchLoopConfig:
         keep: "best" ends the search in the state of its best validation epoch (early
             stopping); "last" runs all search_epochs and keeps the final state, as a DARTS
             search reads argmax α at the end (patience is then unused).
+        arch_split: where architecture batches come from: "val" (the papers' bi-level
+            schedule: the validation split, which also picks the search epoch) or "gate" (a
+            split carved from train that only the architecture sees, so the split that
+            selects epochs stays clean; the weights then train on the rest of train).
+        gate_fraction: share of train rows in the gate split (arch_split = "gate").
+        pretrain_patience: 0 = pretrain exactly pretrain_epochs (the papers); n > 0 = stop
+            pretraining after n epochs without a better validation AUC and go on from the
+            best pretrained state.
     """
 
     pretrain_epochs: int = 5
@@ -44,9 +54,18 @@ class SearchLoopConfig:
     arch_lr: float = 1e-3
     patience: int = 2
     keep: str = KEEP_BEST
+    arch_split: str = "val"
+    gate_fraction: float = 0.1
+    pretrain_patience: int = 0
 
     def validate(self) -> list[str]:
         p = []
+        if self.arch_split not in ARCH_SPLITS:
+            p.append(f"search.arch_split: must be one of {ARCH_SPLITS}, got {self.arch_split!r}")
+        if not 0 < self.gate_fraction < 1:
+            p.append(f"search.gate_fraction: must be in (0, 1), got {self.gate_fraction}")
+        if self.pretrain_patience < 0:
+            p.append(f"search.pretrain_patience: must be >= 0, got {self.pretrain_patience}")
         for key in ("search_epochs", "arch_every", "patience"):
             if getattr(self, key) < 1:
                 p.append(f"search.{key}: must be >= 1, got {getattr(self, key)}")
@@ -59,11 +78,34 @@ class SearchLoopConfig:
         return p
 
 
-def _val_batches(ds, tcfg: TrainConfig, env: DistEnv):
-    """This rank's slice of validation batches forever, reshuffled on every pass."""
+def _arch_batches(ds, split: str, tcfg: TrainConfig, env: DistEnv):
+    """This rank's slice of architecture batches forever, reshuffled on every pass."""
     for epoch in itertools.count():
-        yield from iterate_batches(ds, "val", tcfg.batch_size, shuffle=True, seed=tcfg.seed + 7919, epoch=epoch,
+        yield from iterate_batches(ds, split, tcfg.batch_size, shuffle=True, seed=tcfg.seed + 7919, epoch=epoch,
                                    rank=env.rank, world_size=env.world_size)
+
+
+class GateSplit:
+    """Dataset view with a "gate" split carved from train (a seeded random share of its
+    rows); "train" keeps the rest, the other splits are unchanged.
+
+    Args:
+        ds: the dataset.
+        fraction: share of train rows in the gate split.
+        seed: seed of the draw.
+    """
+
+    def __init__(self, ds, fraction: float, seed: int):
+        self._ds = ds
+        rows = ds.indices("train")
+        gate = np.random.default_rng((seed, 4099)).random(len(rows)) < fraction
+        self._split = {"train": rows[~gate], "gate": rows[gate]}
+
+    def indices(self, split: str) -> np.ndarray:
+        return self._split[split] if split in self._split else self._ds.indices(split)
+
+    def __getattr__(self, name):
+        return getattr(self._ds, name)
 
 
 def run_search(method: SearchMethod, ds, loop: SearchLoopConfig, tcfg: TrainConfig, env: DistEnv, log: Log) -> dict:
@@ -88,17 +130,31 @@ def run_search(method: SearchMethod, ds, loop: SearchLoopConfig, tcfg: TrainConf
     weights = {n: p for n, p in supernet.named_parameters() if id(p) not in arch_ids}
     w_opt = dense_optimizer(weights, tcfg.lr, tcfg.weight_decay)
     history = []
+    if loop.arch_split == "gate":
+        ds = GateSplit(ds, loop.gate_fraction, tcfg.seed)
+        log(f"architecture steps on a gate split of {len(ds.indices('gate')):,} train rows; weights on the other "
+            f"{len(ds.indices('train')):,}; validation only picks epochs")
 
     method.set_phase("pretrain")
+    best_pre, best_pre_state, best_pre_epoch = -1.0, None, -1
     for epoch in range(loop.pretrain_epochs):
         stats = train_epoch(train, w_opt, ds, tcfg, env, epoch, log)
         history.append({"phase": "pretrain", "epoch": epoch, **stats, **_val(method, train, ds, tcfg, env)})
         log(f"pretrain epoch {epoch} val auc {history[-1]['val_auc']:.4f}")
+        if not loop.pretrain_patience:
+            continue
+        if history[-1]["val_auc"] > best_pre:
+            best_pre, best_pre_epoch, best_pre_state = history[-1]["val_auc"], epoch, copy.deepcopy(supernet.state_dict())
+        elif epoch - best_pre_epoch >= loop.pretrain_patience:
+            break
+    if best_pre_state is not None:
+        supernet.load_state_dict(best_pre_state)
+        log(f"pretraining: going on from epoch {best_pre_epoch} (val auc {best_pre:.4f})")
 
     method.init_architecture()
     method.set_phase("search")
     a_opt = torch.optim.Adam(arch, lr=loop.arch_lr)
-    val_iter = _val_batches(ds, tcfg, env)
+    val_iter = _arch_batches(ds, loop.arch_split, tcfg, env)
 
     def arch_step(step: int) -> None:
         if (step + 1) % loop.arch_every:
