@@ -21,6 +21,7 @@ STORAGE_KINDS = ("full", "others", "dpq")
 INTERACTION_FUNCTIONS = ("inner",)
 NUMERICAL_ENCODINGS = ("bucketized",)
 QUANTIZATIONS = ("none", "int8", "fp16")
+SERVED_BY = ("self", "base")
 
 
 class DecisionsError(ValueError):
@@ -87,11 +88,18 @@ class ClusterDecision:
         id: cluster id (the router's output).
         fields: field → decision, every field of the spec.
         train_rows: training rows routed here when the search derived the cluster.
+        served_by: "self" (the cluster's own model) or "base" (the export guard found the
+            cluster's model worse than Base on the cluster's validation rows).
     """
 
     id: int
     fields: dict[str, FieldDecision]
     train_rows: int = 0
+    served_by: str = "self"
+
+    def __post_init__(self) -> None:
+        if self.served_by not in SERVED_BY:
+            raise DecisionsError(f"cluster {self.id}: served_by {self.served_by!r} is not one of {SERVED_BY}")
 
     @property
     def dims(self) -> dict[str, int]:
@@ -119,14 +127,18 @@ class RouterDecision:
     """iHAS routing: deterministic gates (histogram threshold) then the nearest centroid.
 
     Args:
-        centroids: K × (N·d) centroids of the masked embeddings.
+        centroids: K × (N·d) centroids of the clustered features.
         threshold_bins: histogram bins of the threshold searcher.
         threshold_fallback: threshold of rows whose histogram has no valley.
+        features: what is clustered: "masked" (E ⊙ m), "mask" (m) or "prob" (p).
+        scale: per-column factors applied before the distance, or None.
     """
 
     centroids: list[list[float]]
     threshold_bins: int
     threshold_fallback: float
+    features: str = "masked"
+    scale: list[float] | None = None
 
 
 @dataclass(frozen=True)
@@ -193,6 +205,7 @@ class Decisions:
                     {n: FieldDecision(int(f["dim"]), None if f["kept"] is None else tuple(f["kept"]), Storage(**f["storage"]))
                      for n, f in c["fields"].items()},
                     int(c["train_rows"]),
+                    c["served_by"],
                 )
                 for c in obj["clusters"]
             )

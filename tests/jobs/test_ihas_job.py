@@ -14,7 +14,7 @@ def test_ihas_rows_decisions_and_plots(tiny_run):
         assert all(0 <= f.dim <= 8 and f.dim == len(f.kept) for f in c.fields.values())
     assert 0 <= report["cluster_purity"] <= 1
     rows = {r["method"]: r for r in report["rows"]}
-    assert list(rows) == ["base", "ihas_1", "ihas_2", "ihas_3", "ihas_4", "ihas", "ihas_warm",
+    assert list(rows) == ["base", "ihas_1", "ihas_2", "ihas_3", "ihas_4", "ihas_4_one_model", "ihas", "ihas_warm",
                           "transfer_deepfm_base", "transfer_deepfm"]
     fields = list(decisions.clusters[0].fields)
     # Base keeps every dim of every field; iHAS's params are what its cluster models hold
@@ -23,7 +23,8 @@ def test_ihas_rows_decisions_and_plots(tiny_run):
     assert rows["ihas"]["embedding_params"] == sum(c["embedding_params"] for c in rows["ihas"]["per_cluster"])
     # served bytes of a routed row count the router (search-stage tables + gates + centroids) on top of the cluster models
     assert rows["ihas"]["router_bytes"] > 0 and rows["ihas"]["served_bytes"] > rows["ihas"]["router_bytes"]
-    # iHAS-2 is one model from the same search; iHAS-4's shared gates give one cluster
-    assert rows["ihas_2"]["clusters"] == 1 and rows["ihas_4"]["clusters"] == 1
+    # iHAS-2 is one model from the same search; iHAS-4's shared gates give every cluster the same dims
+    assert rows["ihas_2"]["clusters"] == 1 and rows["ihas_4_one_model"]["clusters"] == 1
+    assert rows["ihas_4"]["clusters"] == 2 and rows["ihas_4"]["dims"][0] == rows["ihas_4"]["dims"][1]
     for png in report["plots"]:
         assert Path(png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -43,7 +43,8 @@ def export_bundle(ds, trained: Trained, router, row: dict, seed: int, out: Path,
         example=(first.dense_features, first.sparse_features), version=version,
         metadata={"method": decisions.method, "decisions": decisions.to_json()},
         metrics={k: row[k] for k in ("test_auc", "test_logloss", "embedding_params", "served_bytes")},
-        dims=[c.dims for c in decisions.clusters], overwrite=True, quantize=decisions.quantize,
+        dims=[{n: 0 for n in ds.spec.names} | dict(zip(m.embeddings.layout.fields, m.embeddings.layout.dims)) for m in served],
+        overwrite=True, quantize=decisions.quantize,
     )
     bundle = load_bundle(path, dataset=ds.spec.dataset)
     predictor = Predictor(bundle)

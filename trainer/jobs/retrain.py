@@ -42,6 +42,7 @@ class Trained:
     clusters: list[dict]
     metrics: dict  # test_auc, test_logloss, val_auc, val_logloss of the merged scores
     seconds: float
+    probs: dict[str, np.ndarray]  # "val" / "test": the merged scores in row order
 
 
 @torch.no_grad()
@@ -135,4 +136,4 @@ def retrain(ds, decisions: Decisions, assign: dict, model_cfg: ModelConfig, tcfg
     for s, probs in merged.items():
         labels = ds.labels[ds.indices(s)].astype(np.float32)
         m |= {f"{s}_{k}": v for k, v in summary(probs, labels).items()}
-    return Trained(decisions, models, clusters, m, seconds)
+    return Trained(decisions, models, clusters, m, seconds, merged)

@@ -35,6 +35,7 @@ from trainer.data.config import DataConfig
 from trainer.decisions import Decisions, uniform
 from trainer.distributed import broadcast, init_distributed
 from trainer.jobs.export import export_bundle
+from trainer.jobs.guard import guard
 from trainer.jobs.report import cluster_purity, format_rows, supernet_row, trained_row
 from trainer.jobs.retrain import retrain, route
 from trainer.jobs.search_stage import search_stage
@@ -149,7 +150,16 @@ def run(exp: SearchExperiment, out: str | Path, *, resume: bool = False, log=pri
             where = rows_dir / v.name / (d.method if len(candidates) > 1 else "")
             runs.append(retrain(ds, d, v_assign, model_cfg, tcfg, env, where, resume, log, init, method.retrain_options))
         best = max(runs, key=lambda t: t.metrics["val_auc"])
+        checks = None
+        if v.kind == "method" and len(best.decisions.clusters) > 1:
+            unguarded = best.metrics
+            best, checks = guard(best, base, v_assign, ds, log)
+            decisions = best.decisions
+            if env.is_main:
+                write_json(out / "decisions.json", decisions.to_json())
         row = trained_row(v.name, v.label, v.kind, best, v_router, v_assign, ds, v_search or search["seconds"])
+        if checks is not None:
+            row |= {"guard": checks, "unguarded": unguarded}
         if len(runs) > 1:
             row |= {"picked": best.decisions.method, "candidates": {t.decisions.method: t.metrics for t in runs},
                     "seconds": {"search": 0.0, "retrain": sum(t.seconds for t in runs)}}

@@ -92,8 +92,11 @@ class _GateBase(nn.Module):
     """Construction and mode handling shared by the instance-wise and shared gates.
 
     A subclass creates its parameters in `_make_parameters` and sets their starting
-    values in `reset_parameters`, which the constructor calls once they exist.
+    values in `reset_parameters`, which the constructor calls once they exist; its
+    `logits` give one gate per `dims_per_gate` consecutive dims.
     """
+
+    dims_per_gate = 1
 
     def __init__(
         self,
@@ -148,6 +151,8 @@ class _GateBase(nn.Module):
         if emb.dim() != 2 or emb.shape[1] != self.width:
             raise ValueError(f"expected emb of shape [B, {self.width}], got {tuple(emb.shape)}")
         mask, p = gate_mask(self.logits(emb), self._mode, self.tau, self.threshold)
+        if self.dims_per_gate > 1:  # one draw per gate, shared by the dims it covers
+            mask, p = mask.repeat_interleave(self.dims_per_gate, 1), p.repeat_interleave(self.dims_per_gate, 1)
         return mask.to(emb.dtype), p
 
     def extra_repr(self) -> str:
@@ -175,6 +180,71 @@ class InstanceGates(_GateBase):
     def logits(self, emb: torch.Tensor) -> torch.Tensor:
         """Pre-sigmoid gate logits [B, N*] for embeddings [B, N*]."""
         return self.fc(emb)
+
+
+class FieldGates(_GateBase):
+    """Field-level instance-wise gates (a labelled variant, not the paper's): one FC layer
+    N* → N gives one keep-probability per field per row, shared by the field's d dims, so a
+    row keeps or drops whole fields.
+
+    Args:
+        width: N* = N·d.
+        tau: Gumbel-softmax temperature for stochastic mode.
+        init_prob: keep-probability the gates start at.
+        threshold: per-row threshold searcher for deterministic mode.
+        fields: N (width must be a multiple).
+    """
+
+    def __init__(self, width: int, tau: float = 0.1, init_prob: float = 0.9, threshold: HistogramThreshold | None = None,
+                 fields: int = 1):
+        if fields < 1 or width % fields:
+            raise ValueError(f"width {width} is not a multiple of {fields} fields")
+        self.fields = fields
+        self.dims_per_gate = width // fields
+        super().__init__(width, tau, init_prob, threshold)
+
+    def _make_parameters(self) -> None:
+        self.fc = nn.Linear(self.width, self.fields)
+
+    def reset_parameters(self) -> None:
+        self.fc.reset_parameters()
+        nn.init.constant_(self.fc.bias, math.log(self.init_prob / (1.0 - self.init_prob)))
+
+    def logits(self, emb: torch.Tensor) -> torch.Tensor:
+        """One logit per field: [B, N]."""
+        return self.fc(emb)
+
+
+class MLPGates(_GateBase):
+    """Instance-wise gates through a hidden layer (a labelled variant, not the paper's):
+    p = sigmoid(W₂ ReLU(W₁ E + b₁) + b₂), so a row's gates can depend on feature
+    combinations one linear layer cannot express.
+
+    Args:
+        width: N* = N·d.
+        tau: Gumbel-softmax temperature for stochastic mode.
+        init_prob: keep-probability the gates start at.
+        threshold: per-row threshold searcher for deterministic mode.
+        hidden: width of the hidden layer.
+    """
+
+    def __init__(self, width: int, tau: float = 0.1, init_prob: float = 0.9, threshold: HistogramThreshold | None = None,
+                 hidden: int = 32):
+        if hidden < 1:
+            raise ValueError(f"hidden must be >= 1, got {hidden}")
+        self.hidden = hidden
+        super().__init__(width, tau, init_prob, threshold)
+
+    def _make_parameters(self) -> None:
+        self.net = nn.Sequential(nn.Linear(self.width, self.hidden), nn.ReLU(), nn.Linear(self.hidden, self.width))
+
+    def reset_parameters(self) -> None:
+        for layer in (self.net[0], self.net[2]):
+            layer.reset_parameters()
+        nn.init.constant_(self.net[2].bias, math.log(self.init_prob / (1.0 - self.init_prob)))
+
+    def logits(self, emb: torch.Tensor) -> torch.Tensor:
+        return self.net(emb)
 
 
 class SharedGates(_GateBase):

@@ -4,8 +4,10 @@ Decisions = per cluster, the kept columns of every field (dim = how many); the r
 centroids and threshold-searcher settings. The router module (search-stage tables +
 deterministic gates + centroids) is built from the trained supernet by `router()`.
 Report rows: iHAS-1 (the search-stage network), iHAS, the paper's ablations (iHAS-2 one
-model from the same search, iHAS-3 a search without polarization, iHAS-4 a search with
-shared gates), iHAS-warm (labelled, not in the paper) and the transfer table.
+model from the same search, iHAS-3 a search without polarization, iHAS-4 a search with one
+probability vector shared by all rows, clustered as iHAS), iHAS-4 one model (shared gates
+and no clustering, an earlier reading of iHAS-4 kept for comparison), iHAS-warm (labelled,
+not in the paper) and the transfer table.
 """
 
 from __future__ import annotations
@@ -24,12 +26,15 @@ from trainer.search.ihas.plots import write_plots
 from trainer.search.ihas.warm_start import WARM_MODELS, warm_start_state
 from trainer.search.interface import SearchContext, Variant
 from trainer.search.loop import SearchLoopConfig
-from trainer.search.ihas.gates import GateMode, InstanceGates, SharedGates
-from trainer.search.ihas.kmeans import MiniBatchKMeans
+from trainer.search.ihas.gates import FieldGates, GateMode, InstanceGates, MLPGates, SharedGates
+from trainer.search.ihas.kmeans import MiniBatchKMeans, sq_dists
 from trainer.search.ihas.regularizer import ihas_regularizer
 from trainer.search.ihas.supernet import GatedSupernet, Router
 from trainer.search.ihas.threshold import HistogramThreshold
 
+GATES = ("instance", "field", "mlp")
+CLUSTER_ON = ("masked", "mask", "prob")
+CLUSTER_SCALE = ("none", "field", "column")
 PHASE_MODES = {"pretrain": GateMode.OPEN, "search": GateMode.STOCHASTIC, "eval": GateMode.DETERMINISTIC}
 
 
@@ -45,6 +50,16 @@ class IHASConfig(SearchLoopConfig):
         l0: λ, weight of the expected-L0 term of R (per row, summed over gates).
         polarization: μ, weight of the polarization term (0 = iHAS-3).
         shared_gates: one probability vector for all rows instead of instance-wise gates (iHAS-4).
+        gates: the instance-wise gate network: "instance" (the paper's: one FC layer, a
+            gate per embedding dim), "field" (one gate per field per row) or "mlp" (a hidden
+            layer of gate_hidden units); the last two are labelled variants.
+        gate_hidden: hidden width of the "mlp" gates.
+        cluster_on: what K-means clusters: "masked" (the paper's E ⊙ m), "mask" (m) or
+            "prob" (the gate probabilities p); the router computes the same.
+        cluster_scale: "none" (the paper's); "field": each field's block of columns scaled
+            to unit total variance over the training rows, so no single field's spread
+            decides the clusters; "column": every column to unit variance.
+        kmeans_restarts: K-means runs with seeds seed, seed+1, ...; the lowest inertia wins.
         threshold_bins: histogram bins of the deterministic threshold searcher.
         threshold_fallback: threshold of rows whose histogram has no valley.
         keep_ratio: a dim is kept for a cluster if its mean deterministic mask ≥ this (majority).
@@ -59,6 +74,11 @@ class IHASConfig(SearchLoopConfig):
     l0: float = 1e-3
     polarization: float = 2e-3
     shared_gates: bool = False
+    gates: str = "instance"
+    gate_hidden: int = 32
+    cluster_on: str = "masked"
+    cluster_scale: str = "none"
+    kmeans_restarts: int = 1
     threshold_bins: int = 10
     threshold_fallback: float = 0.5
     keep_ratio: float = 0.5
@@ -77,6 +97,11 @@ class IHASConfig(SearchLoopConfig):
             p.append("search.l0 / search.polarization: must be >= 0")
         if self.threshold_bins < 3:
             p.append(f"search.threshold_bins: must be >= 3, got {self.threshold_bins}")
+        for key, allowed in (("gates", GATES), ("cluster_on", CLUSTER_ON), ("cluster_scale", CLUSTER_SCALE)):
+            if getattr(self, key) not in allowed:
+                p.append(f"search.{key}: must be one of {allowed}, got {getattr(self, key)!r}")
+        if self.gate_hidden < 1 or self.kmeans_restarts < 1:
+            p.append("search.gate_hidden / search.kmeans_restarts: must be >= 1")
         if not 0 < self.keep_ratio <= 1:
             p.append(f"search.keep_ratio: must be in (0, 1], got {self.keep_ratio}")
         return p
@@ -88,7 +113,8 @@ class IHASVariants:
 
     Args:
         ablations: iHAS-2 (one model from the same search), iHAS-3 (a search without
-            polarization) and iHAS-4 (a search with shared gates).
+            polarization), iHAS-4 (a search with shared gates, clustered as iHAS) and
+            iHAS-4 one model (shared gates, one model).
         transfer_models: other base model types retrained per cluster with the frozen
             gates' dims and router, each next to its own Base (the paper's transfer table).
         warm: iHAS-warm: the same clusters and dims, each cluster model started from the
@@ -137,8 +163,16 @@ class IHAS:
         base = build_model(self.spec, self.model_cfg, dims={n: d for n in self.spec.names})
         width = d * len(self.spec.names)
         threshold = HistogramThreshold(self.cfg.threshold_bins, self.cfg.threshold_fallback)
-        gate_cls = SharedGates if self.cfg.shared_gates else InstanceGates
-        self.supernet = GatedSupernet(base, gate_cls(width, self.cfg.tau, self.cfg.init_prob, threshold))
+        args = (width, self.cfg.tau, self.cfg.init_prob, threshold)
+        if self.cfg.shared_gates:
+            gates = SharedGates(*args)
+        elif self.cfg.gates == "field":
+            gates = FieldGates(*args, fields=len(self.spec.names))
+        elif self.cfg.gates == "mlp":
+            gates = MLPGates(*args, hidden=self.cfg.gate_hidden)
+        else:
+            gates = InstanceGates(*args)
+        self.supernet = GatedSupernet(base, gates)
         return self.supernet
 
     def arch_parameters(self) -> list[torch.nn.Parameter]:
@@ -172,11 +206,15 @@ class IHAS:
         """
         k = clusters or self.cfg.clusters
         masked, masks, probs = self.masked_embeddings(ctx.ds, "train", ctx.train.eval_batch_size)
-        kmeans = MiniBatchKMeans(k, self.cfg.kmeans_max_iter, self.cfg.kmeans_tol, ctx.train.seed)
-        kmeans.fit(masked, batch_size=ctx.train.eval_batch_size)
-        assign = kmeans.assign(masked).numpy()
-        ctx.log(f"k-means: {kmeans.n_iter} steps, converged={kmeans.converged}, cluster sizes {np.bincount(assign, minlength=k).tolist()}")
         d = self.model_cfg.embedding_dim
+        x = {"masked": masked, "mask": masks, "prob": probs}[self.cfg.cluster_on]
+        scale = None
+        if self.cfg.cluster_scale != "none":
+            scale = field_scale(x, len(self.spec.names) if self.cfg.cluster_scale == "field" else x.shape[1])
+        kmeans, inertia = best_kmeans(x if scale is None else x * scale, k, self.cfg, ctx)
+        assign = kmeans.assign(x if scale is None else x * scale).numpy()
+        ctx.log(f"k-means ({self.cfg.kmeans_restarts} runs, inertia {inertia:.4g}): {kmeans.n_iter} steps, "
+                f"converged={kmeans.converged}, cluster sizes {np.bincount(assign, minlength=k).tolist()}")
         found, mean_masks = [], []
         for c in range(k):
             rows = assign == c
@@ -186,16 +224,22 @@ class IHAS:
             found.append(ClusterDecision(c, fields, int(rows.sum())))
             mean_masks.append(mean_mask.round(4).tolist())
             ctx.log(f"cluster {c}: {int(rows.sum())} train rows, dims {found[-1].dims}")
-        router = RouterDecision(kmeans.centroids.tolist(), self.cfg.threshold_bins, self.cfg.threshold_fallback) if k > 1 else None
-        details = {"embedding_dim": d, "kmeans": {"steps": kmeans.n_iter, "converged": kmeans.converged},
+        router = None
+        if k > 1:
+            router = RouterDecision(kmeans.centroids.tolist(), self.cfg.threshold_bins, self.cfg.threshold_fallback,
+                                    self.cfg.cluster_on, None if scale is None else scale.tolist())
+        groups = None if ctx.ds is None or ctx.ds.groups is None else np.asarray(ctx.ds.groups[ctx.ds.indices("train")])
+        details = {"embedding_dim": d, "kmeans": {"steps": kmeans.n_iter, "converged": kmeans.converged, "inertia": inertia},
                    "open_fraction": float(masks.mean()), "prob_histogram": np.histogram(probs, bins=20, range=(0, 1))[0].tolist(),
-                   "mean_mask": mean_masks}
+                   "mean_mask": mean_masks, "gates": gate_diagnostics(masks, self.spec.names, assign, groups)}
         return Decisions("ihas", tuple(found), router=router, details=details)
 
     def router(self, decisions: Decisions) -> Router | None:
         if decisions.router is None:
             return None
-        return Router(self.supernet, torch.tensor(decisions.router.centroids, dtype=torch.float32))
+        r = decisions.router
+        scale = None if r.scale is None else torch.tensor(r.scale, dtype=torch.float32)
+        return Router(self.supernet, torch.tensor(r.centroids, dtype=torch.float32), r.features, scale)
 
     def variants(self, ctx: SearchContext, decisions: Decisions, wanted: IHASVariants) -> list[Variant]:
         rows = [Variant("ihas_1", "iHAS-1 (search-stage model)", "supernet")]
@@ -203,7 +247,9 @@ class IHAS:
             one = self.derive(ctx, clusters=1).replace(method="ihas_2")
             rows += [Variant("ihas_2", "iHAS-2 (one model, same search)", "ablation", (one,)),
                      Variant("ihas_3", "iHAS-3 (no polarization)", "ablation", search={"polarization": 0.0}),
-                     Variant("ihas_4", "iHAS-4 (shared gates)", "ablation", search={"shared_gates": True, "clusters": 1})]
+                     Variant("ihas_4", "iHAS-4 (shared gates)", "ablation", search={"shared_gates": True}),
+                     Variant("ihas_4_one_model", "iHAS-4, one model (not the paper's)", "ablation",
+                             search={"shared_gates": True, "clusters": 1})]
         rows.append(Variant("ihas", "iHAS", "method", (decisions,)))
         if wanted.warm:
             rows.append(Variant("ihas_warm", "iHAS-warm (not in the paper)", "variant", (decisions,), init="method"))
@@ -224,3 +270,39 @@ class IHAS:
             hist = {labels[k]: d.details["prob_histogram"] for k, d in searched.items() if k in labels}
             entry["plots"] = write_plots(main, self.model_cfg.embedding_dim, hist, out)
         return entry
+
+
+def field_scale(x: np.ndarray, fields: int) -> np.ndarray:
+    """Per-column factors giving each of `fields` equal blocks of columns unit total variance
+    (fields = the number of columns: every column unit variance)."""
+    var = x.var(axis=0).reshape(fields, -1).sum(axis=1)
+    per_field = np.where(var > 0, 1.0 / np.sqrt(np.maximum(var, 1e-12)), 1.0)
+    return np.repeat(per_field, x.shape[1] // fields).astype(np.float32)
+
+
+def best_kmeans(x: np.ndarray, k: int, cfg: IHASConfig, ctx: SearchContext) -> tuple[MiniBatchKMeans, float]:
+    """The lowest-inertia of cfg.kmeans_restarts seeded mini-batch K-means runs."""
+    best, best_inertia = None, float("inf")
+    for r in range(cfg.kmeans_restarts):
+        km = MiniBatchKMeans(k, cfg.kmeans_max_iter, cfg.kmeans_tol, ctx.train.seed + r)
+        km.fit(x, batch_size=ctx.train.eval_batch_size)
+        inertia = float(sq_dists(torch.as_tensor(x), km.centroids).min(dim=1).values.sum())
+        if inertia < best_inertia:
+            best, best_inertia = km, inertia
+    return best, best_inertia
+
+
+def gate_diagnostics(masks: np.ndarray, names: list[str], assign: np.ndarray, groups: np.ndarray | None) -> dict:
+    """Do the gates differ between rows? Per-field open fraction per cluster (and per planted
+    group when known), and the share of rows whose mask differs from the majority mask."""
+    per_field = masks.reshape(len(masks), len(names), -1).mean(axis=2)  # [rows, N] open fraction of each field
+
+    def by(labels: np.ndarray) -> dict:
+        return {int(g): dict(zip(names, per_field[labels == g].mean(axis=0).round(3).tolist())) for g in np.unique(labels)}
+
+    majority = masks.mean(axis=0) >= 0.5
+    out = {"open_by_cluster": by(assign), "rows_differing_from_majority_mask": float((masks != majority).any(axis=1).mean()),
+           "mean_share_of_gates_differing": float((masks != majority).mean())}
+    if groups is not None:
+        out["open_by_group"] = by(groups)
+    return out

@@ -55,19 +55,27 @@ class Router(nn.Module):
 
     Args:
         supernet: the trained search-stage network (its tables and gates are reused).
-        centroids: [K, N·d] K-means centroids of the masked embeddings.
+        centroids: [K, N·d] K-means centroids of the clustered features.
+        features: what was clustered: "masked" (E ⊙ m, the paper's), "mask" or "prob".
+        scale: [N·d] factors applied to the features before the distance, or None.
     """
 
-    def __init__(self, supernet: GatedSupernet, centroids: torch.Tensor):
+    def __init__(self, supernet: GatedSupernet, centroids: torch.Tensor, features: str = "masked",
+                 scale: torch.Tensor | None = None):
         super().__init__()
         self.embeddings = supernet.base.embeddings
         self.gates = supernet.gates
         self.gates.mode = GateMode.DETERMINISTIC
+        self.features = features
         self.register_buffer("centroids", centroids.detach().clone())
+        self.register_buffer("scale", None if scale is None else scale.detach().clone())
 
     def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:
         emb = torch.cat(self.embeddings(sparse), dim=1)
-        mask, _ = self.gates(emb)
+        mask, p = self.gates(emb)
+        x = {"masked": emb * mask, "mask": mask, "prob": p}[self.features]
+        if self.scale is not None:
+            x = x * self.scale
         # Same distance as MiniBatchKMeans.assign (cdist switches algorithm with the batch size,
         # which an exported program cannot follow).
-        return sq_dists(emb * mask, self.centroids).argmin(dim=1)
+        return sq_dists(x, self.centroids).argmin(dim=1)
