@@ -14,18 +14,18 @@ from trainer.training import TrainConfig
 
 
 def test_field_gates_open_or_close_whole_fields():
-    gates = FieldGates(12, fields=3)
+    gates = FieldGates(12, units=3)
     gates.mode = GateMode.STOCHASTIC
     mask, p = gates(torch.randn(64, 12))
     blocks = mask.reshape(64, 3, 4)
     assert (blocks == blocks[:, :, :1]).all() and p.shape == (64, 12)
     with pytest.raises(ValueError, match="multiple"):
-        FieldGates(10, fields=3)
+        FieldGates(10, units=3)
 
 
 def test_mlp_gates_start_near_init_prob_and_depend_on_the_row():
     torch.manual_seed(0)
-    gates = MLPGates(16, init_prob=0.9, hidden=8)
+    gates = MLPGates(16, init_prob=0.9, units=8)
     _, p = gates(torch.randn(256, 16))
     assert abs(float(p.mean()) - 0.9) < 0.05 and float(p.std()) > 0
 

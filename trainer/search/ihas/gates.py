@@ -93,7 +93,9 @@ class _GateBase(nn.Module):
 
     A subclass creates its parameters in `_make_parameters` and sets their starting
     values in `reset_parameters`, which the constructor calls once they exist; its
-    `logits` give one gate per `dims_per_gate` consecutive dims.
+    `logits` give one gate per `dims_per_gate` consecutive dims. `units` is a variant's own
+    size (FieldGates: the number of fields; MLPGates: the hidden width); the paper's gates
+    take none.
     """
 
     dims_per_gate = 1
@@ -104,6 +106,7 @@ class _GateBase(nn.Module):
         tau: float = 0.1,
         init_prob: float = 0.9,
         threshold: HistogramThreshold | None = None,
+        units: int | None = None,
     ):
         super().__init__()
         if width <= 0:
@@ -116,6 +119,7 @@ class _GateBase(nn.Module):
         self.tau = tau
         self.init_prob = init_prob
         self.threshold = threshold if threshold is not None else HistogramThreshold()
+        self.units = units
         self._mode = GateMode.OPEN
         self._make_parameters()
         self.reset_parameters()
@@ -178,65 +182,34 @@ class InstanceGates(_GateBase):
         nn.init.constant_(self.fc.bias, math.log(self.init_prob / (1.0 - self.init_prob)))
 
     def logits(self, emb: torch.Tensor) -> torch.Tensor:
-        """Pre-sigmoid gate logits [B, N*] for embeddings [B, N*]."""
+        """Pre-sigmoid gate logits [B, N* / dims_per_gate] for embeddings [B, N*]."""
         return self.fc(emb)
 
 
-class FieldGates(_GateBase):
-    """Field-level instance-wise gates (a labelled variant, not the paper's): one FC layer
-    N* → N gives one keep-probability per field per row, shared by the field's d dims, so a
-    row keeps or drops whole fields.
-
-    Args:
-        width: N* = N·d.
-        tau: Gumbel-softmax temperature for stochastic mode.
-        init_prob: keep-probability the gates start at.
-        threshold: per-row threshold searcher for deterministic mode.
-        fields: N (width must be a multiple).
+class FieldGates(InstanceGates):
+    """Field-level instance-wise gates (a labelled variant, not the paper's): the FC layer
+    maps N* → N, one keep-probability per field per row, shared by the field's d dims, so a
+    row keeps or drops whole fields. Arguments as InstanceGates, plus units = N (fields).
     """
 
-    def __init__(self, width: int, tau: float = 0.1, init_prob: float = 0.9, threshold: HistogramThreshold | None = None,
-                 fields: int = 1):
-        if fields < 1 or width % fields:
-            raise ValueError(f"width {width} is not a multiple of {fields} fields")
-        self.fields = fields
-        self.dims_per_gate = width // fields
-        super().__init__(width, tau, init_prob, threshold)
-
     def _make_parameters(self) -> None:
-        self.fc = nn.Linear(self.width, self.fields)
-
-    def reset_parameters(self) -> None:
-        self.fc.reset_parameters()
-        nn.init.constant_(self.fc.bias, math.log(self.init_prob / (1.0 - self.init_prob)))
-
-    def logits(self, emb: torch.Tensor) -> torch.Tensor:
-        """One logit per field: [B, N]."""
-        return self.fc(emb)
+        if not self.units or self.width % self.units:
+            raise ValueError(f"width {self.width} is not a multiple of {self.units} fields")
+        self.dims_per_gate = self.width // self.units
+        self.fc = nn.Linear(self.width, self.units)
 
 
 class MLPGates(_GateBase):
     """Instance-wise gates through a hidden layer (a labelled variant, not the paper's):
     p = sigmoid(W₂ ReLU(W₁ E + b₁) + b₂), so a row's gates can depend on feature
-    combinations one linear layer cannot express.
-
-    Args:
-        width: N* = N·d.
-        tau: Gumbel-softmax temperature for stochastic mode.
-        init_prob: keep-probability the gates start at.
-        threshold: per-row threshold searcher for deterministic mode.
-        hidden: width of the hidden layer.
+    combinations one linear layer cannot express. Arguments as InstanceGates, plus units =
+    the hidden width.
     """
 
-    def __init__(self, width: int, tau: float = 0.1, init_prob: float = 0.9, threshold: HistogramThreshold | None = None,
-                 hidden: int = 32):
-        if hidden < 1:
-            raise ValueError(f"hidden must be >= 1, got {hidden}")
-        self.hidden = hidden
-        super().__init__(width, tau, init_prob, threshold)
-
     def _make_parameters(self) -> None:
-        self.net = nn.Sequential(nn.Linear(self.width, self.hidden), nn.ReLU(), nn.Linear(self.hidden, self.width))
+        if not self.units or self.units < 1:
+            raise ValueError(f"the hidden width must be >= 1, got {self.units}")
+        self.net = nn.Sequential(nn.Linear(self.width, self.units), nn.ReLU(), nn.Linear(self.units, self.width))
 
     def reset_parameters(self) -> None:
         for layer in (self.net[0], self.net[2]):

@@ -76,12 +76,12 @@ class IHASConfig(SearchLoopConfig):
     shared_gates: bool = False
     gates: str = "instance"
     gate_hidden: int = 32
-    cluster_on: str = "masked"
-    cluster_scale: str = "none"
-    kmeans_restarts: int = 1
     threshold_bins: int = 10
     threshold_fallback: float = 0.5
     keep_ratio: float = 0.5
+    cluster_on: str = "masked"
+    cluster_scale: str = "none"
+    kmeans_restarts: int = 1
     kmeans_tol: float = 1e-3
     kmeans_max_iter: int = 500
 
@@ -142,9 +142,7 @@ class IHAS:
     Variants = IHASVariants
 
     def __init__(self, cfg: IHASConfig, ctx: SearchContext):
-        self.cfg = cfg
-        self.spec = ctx.spec
-        self.model_cfg = ctx.model
+        self.cfg, self.spec, self.model_cfg = cfg, ctx.spec, ctx.model
         self.retrain_options: dict = {}
         self.supernet: GatedSupernet | None = None
         self.phase = "pretrain"
@@ -167,9 +165,9 @@ class IHAS:
         if self.cfg.shared_gates:
             gates = SharedGates(*args)
         elif self.cfg.gates == "field":
-            gates = FieldGates(*args, fields=len(self.spec.names))
+            gates = FieldGates(*args, units=len(self.spec.names))
         elif self.cfg.gates == "mlp":
-            gates = MLPGates(*args, hidden=self.cfg.gate_hidden)
+            gates = MLPGates(*args, units=self.cfg.gate_hidden)
         else:
             gates = InstanceGates(*args)
         self.supernet = GatedSupernet(base, gates)
