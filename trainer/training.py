@@ -26,7 +26,7 @@ from torch import nn
 from trainer import checkpoint
 from trainer.data.batches import iterate_batches, num_batches
 from trainer.distributed import FUSED_OPTIMIZERS, SHARDING_TYPES, DistEnv, combined_optimizer, shard
-from trainer.metrics import summary
+from trainer.metrics import logloss, summary
 
 Log = Callable[[str], None]
 
@@ -46,7 +46,11 @@ class TrainConfig:
         sharding: table_wise | column_wise | data_parallel (row_wise is GPU-only).
         embedding_optimizer: fused table optimizer: rowwise_adagrad | adagrad | sgd | adam (GPU).
         embedding_lr: learning rate of the fused table optimizer.
-        patience: stop after this many epochs without a better validation AUC.
+        patience: stop after this many epochs without a better validation score.
+        stop_on: the validation score that picks the epoch and stops early: "auc", or
+            "logloss" (smoother on a small or skewed validation split, where AUC moves
+            with a handful of positives).
+        min_epochs: never stop early before this many epochs.
         seed: seed of parameter init, data order and dropout.
         log_every: progress line every this many steps.
         threads: torch intra-op threads per process (0 = leave torch's default).
@@ -62,6 +66,8 @@ class TrainConfig:
     embedding_optimizer: str = "rowwise_adagrad"
     embedding_lr: float = 0.05
     patience: int = 2
+    stop_on: str = "auc"
+    min_epochs: int = 0
     seed: int = 0
     log_every: int = 100
     threads: int = 0
@@ -82,6 +88,10 @@ class TrainConfig:
                 p.append(f"train.{key}: must be > 0, got {getattr(self, key)}")
         if self.patience < 1:
             p.append(f"train.patience: must be >= 1, got {self.patience}")
+        if self.stop_on not in ("auc", "logloss"):
+            p.append(f"train.stop_on: must be 'auc' or 'logloss', got {self.stop_on!r}")
+        if self.min_epochs < 0:
+            p.append(f"train.min_epochs: must be >= 0, got {self.min_epochs}")
         return p
 
 
@@ -137,8 +147,12 @@ def predict(train: nn.Module, ds, split: str, cfg: TrainConfig, env: DistEnv) ->
     return _gather(np.concatenate(probs), env), _gather(np.concatenate(labels), env)
 
 
-def evaluate(train: nn.Module, ds, split: str, cfg: TrainConfig, env: DistEnv) -> dict[str, float]:
-    return summary(*predict(train, ds, split, cfg, env))
+def evaluate(train: nn.Module, ds, split: str, cfg: TrainConfig, env: DistEnv) -> dict[str, float | None]:
+    """AUC and logloss of a split; AUC is None when the split holds one class (a small cluster's)."""
+    probs, labels = predict(train, ds, split, cfg, env)
+    if len(np.unique(labels)) < 2:
+        return {"auc": None, "logloss": logloss(probs, labels)}
+    return summary(probs, labels)
 
 
 def train_epoch(train, optimizer, ds, cfg: TrainConfig, env: DistEnv, epoch: int, log: Log, on_step=None) -> dict:
@@ -181,12 +195,14 @@ def train_epoch(train, optimizer, ds, cfg: TrainConfig, env: DistEnv, epoch: int
 class FitResult:
     history: list[dict] = field(default_factory=list)
     best_epoch: int = -1
-    best_val_auc: float = -math.inf
+    best_val_auc: float | None = -math.inf  # None when the validation split holds one class
+    best_score: float = -math.inf  # of cfg.stop_on, higher is better
     samples_per_s: float = 0.0
 
 
 def fit(train, optimizer, ds, cfg: TrainConfig, env: DistEnv, ckpt_dir: str | Path, log: Log, resume=False) -> FitResult:
-    """Train with early stopping on validation AUC; checkpoint every epoch; end on the best.
+    """Train with early stopping on the validation score (`cfg.stop_on`); checkpoint every
+    epoch; end on the best.
 
     Args:
         ckpt_dir: checkpoint root (DIR/epoch_NNNN + DIR/LATEST).
@@ -202,21 +218,24 @@ def fit(train, optimizer, ds, cfg: TrainConfig, env: DistEnv, ckpt_dir: str | Pa
         if env.is_main:
             log(f"resumed from {last} (next epoch {start_epoch})")
     for epoch in range(start_epoch, cfg.epochs):
-        if epoch - result.best_epoch > cfg.patience and result.best_epoch >= 0:
+        if epoch - result.best_epoch > cfg.patience and result.best_epoch >= 0 and epoch >= cfg.min_epochs:
             break
         stats = train_epoch(train, optimizer, ds, cfg, env, epoch, log)
         val = evaluate(train, ds, "val", cfg, env)
-        improved = val["auc"] > result.best_val_auc
+        # a one-class validation split has no AUC: its logloss decides
+        score = val["auc"] if cfg.stop_on == "auc" and val["auc"] is not None else -val["logloss"]
+        improved = score > result.best_score
         if improved:
-            result.best_epoch, result.best_val_auc = epoch, val["auc"]
+            result.best_epoch, result.best_score, result.best_val_auc = epoch, score, val["auc"]
         result.history.append({"epoch": epoch, **stats, "val_auc": val["auc"], "val_logloss": val["logloss"]})
         speeds = [h["samples_per_s"] for h in result.history]
         result.samples_per_s = float(np.median(speeds))
         if env.is_main:
-            log(f"epoch {epoch} val auc {val['auc']:.4f} logloss {val['logloss']:.4f}{' (best)' if improved else ''}")
+            auc = "n/a (one class)" if val["auc"] is None else f"{val['auc']:.4f}"
+            log(f"epoch {epoch} val auc {auc} logloss {val['logloss']:.4f}{' (best)' if improved else ''}")
         checkpoint.save(ckpt_dir, epoch, train, optimizer, {"epoch": epoch, "fit": result.__dict__}, env.rank)
     if result.best_epoch >= 0 and result.best_epoch != result.history[-1]["epoch"]:
         checkpoint.load(Path(ckpt_dir) / f"epoch_{result.best_epoch:04d}", train, None, env.rank)
         if env.is_main:
-            log(f"restored best epoch {result.best_epoch} (val auc {result.best_val_auc:.4f})")
+            log(f"restored best epoch {result.best_epoch} (val score {result.best_score:.4f}, {cfg.stop_on})")
     return result
