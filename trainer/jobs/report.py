@@ -70,8 +70,9 @@ def trained_row(name: str, label: str, kind: str, trained: Trained, router, assi
     size = tensor_bytes(([routed] if routed is not None else []) + served)
     return {
         "method": name, "label": label, "kind": kind, **trained.metrics,
-        "embedding_params": sum(c["embedding_params"] for c in trained.clusters),
-        "embedding_bytes": sum(c["embedding_layout_bytes"] for c in trained.clusters),
+        # of the models that score (Base's where the export guard routed a cluster to Base)
+        "embedding_params": sum(m.embeddings.layout.embedding_params + m.first_order_params for m in trained.models),
+        "embedding_bytes": sum(m.embeddings.layout.embedding_bytes for m in trained.models),
         "served_bytes": size["total"], "served_table_bytes": size["tables"],
         "router_bytes": tensor_bytes([routed])["total"] if routed is not None else 0,
         "infer_s_per_10k": seconds_per_10k(stages, len(ds.indices("test"))),
