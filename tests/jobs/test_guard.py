@@ -5,8 +5,9 @@ from types import SimpleNamespace
 import numpy as np
 
 from trainer.decisions import ClusterDecision, Decisions, FieldDecision, RouterDecision
-from trainer.jobs.guard import guard
+from trainer.jobs.guard import collapse, guard
 from trainer.jobs.retrain import Trained
+from trainer.metrics import summary
 
 
 def _data(n: int = 2000, seed: int = 0):
@@ -41,14 +42,8 @@ def test_an_underperforming_small_cluster_is_served_by_base():
     for s in ("val", "test"):  # the guarded scores are Base's on cluster 1, the cluster model's elsewhere
         assert np.array_equal(guarded.probs[s][assign[s] == 1], good[s][assign[s] == 1])
         assert np.array_equal(guarded.probs[s][assign[s] == 0], probs[s][assign[s] == 0])
-    assert guarded.metrics["test_auc"] > ihas_auc(probs, y)
+    assert guarded.metrics["test_auc"] > summary(probs["test"], y["test"])["auc"]
     assert ihas.decisions.clusters[1].served_by == "self"  # the input is not modified
-
-
-def ihas_auc(probs, y):
-    from trainer.metrics import summary
-
-    return summary(probs["test"], y["test"])["auc"]
 
 
 def test_clusters_that_beat_base_keep_their_models():
@@ -57,3 +52,26 @@ def test_clusters_that_beat_base_keep_their_models():
     ihas = _trained("ihas", {s: np.clip(y[s] * 0.5 + 0.25, 0, 1) for s in y}, 2)
     guarded, checks = guard(ihas, base, assign, ds, log=lambda _: None)
     assert all(c["served_by"] == "self" for c in checks) and guarded.models == ihas.models
+
+
+def test_when_every_cluster_loses_base_is_served_alone_without_a_router():
+    ds, assign, y = _data(seed=3)
+    base = _trained("base", {s: np.clip(y[s] * 0.5 + 0.25, 0, 1) for s in y}, 1)  # a perfect-ranking Base
+    ihas = _trained("ihas", {s: np.random.default_rng(4).random(len(y[s])) for s in y}, 2)  # noise everywhere
+    guarded, checks = guard(ihas, base, assign, ds, log=lambda _: None)
+    assert [c["served_by"] for c in checks] == ["base", "base"]
+    one = {s: np.zeros_like(a) for s, a in assign.items()}
+    served, router, rows = collapse(guarded, "router", assign, one, log=lambda _: None)
+    assert served.models == ["base-model-0"] and router is None and rows is one
+    assert served.metrics == guarded.metrics  # Base's scores on every row
+
+
+def test_collapse_keeps_the_router_while_one_cluster_serves_its_own_model():
+    ds, assign, y = _data(seed=5)
+    rng = np.random.default_rng(6)
+    good = {s: np.clip(y[s] * 0.5 + 0.25 + 0.05 * rng.standard_normal(len(y[s])), 0, 1) for s in y}
+    base = _trained("base", good, 1)
+    ihas = _trained("ihas", {s: np.where(assign[s] == 1, rng.random(len(y[s])), np.clip(y[s] * 0.5 + 0.25, 0, 1)) for s in y}, 2)
+    guarded, _ = guard(ihas, base, assign, ds, log=lambda _: None)
+    served, router, rows = collapse(guarded, "router", assign, {}, log=lambda _: None)
+    assert served is guarded and router == "router" and rows is assign

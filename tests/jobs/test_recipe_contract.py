@@ -41,8 +41,11 @@ def test_decisions_round_trip_and_travel_in_the_bundle(run):
     assert decisions.to_json() == raw and decisions.method == report["method"]
     manifest = json.loads((out / "bundle" / "manifest.json").read_text())
     assert manifest["metadata"]["decisions"] == raw
-    assert len(manifest["clusters"]) == len(decisions.clusters)
-    assert (manifest["router"] is None) == (decisions.router is None)
+    if all(c.served_by == "base" for c in decisions.clusters):  # the guard found no cluster model worth serving
+        assert len(manifest["clusters"]) == 1 and manifest["router"] is None
+    else:
+        assert len(manifest["clusters"]) == len(decisions.clusters)
+        assert (manifest["router"] is None) == (decisions.router is None)
 
 
 def test_report_rows_share_one_schema(run):

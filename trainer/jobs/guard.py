@@ -6,7 +6,8 @@ cluster among good ones. Per cluster, the guard compares the cluster model and B
 the cluster's validation rows (AUC when they hold both classes, else logloss); a cluster
 whose model loses is routed to Base: recorded as `served_by = "base"` in the decisions,
 its rows scored by Base in the row's merged metrics, and logged as a warning. The row's
-unguarded metrics stay in the report beside the guarded ones.
+unguarded metrics stay in the report beside the guarded ones. When every cluster loses,
+the recipe exports Base alone (no router, no copies).
 """
 
 from __future__ import annotations
@@ -51,3 +52,12 @@ def guard(trained: Trained, base: Trained, assign: dict, ds, log: Log) -> tuple[
     metrics = {f"{s}_{k}": v for s in probs for k, v in summary(probs[s], labels[s]).items()}
     decisions = trained.decisions.replace(clusters=tuple(clusters))
     return replace(trained, decisions=decisions, models=models, metrics=metrics, probs=probs), checks
+
+
+def collapse(trained: Trained, router, assign: dict, one: dict, log: Log) -> tuple[Trained, object, dict]:
+    """(trained, router, row assignment) as served: Base alone, without a router, when the
+    guard routed every cluster to Base (K copies of Base behind a router would only cost)."""
+    if not all(c.served_by == "base" for c in trained.decisions.clusters):
+        return trained, router, assign
+    log("every cluster is served by Base: the bundle holds the Base model alone, without a router")
+    return replace(trained, models=trained.models[:1]), None, one

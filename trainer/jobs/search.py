@@ -35,7 +35,7 @@ from trainer.data.config import DataConfig
 from trainer.decisions import Decisions, uniform
 from trainer.distributed import broadcast, init_distributed
 from trainer.jobs.export import export_bundle
-from trainer.jobs.guard import guard
+from trainer.jobs.guard import collapse, guard
 from trainer.jobs.report import cluster_purity, format_rows, supernet_row, trained_row
 from trainer.jobs.retrain import retrain, route
 from trainer.jobs.search_stage import search_stage
@@ -155,6 +155,7 @@ def run(exp: SearchExperiment, out: str | Path, *, resume: bool = False, log=pri
             unguarded = best.metrics
             best, checks = guard(best, base, v_assign, ds, log)
             decisions = best.decisions
+            best, v_router, v_assign = collapse(best, v_router, v_assign, one, log)
             if env.is_main:
                 write_json(out / "decisions.json", decisions.to_json())
         row = trained_row(v.name, v.label, v.kind, best, v_router, v_assign, ds, v_search or search["seconds"])
