@@ -14,8 +14,9 @@ def test_ihas_rows_decisions_and_plots(tiny_run):
         assert all(0 <= f.dim <= 8 and f.dim == len(f.kept) for f in c.fields.values())
     assert 0 <= report["cluster_purity"] <= 1
     rows = {r["method"]: r for r in report["rows"]}
-    assert list(rows) == ["base", "ihas_1", "ihas_2", "ihas_3", "ihas_4", "ihas_4_one_model", "ihas", "ihas_warm",
-                          "transfer_deepfm_base", "transfer_deepfm"]
+    assert list(rows) == ["base", "ihas_1", "ihas_2", "ihas_3", "ihas_4", "ihas_4_one_model", "ihas", "ihas_served",
+                          "ihas_warm", "transfer_deepfm_base", "transfer_deepfm"]
+    assert len(rows["ihas_served"]["guard"]) == 2
     fields = list(decisions.clusters[0].fields)
     # Base keeps every dim of every field; iHAS's params are what its cluster models hold
     assert rows["base"]["dims"] == [{f: 8 for f in fields}]

@@ -22,7 +22,7 @@ from trainer.training import Log
 VERIFY_ROWS = 2000
 
 
-def export_bundle(ds, trained: Trained, router, row: dict, seed: int, out: Path, log: Log) -> dict:
+def export_bundle(ds, trained: Trained, row: dict, router, seed: int, out: Path, log: Log) -> dict:
     """Write OUT/bundle from `trained` and check it; returns the check figures.
 
     Raises RuntimeError if a served probability differs from the offline one by more than

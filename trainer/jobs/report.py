@@ -1,4 +1,5 @@
-"""One report schema for every search method: `rows`, one per Base / method / variant.
+"""One report schema for every search method: `rows`, one per Base / method / variant
+(plus, for a clustered method, the row as served after the export guard: kind "served").
 
 Every row has at least: method (the row's key), label, kind, test_auc, test_logloss,
 val_auc, val_logloss, embedding_params (scoring models' tables + first-order weights,
@@ -108,4 +109,9 @@ def format_rows(rows: list[dict]) -> str:
     for r in rows:
         lines.append(f"{r['label'][:26]:26} {r['test_auc']:9.4f} {r['test_logloss']:8.4f} {r['embedding_params']:11,} "
                      f"{r['served_bytes']:13,} {r['infer_s_per_10k']:10.4f}")
+    for r in rows:
+        lost = [c["cluster"] for c in r.get("guard", []) if c["served_by"] == "base"]
+        if lost:
+            lines.append(f"{r['label']}: clusters {lost} of {len(r['guard'])} score below Base on their own validation "
+                         "rows and are served by Base")
     return "\n".join(lines)

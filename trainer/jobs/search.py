@@ -150,23 +150,24 @@ def run(exp: SearchExperiment, out: str | Path, *, resume: bool = False, log=pri
             where = rows_dir / v.name / (d.method if len(candidates) > 1 else "")
             runs.append(retrain(ds, d, v_assign, model_cfg, tcfg, env, where, resume, log, init, method.retrain_options))
         best = max(runs, key=lambda t: t.metrics["val_auc"])
-        checks = None
-        if v.kind == "method" and len(best.decisions.clusters) > 1:
-            unguarded = best.metrics
-            best, checks = guard(best, base, v_assign, ds, log)
-            decisions = best.decisions
-            best, v_router, v_assign = collapse(best, v_router, v_assign, one, log)
-            if env.is_main:
-                write_json(out / "decisions.json", decisions.to_json())
         row = trained_row(v.name, v.label, v.kind, best, v_router, v_assign, ds, v_search or search["seconds"])
-        if checks is not None:
-            row |= {"guard": checks, "unguarded": unguarded}
         if len(runs) > 1:
             row |= {"picked": best.decisions.method, "candidates": {t.decisions.method: t.metrics for t in runs},
                     "seconds": {"search": 0.0, "retrain": sum(t.seconds for t in runs)}}
         rows.append(row)
-        if v.kind == "method":
-            main = (best, row)
+        if v.kind != "method":
+            continue
+        main = (best, row, v_router)
+        if len(best.decisions.clusters) > 1:  # the export guard; the row above stays the method as retrained
+            served, checks = guard(best, base, v_assign, ds, log)
+            decisions = served.decisions
+            served, s_router, s_assign = collapse(served, v_router, v_assign, one, log)
+            if env.is_main:
+                write_json(out / "decisions.json", decisions.to_json())
+            s_row = trained_row(f"{v.name}_served", f"{v.label} as served (export guard)", "served", served, s_router,
+                                s_assign, ds, row["seconds"]["search"]) | {"guard": checks}
+            rows.append(s_row)
+            main = (served, s_row, s_router)
 
     report = {
         "dataset": ds.spec.dataset, "method": exp.search.method, "model": exp.model.name, "seed": tcfg.seed,
@@ -179,7 +180,7 @@ def run(exp: SearchExperiment, out: str | Path, *, resume: bool = False, log=pri
         log(f"cluster purity vs planted sub-populations (test rows): {report['cluster_purity']:.3f}")
     if env.is_main:
         if exp.report.export:
-            report["bundle"] = export_bundle(ds, main[0], router, main[1], tcfg.seed, out, log)
+            report["bundle"] = export_bundle(ds, *main, tcfg.seed, out, log)
         report |= method.report(ctx, searched, out / "plots" if exp.report.plots else None)
         write_json(out / "report.json", report)
         log("\n" + format_rows(rows))

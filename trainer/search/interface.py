@@ -30,6 +30,7 @@ from trainer.models.ctr import CTRModel, ModelConfig
 from trainer.training import Log, TrainConfig
 
 VARIANT_KINDS = ("method", "baseline", "ablation", "variant", "transfer", "supernet")
+# report rows only: "served" is the method's row after the export guard, what the bundle holds
 INITS = ("scratch", "method")
 
 

@@ -56,7 +56,7 @@ def ds(tmp_path_factory):
     return load_dataset(cfg, log=lambda _: None)
 
 
-@pytest.mark.parametrize("gates, cluster_on", [("instance", "prob"), ("field", "mask"), ("mlp", "masked")])
+@pytest.mark.parametrize("gates, cluster_on", [("instance", "prob"), ("field", "mask"), ("mlp", "masked"), ("instance", "logit")])
 def test_router_routes_rows_as_the_clustering_did(gates, cluster_on, ds, dist_env):
     tcfg = TrainConfig(eval_batch_size=512)
     ctx = SearchContext.of(ds, ModelConfig(name="mlp", embedding_dim=4, mlp=[4]), tcfg, None, dist_env, lambda _: None)

@@ -29,11 +29,11 @@ from trainer.search.loop import SearchLoopConfig
 from trainer.search.ihas.gates import FieldGates, GateMode, InstanceGates, MLPGates, SharedGates
 from trainer.search.ihas.kmeans import MiniBatchKMeans, sq_dists
 from trainer.search.ihas.regularizer import ihas_regularizer
-from trainer.search.ihas.supernet import GatedSupernet, Router
+from trainer.search.ihas.supernet import GatedSupernet, Router, gate_features
 from trainer.search.ihas.threshold import HistogramThreshold
 
 GATES = ("instance", "field", "mlp")
-CLUSTER_ON = ("masked", "mask", "prob")
+CLUSTER_ON = ("masked", "mask", "prob", "logit")
 CLUSTER_SCALE = ("none", "field", "column")
 PHASE_MODES = {"pretrain": GateMode.OPEN, "search": GateMode.STOCHASTIC, "eval": GateMode.DETERMINISTIC}
 
@@ -54,8 +54,9 @@ class IHASConfig(SearchLoopConfig):
             gate per embedding dim), "field" (one gate per field per row) or "mlp" (a hidden
             layer of gate_hidden units); the last two are labelled variants.
         gate_hidden: hidden width of the "mlp" gates.
-        cluster_on: what K-means clusters: "masked" (the paper's E ⊙ m), "mask" (m) or
-            "prob" (the gate probabilities p); the router computes the same.
+        cluster_on: what K-means clusters: "masked" (the paper's E ⊙ m), "mask" (m),
+            "prob" (the gate probabilities p) or "logit" (the gates' pre-sigmoid logits);
+            the router computes the same.
         cluster_scale: "none" (the paper's); "field": each field's block of columns scaled
             to unit total variance over the training rows, so no single field's spread
             decides the clusters; "column": every column to unit variance.
@@ -187,14 +188,14 @@ class IHAS:
         return bce + ihas_regularizer(self.supernet.last_p, self.cfg.l0, self.cfg.polarization)
 
     @torch.no_grad()
-    def masked_embeddings(self, ds, split: str, batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Deterministic (E ⊙ m, m, p) of every row of a split, in row order."""
+    def gate_features(self, ds, split: str, batch_size: int) -> dict[str, np.ndarray]:
+        """Deterministic `gate_features` (E ⊙ m, m, p, logits) of every row of a split, in row order."""
         self.set_phase("eval")
-        out = [], [], []
+        out: dict[str, list] = {}
         for batch in iterate_batches(ds, split, batch_size, shuffle=False, seed=0, epoch=0):
-            for acc, t in zip(out, self.supernet.masked_embedding(batch.sparse_features)):
-                acc.append(t.numpy())
-        return tuple(np.concatenate(a) for a in out)
+            for k, t in gate_features(self.supernet.base.embeddings, self.supernet.gates, batch.sparse_features).items():
+                out.setdefault(k, []).append(t.numpy())
+        return {k: np.concatenate(v) for k, v in out.items()}
 
     def derive(self, ctx: SearchContext, clusters: int | None = None) -> Decisions:
         """Cluster the deterministic masked embeddings; per cluster, keep majority dims.
@@ -203,9 +204,10 @@ class IHAS:
             clusters: K, default the config's; 1 gives iHAS-2's single model from the same search.
         """
         k = clusters or self.cfg.clusters
-        masked, masks, probs = self.masked_embeddings(ctx.ds, "train", ctx.train.eval_batch_size)
+        feats = self.gate_features(ctx.ds, "train", ctx.train.eval_batch_size)
+        masks, probs = feats["mask"], feats["prob"]
         d = self.model_cfg.embedding_dim
-        x = {"masked": masked, "mask": masks, "prob": probs}[self.cfg.cluster_on]
+        x = feats[self.cfg.cluster_on]
         scale = None
         if self.cfg.cluster_scale != "none":
             scale = field_scale(x, len(self.spec.names) if self.cfg.cluster_scale == "field" else x.shape[1])

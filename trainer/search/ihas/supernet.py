@@ -40,14 +40,21 @@ class GatedSupernet(nn.Module):
 
     def masked_embedding(self, sparse: KeyedJaggedTensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(E ⊙ m, m, p) for a batch, in the gates' current mode."""
-        emb = torch.cat(self.base.embeddings(sparse), dim=1)
-        mask, p = self.gates(emb)
-        return emb * mask, mask, p
+        f = gate_features(self.base.embeddings, self.gates, sparse)
+        return f["masked"], f["mask"], f["prob"]
 
     def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:
         masked, _, p = self.masked_embedding(sparse)
         self.last_p = p
         return self.base.score(dense, sparse, list(torch.split(masked, self.split_sizes, dim=1)))
+
+
+def gate_features(embeddings: nn.Module, gates: nn.Module, sparse: KeyedJaggedTensor) -> dict[str, torch.Tensor]:
+    """What the clustering may read for a batch: "masked" (E ⊙ m), "mask" (m), "prob" (p) and
+    "logit" (the gates' pre-sigmoid logits, which polarised probabilities squash to 0 / 1)."""
+    emb = torch.cat(embeddings(sparse), dim=1)
+    mask, p = gates(emb)
+    return {"masked": emb * mask, "mask": mask, "prob": p, "logit": gates.logits(emb)}
 
 
 class Router(nn.Module):
@@ -56,7 +63,7 @@ class Router(nn.Module):
     Args:
         supernet: the trained search-stage network (its tables and gates are reused).
         centroids: [K, N·d] K-means centroids of the clustered features.
-        features: what was clustered: "masked" (E ⊙ m, the paper's), "mask" or "prob".
+        features: what was clustered (`gate_features`; "masked" is the paper's).
         scale: [N·d] factors applied to the features before the distance, or None.
     """
 
@@ -71,9 +78,7 @@ class Router(nn.Module):
         self.register_buffer("scale", None if scale is None else scale.detach().clone())
 
     def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:
-        emb = torch.cat(self.embeddings(sparse), dim=1)
-        mask, p = self.gates(emb)
-        x = {"masked": emb * mask, "mask": mask, "prob": p}[self.features]
+        x = gate_features(self.embeddings, self.gates, sparse)[self.features]
         if self.scale is not None:
             x = x * self.scale
         # Same distance as MiniBatchKMeans.assign (cdist switches algorithm with the batch size,
