@@ -1,6 +1,7 @@
 """embstack trainer CLI.
 
     python -m trainer train --config configs/deepfm_ml100k.toml --out runs/x [section.key=value ...]
+    python -m trainer train --config configs/deepfm_ml100k.toml --out runs/x --resume   # continue the run in OUT
     python -m trainer search --config configs/ihas_ml100k.toml --out runs/ihas_ml100k [--resume]
     torchrun --nproc_per_node 2 -m trainer train --config ... --out ...
 """
@@ -8,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 import time
 
@@ -20,31 +22,55 @@ def _log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def main(argv: list[str] | None = None) -> int:
+EXAMPLES = {
+    "train": """examples:
+  python -m trainer train --config configs/deepfm_ml100k.toml --out runs/deepfm train.seed=1
+  torchrun --standalone --nproc_per_node 2 -m trainer train --config configs/deepfm_ml100k.toml --out runs/deepfm2""",
+    "search": """examples:
+  python -m trainer search --config configs/ihas_ml100k.toml --out runs/ihas_ml100k
+  python -m trainer search --config configs/autodpq_ml100k.toml --out runs/autodpq variants.baselines='["others"]'""",
+}
+# errors a user can fix from their side: one line (or one list for a config), exit code 2
+DISK_ERRORS = (errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT, errno.EPERM)
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m trainer", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    train = sub.add_parser("train", help="train one CTR model")
-    train.add_argument("--config", required=True, help="experiment TOML")
-    train.add_argument("--out", required=True, help="output directory")
-    train.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in OUT")
-    train.add_argument("overrides", nargs="*", help="section.key=value overrides (TOML values)")
-    search = sub.add_parser("search", help="run an architecture search end to end (method from [search] method)")
-    search.add_argument("--config", required=True, help="experiment TOML")
-    search.add_argument("--out", required=True, help="output directory")
-    search.add_argument("--resume", action="store_true", help="reuse completed stages found in OUT")
-    search.add_argument("overrides", nargs="*", help="section.key=value overrides (TOML values)")
-    args = parser.parse_args(argv)
+    helps = {"train": "train one CTR model", "search": "run an architecture search end to end (method from [search] method)"}
+    for name, text in helps.items():
+        p = sub.add_parser(name, help=text, description=text, epilog=EXAMPLES[name],
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.add_argument("--config", required=True, help="experiment TOML")
+        p.add_argument("--out", required=True, help="output directory (one run per OUT)")
+        p.add_argument("--resume", action="store_true", help="continue the run in OUT (refused if the config changed)")
+        p.add_argument("--overwrite", action="store_true", help="empty OUT first if it holds another run")
+        p.add_argument("--debug", action="store_true", help="show the traceback of a user error too")
+        p.add_argument("overrides", nargs="*", help="section.key=value overrides (TOML values)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from trainer.data.readers.base import DataError
+    from trainer.training import TrainingError
+
     try:
         if args.command == "train":
             from trainer.jobs import train as job
-
-            job.run(job.load_experiment(args.config, args.overrides), args.out, resume=args.resume, log=_log)
-        elif args.command == "search":
+        else:
             from trainer.jobs import search as job
-
-            job.run(job.load_experiment(args.config, args.overrides), args.out, resume=args.resume, log=_log)
-    except ConfigError as e:
+        exp = job.load_experiment(args.config, args.overrides)
+        job.run(exp, args.out, resume=args.resume, overwrite=args.overwrite, log=_log)
+    except (ConfigError, DataError, TrainingError) as e:
+        if args.debug:
+            raise
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if args.debug or e.errno not in DISK_ERRORS:
+            raise
+        print(f"error: {e.filename or args.out}: {e.strerror}", file=sys.stderr)
         return 2
     finally:
         if dist.is_initialized():

@@ -32,6 +32,9 @@ def save(root: str | Path, epoch: int, model: nn.Module, optimizer: KeyedOptimiz
     root = Path(root)
     path = root / _name(epoch)
     if rank == 0 and path.exists():
+        pointer = root / POINTER
+        if pointer.exists() and pointer.read_text().strip() == path.name:
+            raise RuntimeError(f"{path} is the current checkpoint ({POINTER}); refusing to overwrite it")
         shutil.rmtree(path)  # a leftover of a crashed attempt at this epoch; LATEST never named it
     dist.barrier()
     dcp.save({"model": model.state_dict(), "optim": optimizer.state_dict()}, checkpoint_id=str(path))
@@ -45,6 +48,17 @@ def save(root: str | Path, epoch: int, model: nn.Module, optimizer: KeyedOptimiz
         os.replace(tmp, root / POINTER)
     dist.barrier()
     return path
+
+
+def prune(root: str | Path, keep: int, protect: int) -> None:
+    """Delete all but the newest `keep` complete checkpoints and epoch `protect` (the best);
+    never the one LATEST names (rank 0 only)."""
+    root = Path(root)
+    current = latest(root)
+    epochs = sorted(p for p in root.glob("epoch_*") if (p / "progress.json").exists())
+    for p in epochs[:-keep] if keep else []:
+        if p != current and p.name != _name(protect):
+            shutil.rmtree(p)
 
 
 def latest(root: str | Path) -> Path | None:

@@ -101,8 +101,10 @@ def read_toml(path: str | Path, overrides: list[str] = ()) -> dict:
     for text in overrides:
         keys, value = parse_override(text)
         node = raw
-        for k in keys[:-1]:
+        for depth, k in enumerate(keys[:-1]):
             node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ConfigError(str(path), [f"override {text!r}: {'.'.join(keys[:depth + 1])} is a value, not a table"])
         node[keys[-1]] = value
     return raw
 

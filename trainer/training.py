@@ -31,6 +31,10 @@ from trainer.metrics import logloss, summary
 Log = Callable[[str], None]
 
 
+class TrainingError(RuntimeError):
+    """Training cannot go on (a non-finite loss): a user-facing error with one clear line."""
+
+
 @dataclass
 class TrainConfig:
     """How to train.
@@ -51,6 +55,8 @@ class TrainConfig:
             "logloss" (smoother on a small or skewed validation split, where AUC moves
             with a handful of positives).
         min_epochs: never stop early before this many epochs.
+        keep_checkpoints: keep only the newest N epoch checkpoints (and the best one);
+            0 keeps every epoch.
         seed: seed of parameter init, data order and dropout.
         log_every: progress line every this many steps.
         threads: torch intra-op threads per process (0 = leave torch's default).
@@ -68,6 +74,7 @@ class TrainConfig:
     patience: int = 2
     stop_on: str = "auc"
     min_epochs: int = 0
+    keep_checkpoints: int = 0
     seed: int = 0
     log_every: int = 100
     threads: int = 0
@@ -90,8 +97,12 @@ class TrainConfig:
             p.append(f"train.patience: must be >= 1, got {self.patience}")
         if self.stop_on not in ("auc", "logloss"):
             p.append(f"train.stop_on: must be 'auc' or 'logloss', got {self.stop_on!r}")
-        if self.min_epochs < 0:
-            p.append(f"train.min_epochs: must be >= 0, got {self.min_epochs}")
+        for key in ("min_epochs", "seed", "threads", "keep_checkpoints"):
+            if getattr(self, key) < 0:
+                p.append(f"train.{key}: must be >= 0, got {getattr(self, key)}")
+        for key in ("lr", "embedding_lr", "weight_decay"):
+            if not math.isfinite(getattr(self, key)):
+                p.append(f"train.{key}: must be finite, got {getattr(self, key)}")
         return p
 
 
@@ -179,7 +190,11 @@ def train_epoch(train, optimizer, ds, cfg: TrainConfig, env: DistEnv, epoch: int
         if on_step is not None:
             on_step(step)
         rows += batch.labels.shape[0] * env.world_size
-        loss_sum += float(loss)
+        value = float(loss)
+        if not math.isfinite(value):
+            raise TrainingError(f"training loss is {value} at epoch {epoch} step {step + 1}: lower train.lr / "
+                                "train.embedding_lr, or check the data for extreme values")
+        loss_sum += value
         if env.is_main and ((step + 1) % cfg.log_every == 0 or step + 1 == total):
             elapsed = time.perf_counter() - start
             eta = elapsed / (step + 1) * (total - step - 1)
@@ -234,6 +249,8 @@ def fit(train, optimizer, ds, cfg: TrainConfig, env: DistEnv, ckpt_dir: str | Pa
             auc = "n/a (one class)" if val["auc"] is None else f"{val['auc']:.4f}"
             log(f"epoch {epoch} val auc {auc} logloss {val['logloss']:.4f}{' (best)' if improved else ''}")
         checkpoint.save(ckpt_dir, epoch, train, optimizer, {"epoch": epoch, "fit": result.__dict__}, env.rank)
+        if env.is_main and cfg.keep_checkpoints:
+            checkpoint.prune(ckpt_dir, cfg.keep_checkpoints, result.best_epoch)
     if result.best_epoch >= 0 and result.best_epoch != result.history[-1]["epoch"]:
         checkpoint.load(Path(ckpt_dir) / f"epoch_{result.best_epoch:04d}", train, None, env.rank)
         if env.is_main:

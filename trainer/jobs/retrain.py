@@ -22,7 +22,8 @@ from trainer.data.batches import iterate_batches
 from trainer.data.view import RowSubset
 from trainer.decisions import ClusterDecision, Decisions
 from trainer.distributed import DistEnv, broadcast
-from trainer.jobs.train import table_stats, write_json
+from trainer.jobs.train import table_stats
+from trainer.jsonfile import write_json
 from trainer.metrics import summary
 from trainer.models.build import build_model
 from trainer.models.ctr import CTRModel, ModelConfig

@@ -39,7 +39,9 @@ from trainer.jobs.guard import collapse, guard
 from trainer.jobs.report import cluster_purity, format_rows, supernet_row, trained_row
 from trainer.jobs.retrain import retrain, route
 from trainer.jobs.search_stage import search_stage
-from trainer.jobs.train import prepare, write_json
+from trainer.jobs.rundir import check_data, open_run
+from trainer.jobs.train import prepare, quiet
+from trainer.jsonfile import write_json
 from trainer.models.ctr import ModelConfig
 from trainer.models.layout import EmbeddingLayout
 from trainer.search.interface import SearchContext, Variant
@@ -102,13 +104,17 @@ def load_or_derive(method, ctx: SearchContext, out: Path, resume: bool, name: st
     return decisions
 
 
-def run(exp: SearchExperiment, out: str | Path, *, resume: bool = False, log=print) -> dict:
+RUN_FILES = ("report.json", "decisions.json", "search", "rows", "bundle")
+
+
+def run(exp: SearchExperiment, out: str | Path, *, resume: bool = False, overwrite: bool = False, log=print) -> dict:
     env = init_distributed()
     if not env.is_main:
         log = quiet
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    open_run(out, exp, resume=resume, overwrite=overwrite, holds=RUN_FILES, env=env, log=log)
     ds = prepare(exp, env, log)
+    check_data(out, ds.meta["fingerprint"], env)
     cls = METHODS[exp.search.method]
     tcfg, rows_dir = exp.train, out / "rows"
 
@@ -187,7 +193,3 @@ def run(exp: SearchExperiment, out: str | Path, *, resume: bool = False, log=pri
         log(f"report → {out / 'report.json'}")
     dist.barrier()
     return report
-
-
-def quiet(_: str) -> None:
-    """The log of ranks other than 0."""

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from trainer.distributed import DistEnv
-from trainer.jobs.train import write_json
+from trainer.jsonfile import write_json
 from trainer.search.interface import SearchMethod
 from trainer.search.loop import SearchLoopConfig, run_search
 from trainer.training import TrainConfig

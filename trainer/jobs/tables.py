@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer.jobs.train import write_json
+from trainer.jsonfile import write_json
 
 FIGURES = ("test_auc", "test_logloss", "val_auc", "embedding_params", "embedding_bytes", "served_bytes", "infer_s_per_10k")
 

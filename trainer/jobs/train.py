@@ -9,8 +9,6 @@ the newest complete one). Rank 0 alone logs and writes files.
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -21,6 +19,8 @@ from torchrec import EmbeddingBagCollection
 from trainer.config import load_sections
 from trainer.data.config import DataConfig, load_dataset
 from trainer.distributed import DistEnv, init_distributed
+from trainer.jobs.rundir import check_data, open_run
+from trainer.jsonfile import write_json
 from trainer.models.build import build_model
 from trainer.models.ctr import ModelConfig
 from trainer.training import TrainConfig, evaluate, fit, wrap
@@ -37,13 +37,6 @@ def load_experiment(path: str, overrides: list[str]) -> TrainExperiment:
     return TrainExperiment(**load_sections(path, {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}, overrides))
 
 
-def write_json(path: Path, obj: dict) -> None:
-    """Atomic: a reader sees the old file or the whole new one."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)
-
-
 def prepare(exp: TrainExperiment, env: DistEnv, log):
     """Seeded process state + the dataset (rank 0 builds the cache, the others reuse it)."""
     if exp.train.threads:
@@ -57,6 +50,10 @@ def prepare(exp: TrainExperiment, env: DistEnv, log):
     return ds
 
 
+def quiet(_: str) -> None:
+    """The log of ranks other than 0."""
+
+
 def table_stats(model) -> dict[str, int]:
     """Logical parameters (embeddings + one first-order weight per id) and stored bytes."""
     configs = [c for m in model.modules() if isinstance(m, EmbeddingBagCollection) for c in m.embedding_bag_configs()]
@@ -64,12 +61,15 @@ def table_stats(model) -> dict[str, int]:
     return {"embedding_params": params, "embedding_bytes": sum(c.num_embeddings * c.embedding_dim * 4 for c in configs)}
 
 
-def run(exp: TrainExperiment, out: str | Path, *, resume: bool = False, log=print) -> dict:
+RUN_FILES = ("metrics.json", "checkpoints/LATEST")
+
+
+def run(exp: TrainExperiment, out: str | Path, *, resume: bool = False, overwrite: bool = False, log=print) -> dict:
     env = init_distributed()
     out = Path(out)
-    if env.is_main:
-        out.mkdir(parents=True, exist_ok=True)
+    open_run(out, exp, resume=resume, overwrite=overwrite, holds=RUN_FILES, env=env, log=log if env.is_main else quiet)
     ds = prepare(exp, env, log)
+    check_data(out, ds.meta["fingerprint"], env)
     sharded = exp.train.storage == "sharded"
     if exp.train.storage == "local" and env.world_size > 1 and env.is_main:
         log("train.storage = 'local' under torchrun: tables are replicated and synchronised by DDP")
