@@ -29,6 +29,7 @@ import numpy as np
 from serving import channels
 from serving._proto.embstack.v1 import inference_pb2 as pb
 from serving._proto.embstack.v1 import inference_pb2_grpc as pb_grpc
+from serving.rowfiles import read_jsonl
 
 
 def kinds_of(info: pb.ModelInfo) -> dict[str, str]:
@@ -100,18 +101,8 @@ def random_columns(info: pb.ModelInfo, num_rows: int, rng: np.random.Generator, 
 
 
 def read_rows(lines: Iterable[str]) -> list[dict]:
-    rows = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"line {n}: not JSON ({e})") from None
-        if not isinstance(row, dict):
-            raise ValueError(f"line {n}: a row must be a JSON object of field → value")
-        rows.append(row)
-    return rows
+    """The rows of a JSON-lines file; raises ValueError naming the line of a bad one."""
+    return [row for _, row in read_jsonl(lines)]
 
 
 def score(stub: pb_grpc.InferenceStub, rows: list[dict], info: pb.ModelInfo, *, columnar: bool = False, timeout: float = 10.0,

@@ -24,6 +24,7 @@ class InvalidRequest(ServingError):
         if field is not None:
             where.append(f"field {field!r}")
         super().__init__(f"{', '.join(where)}: {message}" if where else message)
+        self.detail = message  # without the "row i, field f" prefix, for callers that re-place it
         self.row = row
         self.field = field
 
