@@ -1,8 +1,8 @@
 """FeatureBatch: encoded rows in spec order, and the model-input contract built from them.
 
 Every CTR model, cluster model and router takes `(dense, sparse)`:
-  dense   float32 [B, n_numerical], the log-scaled numerical values (`numerical_dense`) in
-          `spec.numerical` order;
+  dense   float32 [B, n_numerical], the numerical values as dense inputs (`numerical_dense`:
+          log-scaled, or standardised for fields encoded "raw") in `spec.numerical` order;
   sparse  a KeyedJaggedTensor whose keys are all spec fields in spec order, int64 values,
           int32 lengths (1 per row for categorical and numerical fields, the bag size for
           bags) and no weights or offsets.
@@ -13,23 +13,40 @@ exported program checks the structure of its inputs, so both sides build them he
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 import torch
 from torchrec import KeyedJaggedTensor
 
+from serving.encodings import Encoding
 from serving.features import FeatureSpec
 
 VALUES_DTYPE = np.int64
 LENGTHS_DTYPE = np.int32
 
 
-def numerical_dense(x: np.ndarray) -> np.ndarray:
-    """log(1 + max(x, 0)) as float32, NaN (missing) → 0: the trainer's dense input.
+def dense_column(x: np.ndarray, encoding: Encoding) -> np.ndarray:
+    """One numerical field's dense input as float32, NaN (missing) → 0: (x - mean) / std
+    for a "raw" field, else log(1 + max(x, 0)).
 
-    Vectorised like the trainer's cache builder, so a served row sees the same float32.
+    The trainer's cache builder calls this very function on its float64 columns, so a
+    served row sees the same float32 as training did.
     """
+    x = np.ascontiguousarray(x, dtype=np.float64)
+    if encoding.name == "raw":
+        # missing → 0 after standardising: the train mean, which the token marks as missing
+        return np.nan_to_num((x - encoding.mean) / encoding.std, nan=0.0).astype(np.float32)
     return np.log1p(np.maximum(np.nan_to_num(x, nan=0.0), 0.0)).astype(np.float32)
+
+
+def numerical_dense(x: np.ndarray, encodings: Sequence[Encoding]) -> np.ndarray:
+    """float64 [B, n_numerical] raw values (NaN = missing) → the float32 dense input, one
+    `dense_column` per field (`encodings` in `spec.numerical` order)."""
+    out = np.empty(x.shape, dtype=np.float32)
+    for j, encoding in enumerate(encodings):
+        out[:, j] = dense_column(x[:, j], encoding)
+    return out
 
 
 @dataclass(frozen=True)

@@ -108,6 +108,7 @@ class Encoder:
         self.limits = limits
         self._fields = {f.name: f for f in spec.fields}
         self._numerical_pos = {name: i for i, name in enumerate(spec.numerical)}
+        self._dense_encodings = [spec.field(name).encoding for name in spec.numerical]
 
     # ---------------------------------------------------------------- row form
     def encode_rows(self, rows: Sequence[Mapping[str, Any]], *, tagged: bool = False) -> FeatureBatch:
@@ -143,7 +144,7 @@ class Encoder:
                 else:
                     ids[j].append(self._categorical(f, tag, payload, r))
         return FeatureBatch(
-            numerical_dense(raw_numbers),
+            numerical_dense(raw_numbers, self._dense_encodings),
             tuple(np.asarray(v, dtype=VALUES_DTYPE) for v in ids),
             tuple(None if lens is None else np.asarray(lens, dtype=LENGTHS_DTYPE) for lens in lengths),
         )
@@ -231,7 +232,7 @@ class Encoder:
                     values = self._id_column(f, col, None)
             ids.append(values)
             lengths.append(lens)
-        return FeatureBatch(numerical_dense(raw_numbers), tuple(ids), tuple(lengths))
+        return FeatureBatch(numerical_dense(raw_numbers, self._dense_encodings), tuple(ids), tuple(lengths))
 
     def _id_column(self, f: Field, col: Column, offsets: np.ndarray | None) -> np.ndarray:
         if col.tokens is not None:

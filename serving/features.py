@@ -11,44 +11,19 @@ whose train-split count is below `min_count`); vocab entry i has id i + 1.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from typing import Iterable
 
-SPEC_VERSION = 1
+# MISSING, FeatureSpecError, bucket_token and dense_value are part of this module's API.
+from serving.encodings import LOG, MISSING, Encoding, FeatureSpecError, bucket_token, dense_value  # noqa: F401
+
+# Version 2 added per-field numerical encodings; a spec whose numerical fields all use
+# "log" is still written as version 1, so servers that predate encodings keep loading it,
+# while one that would misread a quantile or raw field refuses it.
+SPEC_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 OOV_ID = 0
 KINDS = ("categorical", "numerical", "bag")
-MISSING = ""
-
-
-class FeatureSpecError(ValueError):
-    """A feature spec (file or in-memory) or a value to encode is invalid."""
-
-
-def bucket_token(raw: str | float | None) -> str:
-    """Criteo bucketization of a numerical value into a categorical token.
-
-    floor(ln(x)^2) for x > 2, else the value itself (floored to an integer). Missing
-    values ("" / None) are their own token, so "missing" can carry signal.
-    """
-    if raw is None or raw == MISSING:
-        return MISSING
-    x = float(raw)
-    if math.isnan(x) or math.isinf(x):
-        raise FeatureSpecError(f"numerical value {raw!r} is not finite")
-    if x > 2:
-        return str(int(math.floor(math.log(x) ** 2)))
-    return str(int(math.floor(x)))
-
-
-def dense_value(raw: str | float | None) -> float:
-    """Numerical value as a dense input (DLRM bottom MLP): log(1 + max(x, 0)), missing = 0."""
-    if raw is None or raw == MISSING:
-        return 0.0
-    x = float(raw)
-    if math.isnan(x) or math.isinf(x):
-        raise FeatureSpecError(f"numerical value {raw!r} is not finite")
-    return math.log1p(max(x, 0.0))
 
 
 @dataclass(frozen=True)
@@ -57,13 +32,15 @@ class Field:
 
     Args:
         name: field name, also the TorchRec feature name.
-        kind: "categorical" (one token per row), "numerical" (a number, bucketized to a
-            token with `bucket_token`), or "bag" (multi-hot: a list of tokens per row).
+        kind: "categorical" (one token per row), "numerical" (a number, turned into a
+            token by its `encoding`), or "bag" (multi-hot: a list of tokens per row).
         vocab: tokens kept from the train split, in id order (token vocab[i] has id i+1).
         counts: train-split count of each kept token (same order as vocab); used by
             frequency-aware methods such as AutoDPQ. Empty when unknown.
         num_ids: for pre-coded fields (synthetic data, benchmarks) whose raw values are
             already ids: the id range [0, num_ids); vocab must then be empty.
+        encoding: numerical fields: the fitted rule from raw value to token (and to dense
+            input); see serving.encodings. Other kinds keep the default.
     """
 
     name: str
@@ -71,6 +48,7 @@ class Field:
     vocab: tuple[str, ...]
     counts: tuple[int, ...] = ()
     num_ids: int = 0
+    encoding: Encoding = LOG
     _index: dict = field(default=None, init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
@@ -80,6 +58,8 @@ class Field:
             raise FeatureSpecError(f"field {self.name!r}: {len(self.counts)} counts for {len(self.vocab)} tokens")
         if self.num_ids and self.vocab:
             raise FeatureSpecError(f"field {self.name!r}: a pre-coded field (num_ids) has no vocab")
+        if self.encoding != LOG and self.kind != "numerical":
+            raise FeatureSpecError(f"field {self.name!r}: only numerical fields have an encoding")
         object.__setattr__(self, "_index", {t: i + 1 for i, t in enumerate(self.vocab)})
         if len(self._index) != len(self.vocab):
             raise FeatureSpecError(f"field {self.name!r}: vocab has duplicate tokens")
@@ -104,7 +84,7 @@ class Field:
                 raise FeatureSpecError(f"field {self.name!r} is a bag: give a list of tokens")
             return [self.token_id(str(t)) for t in raw]
         if self.kind == "numerical":
-            return self.token_id(bucket_token(raw))
+            return self.token_id(self.encoding.token(raw))
         return self.token_id(MISSING if raw is None else str(raw))
 
 
@@ -149,24 +129,28 @@ class FeatureSpec:
         return FeatureSpec(self.dataset, self.label, tuple(f for f in self.fields if f.name in keep), self.min_count)
 
     def to_dict(self) -> dict:
+        fields = []
+        for f in self.fields:
+            d = {"name": f.name, "kind": f.kind, "vocab": list(f.vocab), "counts": list(f.counts), "num_ids": f.num_ids}
+            fields.append(d if f.encoding == LOG else d | {"encoding": f.encoding.to_dict()})
+        encoded = any(f.encoding != LOG for f in self.fields)
         return {
-            "spec_version": SPEC_VERSION,
+            "spec_version": SPEC_VERSION if encoded else 1,
             "dataset": self.dataset,
             "label": self.label,
             "min_count": self.min_count,
-            "fields": [
-                {"name": f.name, "kind": f.kind, "vocab": list(f.vocab), "counts": list(f.counts), "num_ids": f.num_ids}
-                for f in self.fields
-            ],
+            "fields": fields,
         }
 
     @classmethod
     def from_dict(cls, d: dict) -> "FeatureSpec":
         try:
-            if d["spec_version"] != SPEC_VERSION:
-                raise FeatureSpecError(f"spec_version {d['spec_version']} != supported {SPEC_VERSION}")
+            if d["spec_version"] not in READABLE_VERSIONS:
+                raise FeatureSpecError(f"spec_version {d['spec_version']} is not one of the supported {READABLE_VERSIONS}")
             fields = tuple(
-                Field(f["name"], f["kind"], tuple(f["vocab"]), tuple(f.get("counts", ())), int(f.get("num_ids", 0))) for f in d["fields"]
+                Field(f["name"], f["kind"], tuple(f["vocab"]), tuple(f.get("counts", ())), int(f.get("num_ids", 0)),
+                      Encoding.from_dict(f["encoding"]) if "encoding" in f else LOG)
+                for f in d["fields"]
             )
             return cls(d["dataset"], d["label"], fields, int(d.get("min_count", 1)))
         except (KeyError, TypeError) as e:

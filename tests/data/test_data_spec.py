@@ -5,8 +5,9 @@ import math
 import numpy as np
 import pytest
 
-from serving.features import OOV_ID, FeatureSpec, FeatureSpecError, Field, bucket_token, dense_value
-from trainer.data.numerical import as_float, bucket_tokens, bucketize, dense_values
+from serving.batch import dense_column
+from serving.features import LOG, OOV_ID, FeatureSpec, FeatureSpecError, Field, bucket_token, dense_value
+from trainer.data.numerical import as_float, bucket_tokens, bucketize
 
 
 @pytest.mark.parametrize(
@@ -46,7 +47,7 @@ def test_vectorised_buckets_match_bucket_token_exactly():
     ])  # fmt: skip
     want = [bucket_token(None if np.isnan(v) else float(v)) for v in x]
     assert bucket_tokens(bucketize(x)) == want
-    dense = dense_values(x)
+    dense = dense_column(x, LOG)
     assert dense.dtype == np.float32
     np.testing.assert_allclose(dense, [dense_value(None if np.isnan(v) else float(v)) for v in x], rtol=1e-6)
 

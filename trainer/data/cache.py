@@ -9,9 +9,10 @@ whole at the end, so a directory with the final name is always complete.
 
 Files: labels.npy float32 [N]; split.npy uint8 [N] (0 train, 1 val, 2 test);
 f_<field>.npy int32/int64 [N] ids of single-valued fields; f_<field>.offsets.npy int64
-[N+1] + f_<field>.values.npy for bags; dense.npy float32 [N, n_numerical] (log-scaled
-numerical values, field order of spec.numerical); groups.npy int32 [N] (synthetic only);
-c_<field>.npy int64 [num_embeddings] train count of each id; spec.json; meta.json.
+[N+1] + f_<field>.values.npy for bags; dense.npy float32 [N, n_numerical] (each
+numerical field's dense input, serving.batch.dense_column, in spec.numerical order);
+groups.npy int32 [N] (synthetic only); c_<field>.npy int64 [num_embeddings] train count
+of each id; spec.json (with each numerical field's fitted encoding); meta.json.
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from serving.batch import dense_column
 from serving.features import FeatureSpec, FeatureSpecError
-from trainer.data.numerical import as_float, dense_values
+from trainer.data.numerical import as_float
 from trainer.data.readers.base import DataError, FieldDecl, RawChunk, Reader
 from trainer.data.vocab import id_dtype, vocab_for
 
@@ -233,6 +235,7 @@ def _build(reader: Reader, final: Path, *, min_count: int, seed: int, split, log
             "positive_rate": dict(zip(SPLITS, (positives / np.maximum(per_split, 1)).round(6).tolist())),
             "bad_lines": bad_lines,
             "bad_examples": bad_examples,
+            "numerical": {f.name: str(f.encoding) for f in spec.fields if f.kind == "numerical"},
             "build_seconds": round(time.perf_counter() - start, 3),
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
@@ -301,7 +304,7 @@ def _encode(
             elif d.kind == "numerical":
                 x = _floats(col, d, reader)
                 out[d.name][rows] = voc.encode(x)
-                dense[rows, numerical.index(d.name)] = dense_values(x)
+                dense[rows, numerical.index(d.name)] = dense_column(x, voc.encoding)
             else:
                 out[d.name][rows] = voc.encode(col)
         pos += m

@@ -4,6 +4,7 @@
     source = "criteo"
     path = "/data/criteo/train.txt"
     max_bad_lines = 100
+    numerical = { "*" = "quantile:32", I3 = "raw" }
 
 `load_dataset(cfg)` builds (or reuses) the cache and returns the CachedDataset.
 """
@@ -14,10 +15,12 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Callable
 
+from serving.encodings import Encoding, FeatureSpecError
 from trainer.data.cache import CHUNK_ROWS, CachedDataset, build_or_load
 from trainer.data.readers.avazu import AvazuReader
 from trainer.data.readers.base import KINDS, NAME_RE, Head, Reader
 from trainer.data.readers.criteo import CriteoReader
+from trainer.data.readers.encoded import EVERY, Encoded
 from trainer.data.readers.ml1m import MovieLens1MReader
 from trainer.data.readers.ml100k import MovieLens100KReader
 from trainer.data.readers.synthetic import SyntheticParams, SyntheticReader
@@ -28,7 +31,7 @@ from trainer.data.readers.table import TableReader
 DEFAULT_MIN_COUNT = {"movielens100k": 1, "movielens1m": 1, "criteo": 10, "avazu": 5, "table": 1, "synthetic": 1}
 SOURCES = tuple(DEFAULT_MIN_COUNT)
 NEEDS_PATH = ("movielens1m", "criteo", "avazu", "table")
-TABLE_KEYS = ("delimiter", "label", "fields", "bag_sep")
+TABLE_KEYS = ("delimiter", "label", "label_positive", "fields", "bag_sep")
 SYNTHETIC_KEYS = tuple(f.name for f in dataclasses.fields(SyntheticParams) if f.name != "seed")
 
 
@@ -51,8 +54,15 @@ class DataConfig:
             cache meta) before the build fails; 0 = the first one fails it.
         split: train/val/test proportions (8:1:1 as in the papers).
         chunk_rows: rows per streamed chunk while building (bounds memory).
+        numerical: numerical field → encoding, for any source with numerical fields:
+            "log" (the default: floor(ln(x)^2) buckets), "quantile" / "quantile:N" (N
+            equal-count bins fitted on the train split; 16 when N is left out) or "raw"
+            (the standardised value as dense input; needs model.dense_input). The key
+            "*" sets every numerical field not named.
         delimiter: table: cell separator (one character, "\\t" for TSV).
-        label: table: name of the 0/1 label column.
+        label: table: name of the label column.
+        label_positive: table: label values that count as a click (e.g. ["yes"]); any
+            other non-empty value is a 0. Empty (default): labels are the numbers 0 / 1.
         fields: table: column → kind ("categorical" | "numerical" | "bag"), model order.
         bag_sep: table: separator of tokens inside a bag cell.
         rows: synthetic: number of rows.
@@ -74,8 +84,10 @@ class DataConfig:
     max_bad_lines: int = 0
     split: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
     chunk_rows: int = CHUNK_ROWS
+    numerical: dict[str, str] = field(default_factory=dict)
     delimiter: str = ","
     label: str = "label"
+    label_positive: list[str] = field(default_factory=list)
     fields: dict[str, str] = field(default_factory=dict)
     bag_sep: str = "|"
     rows: int = SyntheticParams.rows
@@ -94,6 +106,14 @@ class DataConfig:
 
     def synthetic_params(self) -> SyntheticParams:
         return SyntheticParams(**{k: getattr(self, k) for k in SYNTHETIC_KEYS}, seed=self.seed)
+
+    def encodings(self) -> dict[str, Encoding]:
+        """`numerical` parsed (call after validate: a bad value raises FeatureSpecError)."""
+        return {name: Encoding.parse(text) for name, text in self.numerical.items()}
+
+    def raw_fields(self) -> list[str]:
+        """Names (or "*") whose encoding is "raw": the model must read the dense input."""
+        return [name for name, text in self.numerical.items() if text == "raw"]
 
     def validate(self) -> list[str]:
         """Every problem found, as "data.<key>: message" strings."""
@@ -114,6 +134,7 @@ class DataConfig:
             p.append("data.cache_dir: must not be empty")
         if len(self.split) != 3 or min(self.split, default=0) < 0 or not sum(self.split) > 0:
             p.append(f"data.split: need 3 non-negative train/val/test proportions, got {self.split}")
+        p += self._numerical_problems()
         defaults = DataConfig()
         if self.source == "table":
             p += self._table_problems()
@@ -129,6 +150,24 @@ class DataConfig:
                 for k in SYNTHETIC_KEYS
                 if getattr(self, k) != getattr(defaults, k)
             ]
+        return p
+
+    def _numerical_problems(self) -> list[str]:
+        p = []
+        for name, text in self.numerical.items():
+            if name != EVERY and not NAME_RE.match(name):
+                p.append(f"data.numerical.{name}: not a field name (or \"{EVERY}\" for every numerical field)")
+            try:
+                Encoding.parse(text)
+            except FeatureSpecError as e:
+                p.append(f"data.numerical.{name}: {e}")
+            if self.source != "table" or name == EVERY:
+                continue  # other sources' fields are known once the reader is open (make_reader)
+            kind = self.fields.get(name)
+            if kind is None:
+                p.append(f"data.numerical.{name}: not in data.fields")
+            elif kind != "numerical":
+                p.append(f"data.numerical.{name}: only numerical fields have an encoding; data.fields says {kind!r}")
         return p
 
     def _table_problems(self) -> list[str]:
@@ -148,6 +187,10 @@ class DataConfig:
             p.append(f"data.fields: the label column {self.label!r} cannot also be a field")
         if not self.bag_sep:
             p.append("data.bag_sep: must not be empty")
+        if any(not v.strip() or v != v.strip() for v in self.label_positive):
+            p.append(f"data.label_positive: values must be non-empty, without surrounding spaces, got {self.label_positive}")
+        if len(set(self.label_positive)) != len(self.label_positive):
+            p.append(f"data.label_positive: a value is listed twice in {self.label_positive}")
         return p
 
 
@@ -157,19 +200,36 @@ READERS: dict[str, Callable[[DataConfig], Reader]] = {
     "criteo": lambda c: CriteoReader(c.path, c.max_bad_lines),
     "avazu": lambda c: AvazuReader(c.path, c.max_bad_lines),
     "table": lambda c: TableReader(
-        c.path, c.label, c.fields, delimiter=c.delimiter, bag_sep=c.bag_sep, max_bad_lines=c.max_bad_lines
+        c.path, c.label, c.fields, delimiter=c.delimiter, bag_sep=c.bag_sep, max_bad_lines=c.max_bad_lines,
+        label_positive=c.label_positive,
     ),
     "synthetic": lambda c: SyntheticReader(c.synthetic_params()),
 }
 
 
 def make_reader(cfg: DataConfig) -> Reader:
-    """The configured source (capped at max_rows when set)."""
+    """The configured source, with its numerical encodings (capped at max_rows when set)."""
     problems = cfg.validate()
     if problems:
         raise ValueError("invalid data config:\n" + "\n".join(f"  - {x}" for x in problems))
     reader = READERS[cfg.source](cfg)
+    if cfg.numerical:
+        reader = Encoded(reader, cfg.encodings())
     return Head(reader, cfg.max_rows) if cfg.max_rows else reader
+
+
+def dense_input_problems(data: DataConfig, reads_dense: bool) -> list[str]:
+    """Cross-section check: a "raw" field's value reaches the model only as dense input.
+
+    Args:
+        data: the data section.
+        reads_dense: whether the model feeds the dense input (model.dense_input, or DLRM).
+    """
+    raw = data.raw_fields()
+    if raw and not reads_dense:
+        return [f"data.numerical: {raw} are encoded 'raw', which the model sees only as dense input; "
+                "set model.dense_input = true (or use model.name = 'dlrm')"]
+    return []
 
 
 def load_dataset(cfg: DataConfig, log: Callable[[str], None] = print) -> CachedDataset:

@@ -1,8 +1,10 @@
-"""Vectorised twins of serving.features.bucket_token / dense_value for whole columns.
+"""Vectorised twins of serving.encodings' token rules, for whole columns.
 
 The cache must produce exactly the tokens serving will compute one value at a time, so
 the float64 numpy path is checked against `math` wherever ln(x)^2 lands within rounding
-distance of an integer (numpy's SIMD log may differ from libm there by an ulp).
+distance of an integer (numpy's SIMD log may differ from libm there by an ulp). A token is
+the decimal string of an int64 code (`bucket_tokens`); MISSING_BUCKET stands for "".
+The dense input has a single implementation, serving.batch.dense_column, used by both.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
+from serving.encodings import Encoding
 from serving.features import MISSING
 
 MISSING_BUCKET = np.iinfo(np.int64).min  # readers refuse numbers below -2**53, so no clash
@@ -50,6 +53,14 @@ def bucket_tokens(buckets: np.ndarray) -> list[str]:
     return [MISSING if b == MISSING_BUCKET else str(int(b)) for b in buckets]
 
 
-def dense_values(x: np.ndarray) -> np.ndarray:
-    """log(1 + max(x, 0)) as float32, missing → 0 (serving.features.dense_value)."""
-    return np.log1p(np.fmax(x, 0.0)).astype(np.float32)  # fmax(NaN, 0) = 0
+def bin_codes(x: np.ndarray, edges: tuple[float, ...]) -> np.ndarray:
+    """Bin of each value among `edges` as int64 (bisect_right, like Encoding.token);
+    NaN → MISSING_BUCKET. With no edges every present value is bin 0 (a "raw" field)."""
+    b = np.searchsorted(np.asarray(edges, dtype=np.float64), x, side="right").astype(np.int64)
+    b[np.isnan(x)] = MISSING_BUCKET
+    return b
+
+
+def codes(x: np.ndarray, encoding: Encoding) -> np.ndarray:
+    """The int64 codes of a float64 column under a fitted encoding (str(code) = token)."""
+    return bucketize(x) if encoding.name == "log" else bin_codes(x, encoding.edges)

@@ -15,7 +15,8 @@ from typing import Sequence
 import numpy as np
 
 from serving.features import MISSING, OOV_ID, Field
-from trainer.data.numerical import MISSING_BUCKET, bucketize
+from trainer.data.fitting import TrainValues
+from trainer.data.numerical import MISSING_BUCKET, bucketize, codes
 from trainer.data.readers.base import FieldDecl
 
 
@@ -106,25 +107,34 @@ class CodeVocab:
 
 
 class NumberVocab:
-    """A numerical field: Criteo buckets become the tokens ("" = missing).
+    """A numerical field: the codes of its encoding become the tokens ("" = missing).
 
-    Buckets are small integers in practice (floor(ln(x)^2) <= 503,000 for any float;
-    integer-valued columns below 2 rarely span far), so counting and encoding use
-    offset lookups rather than sorting; a column with a huge bucket range falls back to
-    np.unique.
+    "log" codes are Criteo buckets, counted as the rows stream by. "quantile" and "raw"
+    must see every train value before a code exists, so pass 1 only collects what their
+    fit needs (`TrainValues`) and `build` fits the encoding, then counts its codes.
+
+    Codes are small integers in practice (floor(ln(x)^2) <= 503,000 for any float;
+    integer-valued columns below 2 rarely span far; bins are few), so counting and
+    encoding use offset lookups rather than sorting; a column with a huge code range
+    falls back to np.unique.
 
     Args:
-        decl: the field.
+        decl: the field (decl.encoding: the unfitted encoding).
     """
 
     LUT_SPAN = 1 << 22
 
     def __init__(self, decl: FieldDecl):
         self.decl = decl
+        self.encoding = decl.encoding
+        self.train_values = None if decl.encoding.name == "log" else TrainValues(decl.encoding)
         self.counts: Counter = Counter()
         self.index: dict[int, int] = {}
 
     def count(self, x: np.ndarray, train: np.ndarray) -> None:
+        if self.train_values is not None:
+            self.train_values.add(x[train])
+            return
         b = bucketize(x[train])
         n_missing = int(np.count_nonzero(b == MISSING_BUCKET))
         if n_missing:
@@ -142,6 +152,10 @@ class NumberVocab:
             self.counts.update(dict(zip(uniq.tolist(), n.tolist())))
 
     def build(self, min_count: int) -> Field:
+        if self.train_values is not None:
+            self.encoding = self.train_values.fit()
+            self.counts = Counter(self.train_values.code_counts(self.encoding))
+            self.train_values = None  # pass 2 needs only the fitted encoding and the index
         tokens = {(MISSING if b == MISSING_BUCKET else str(b)): c for b, c in self.counts.items()}
         kept = _ranked(tokens, min_count)
         self.index = {(MISSING_BUCKET if t == MISSING else int(t)): i + 1 for i, (t, _) in enumerate(kept)}
@@ -156,10 +170,10 @@ class NumberVocab:
             self.lut = np.zeros(span, dtype=np.int64)
             for b in numbers:
                 self.lut[b - self.lo] = self.index[b]
-        return Field(self.decl.name, "numerical", tuple(t for t, _ in kept), tuple(c for _, c in kept))
+        return Field(self.decl.name, "numerical", tuple(t for t, _ in kept), tuple(c for _, c in kept), encoding=self.encoding)
 
     def encode(self, x: np.ndarray) -> np.ndarray:
-        b = bucketize(x)
+        b = codes(x, self.encoding)
         if self.lut is None:
             uniq, inv = np.unique(b, return_inverse=True)
             return np.array([self.index.get(v, OOV_ID) for v in uniq.tolist()], dtype=np.int64)[inv]

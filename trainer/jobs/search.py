@@ -31,7 +31,7 @@ import torch
 import torch.distributed as dist
 
 from trainer.config import ConfigError, load_sections, read_toml
-from trainer.data.config import DataConfig
+from trainer.data.config import DataConfig, dense_input_problems
 from trainer.decisions import Decisions, uniform
 from trainer.distributed import broadcast, init_distributed
 from trainer.jobs.export import export_bundle
@@ -81,7 +81,7 @@ def load_experiment(path: str, overrides: list[str]) -> SearchExperiment:
     sections = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "search": cls.Config,
                 "variants": cls.Variants, "report": ReportConfig}
     exp = SearchExperiment(**load_sections(path, sections, overrides))
-    problems = cls.check_config(exp)
+    problems = dense_input_problems(exp.data, exp.model.reads_dense) + cls.check_config(exp)
     if problems:
         raise ConfigError(str(path), problems)
     return exp

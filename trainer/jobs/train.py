@@ -16,8 +16,8 @@ import torch
 import torch.distributed as dist
 from torchrec import EmbeddingBagCollection
 
-from trainer.config import load_sections
-from trainer.data.config import DataConfig, load_dataset
+from trainer.config import ConfigError, load_sections
+from trainer.data.config import DataConfig, dense_input_problems, load_dataset
 from trainer.distributed import DistEnv, init_distributed
 from trainer.jobs.rundir import check_data, open_run
 from trainer.jsonfile import write_json
@@ -34,7 +34,11 @@ class TrainExperiment:
 
 
 def load_experiment(path: str, overrides: list[str]) -> TrainExperiment:
-    return TrainExperiment(**load_sections(path, {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}, overrides))
+    exp = TrainExperiment(**load_sections(path, {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}, overrides))
+    problems = dense_input_problems(exp.data, exp.model.reads_dense)
+    if problems:
+        raise ConfigError(str(path), problems)
+    return exp
 
 
 def prepare(exp: TrainExperiment, env: DistEnv, log):

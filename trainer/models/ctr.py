@@ -1,8 +1,10 @@
 """The base CTR models over mixed-dim pooled embeddings: FM, Wide&Deep, DeepFM, IPNN, DCN, DLRM.
 
 Every model maps (dense [B, n_numerical], sparse KJT) → logits [B]. Numerical fields
-always reach the model as bucketized categorical embeddings; `dense_input` additionally
-feeds their log-scaled values to the MLP (DLRM always uses them for its bottom MLP).
+always reach the model as embeddings of their tokens (log or quantile buckets; for a "raw"
+field only missing / present); `dense_input` additionally feeds their dense values
+(log-scaled, or standardised for "raw") to the MLP (DLRM always uses them for its bottom
+MLP), so a model with a "raw" field must read the dense input.
 Interactions that need equal dims (FM, IPNN, DLRM dot products) zero-pad shorter
 embeddings to the widest kept dim (`blocks.stack_zero_padded`); the MLP and the cross
 network consume the plain concatenation, which needs no padding.
@@ -32,7 +34,8 @@ class ModelConfig:
         mlp: hidden sizes of the deep part.
         dropout: dropout after each hidden layer.
         cross_layers: DCN cross layers.
-        dense_input: also feed log-scaled numerical values to the MLP.
+        dense_input: also feed the numerical fields' dense values to the MLP (required
+            when a field is encoded "raw").
         init_scale: embedding tables start uniform in ±init_scale.
         first_order_column: keep FM / Wide&Deep / DeepFM first-order weights as an extra
             column of each field's table instead of separate tables (one lookup per id;
@@ -60,6 +63,11 @@ class ModelConfig:
         if not 0 <= self.dropout < 1:
             problems.append(f"model.dropout: must be in [0, 1), got {self.dropout}")
         return problems
+
+    @property
+    def reads_dense(self) -> bool:
+        """Whether the model feeds the dense input (DLRM always does)."""
+        return self.dense_input or self.name == "dlrm"
 
     def field_dims(self, spec: FeatureSpec) -> dict[str, int]:
         unknown = sorted(set(self.dims) - set(spec.names))
@@ -97,6 +105,10 @@ class CTRModel(nn.Module):
         self.max_dim = max(layout.dims)
         self.n_fields = len(layout.fields)
         self.n_dense = len(spec.numerical) if cfg.dense_input else 0
+        raw = [f.name for f in spec.fields if f.encoding.name == "raw"]
+        if raw and not cfg.dense_input:
+            raise ValueError(f"fields {raw} are encoded 'raw': their values reach a model only as dense input; "
+                             "set model.dense_input = true")
         self.linear = LinearWeights(spec, tuple(spec.names), device) if self.uses_linear and not in_column else None
         self.first_order_params = sum(f.num_embeddings for f in spec.fields) if self.uses_linear else 0
         self.bias = nn.Parameter(torch.zeros(1))

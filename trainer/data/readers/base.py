@@ -24,6 +24,8 @@ from typing import Any, Iterator, Protocol, runtime_checkable
 
 import numpy as np
 
+from serving.encodings import LOG, Encoding
+
 KINDS = ("categorical", "numerical", "bag")
 # Field names become cache file names and TorchRec feature names.
 NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
@@ -53,11 +55,14 @@ class FieldDecl:
         kind: "categorical", "numerical" or "bag".
         num_ids: > 0 marks a pre-coded categorical field whose column holds integer ids
             in [0, num_ids) instead of strings (see the module docstring).
+        encoding: numerical fields: the (unfitted) encoding the config chose; the cache
+            builder fits it on the train split.
     """
 
     name: str
     kind: str
     num_ids: int = 0
+    encoding: Encoding = LOG
 
     def __post_init__(self) -> None:
         if not NAME_RE.match(self.name):
@@ -66,6 +71,8 @@ class FieldDecl:
             raise ValueError(f"field {self.name!r}: kind {self.kind!r} not one of {KINDS}")
         if self.num_ids and self.kind != "categorical":
             raise ValueError(f"field {self.name!r}: only categorical fields can be pre-coded")
+        if self.encoding != LOG and self.kind != "numerical":
+            raise ValueError(f"field {self.name!r}: only numerical fields have an encoding")
 
 
 @dataclass
@@ -177,18 +184,16 @@ def head_rows(chunk: RawChunk, n: int) -> RawChunk:
     return RawChunk(chunk.labels[:n], {k: v[:n] for k, v in chunk.columns.items()}, groups)
 
 
-class Head:
-    """The first `max_rows` rows of another reader (the `max_rows` cap of the config).
+class Wrapped:
+    """A reader that passes everything through to another one; subclasses change a part
+    (and must then change the fingerprint too, or caches of the two would be confused).
 
     Args:
         reader: the wrapped reader.
-        max_rows: how many rows to keep (> 0).
     """
 
-    def __init__(self, reader: Reader, max_rows: int):
-        if max_rows <= 0:
-            raise ValueError(f"max_rows must be > 0, got {max_rows}")
-        self.inner, self.max_rows = reader, max_rows
+    def __init__(self, reader: Reader):
+        self.inner = reader
         self.dataset_id, self.label = reader.dataset_id, reader.label
 
     @property
@@ -201,6 +206,27 @@ class Head:
 
     def fields(self) -> list[FieldDecl]:
         return self.inner.fields()
+
+    def fingerprint(self) -> str:
+        return self.inner.fingerprint()
+
+    def iter_chunks(self, chunk_rows: int) -> Iterator[RawChunk]:
+        return self.inner.iter_chunks(chunk_rows)
+
+
+class Head(Wrapped):
+    """The first `max_rows` rows of another reader (the `max_rows` cap of the config).
+
+    Args:
+        reader: the wrapped reader.
+        max_rows: how many rows to keep (> 0).
+    """
+
+    def __init__(self, reader: Reader, max_rows: int):
+        if max_rows <= 0:
+            raise ValueError(f"max_rows must be > 0, got {max_rows}")
+        super().__init__(reader)
+        self.max_rows = max_rows
 
     def fingerprint(self) -> str:
         return f"{self.inner.fingerprint()}|head={self.max_rows}"

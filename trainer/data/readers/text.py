@@ -49,8 +49,16 @@ def file_fingerprint(*paths: str) -> str:
     return "|".join(parts)
 
 
-def parse_labels(values: Sequence[str]) -> tuple[np.ndarray, dict[int, str]]:
-    """0/1 labels ("0", "1", or any number equal to 0 or 1) → float32, plus {row: problem}."""
+def parse_labels(values: Sequence[str], positive: frozenset[str] | None = None) -> tuple[np.ndarray, dict[int, str]]:
+    """Labels → float32 0/1, plus {row: problem}.
+
+    Args:
+        values: the label cells.
+        positive: the values that are a click (compared after stripping spaces); every
+            other non-empty value is a 0. None: the cells must be numbers equal to 0 or 1.
+    """
+    if positive is not None:
+        return _named_labels(values, positive)
     n = len(values)
     ones = np.fromiter(map("1".__eq__, values), dtype=bool, count=n)
     bad: dict[int, str] = {}
@@ -66,6 +74,13 @@ def parse_labels(values: Sequence[str]) -> tuple[np.ndarray, dict[int, str]]:
                 ones[i] = True
             elif x != 0.0:
                 bad[i] = f"label {v!r} is not 0 or 1"
+    return ones.astype(np.float32), bad
+
+
+def _named_labels(values: Sequence[str], positive: frozenset[str]) -> tuple[np.ndarray, dict[int, str]]:
+    stripped = [v.strip() for v in values]
+    ones = np.fromiter(map(positive.__contains__, stripped), dtype=bool, count=len(values))
+    bad = {i: "the label is empty" for i, v in enumerate(stripped) if not v}
     return ones.astype(np.float32), bad
 
 
@@ -106,12 +121,17 @@ class Layout:
         label_col: index of the label column.
         fields: (declaration, column index) of each field, in model order.
         bag_sep: separator of the tokens inside a bag cell.
+        positive: label values that are a click (any other non-empty value is a 0);
+            None: labels are the numbers 0 and 1.
+        label_hint: appended to every label problem (how the user can fix it).
     """
 
     n_cols: int
     label_col: int
     fields: tuple[tuple[FieldDecl, int], ...]
     bag_sep: str = "|"
+    positive: frozenset[str] | None = None
+    label_hint: str = ""
 
 
 def iter_rows(fh, delimiter: str, quoted: bool) -> Iterator[tuple[int, list[str]]]:
@@ -143,7 +163,8 @@ def to_chunk(
         layout: label and field positions.
         bad: bad-line accounting of this pass.
     """
-    labels, problems = parse_labels(cols[layout.label_col])
+    labels, problems = parse_labels(cols[layout.label_col], layout.positive)
+    problems = {i: p + layout.label_hint for i, p in problems.items()}
     numbers = {}
     for decl, c in layout.fields:
         if decl.kind == "numerical":
