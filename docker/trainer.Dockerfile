@@ -22,5 +22,5 @@ ENV PYTHON=python3.11
 RUN python3.11 -m venv .venv \
  && .venv/bin/pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu torch==2.13.0+cpu \
  && scripts/setup.sh
-ENTRYPOINT ["/app/.venv/bin/torchrun"]
+ENTRYPOINT ["/app/scripts/torchrun"]
 CMD ["--nproc_per_node", "1", "-m", "trainer", "train", "--config", "configs/deepfm_ml100k.toml", "--out", "runs/deepfm"]

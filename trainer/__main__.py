@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import os
 import sys
 import time
 
@@ -61,7 +62,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             from trainer.jobs import search as job
         exp = job.load_experiment(args.config, args.overrides)
-        job.run(exp, args.out, resume=args.resume, overwrite=args.overwrite, log=_log)
+        # a worker that torchrun restarted (--max-restarts) continues the run it belongs to
+        restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+        job.run(exp, args.out, resume=args.resume or restarted, overwrite=args.overwrite and not restarted, log=_log)
     except (ConfigError, DataError, TrainingError) as e:
         if args.debug:
             raise

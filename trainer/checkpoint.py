@@ -20,6 +20,8 @@ import torch.distributed.checkpoint as dcp
 from torch import nn
 from torchrec.optim.keyed import KeyedOptimizer
 
+from trainer.distributed import quiet_torch_deprecations
+
 POINTER = "LATEST"
 
 
@@ -37,7 +39,8 @@ def save(root: str | Path, epoch: int, model: nn.Module, optimizer: KeyedOptimiz
             raise RuntimeError(f"{path} is the current checkpoint ({POINTER}); refusing to overwrite it")
         shutil.rmtree(path)  # a leftover of a crashed attempt at this epoch; LATEST never named it
     dist.barrier()
-    dcp.save({"model": model.state_dict(), "optim": optimizer.state_dict()}, checkpoint_id=str(path))
+    with quiet_torch_deprecations():
+        dcp.save({"model": model.state_dict(), "optim": optimizer.state_dict()}, checkpoint_id=str(path))
     torch.save({"torch_rng": torch.get_rng_state()}, path / f"rng_rank{rank}.pt")
     if rank == 0:
         (path / "progress.json").write_text(json.dumps(progress))
@@ -78,7 +81,8 @@ def load(path: str | Path, model: nn.Module, optimizer: KeyedOptimizer | None, r
     if optimizer is not None:
         optimizer.init_state()  # optimizer state is lazy; DCP loads into existing tensors only
         state["optim"] = optimizer.state_dict()
-    dcp.load(state, checkpoint_id=str(path))
+    with quiet_torch_deprecations():
+        dcp.load(state, checkpoint_id=str(path))
     model.load_state_dict(state["model"])
     if optimizer is not None:
         optimizer.load_state_dict(state["optim"])

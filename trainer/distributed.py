@@ -7,7 +7,10 @@ storage="local", a plain module whose tables train under the dense optimizer).
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -25,6 +28,22 @@ from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 
 from trainer.models.tables import FirstOrderColumnInit
+
+# The planner warns about GPU topology detection and dry-run storage estimates on every plan;
+# every plan here is explicit (sharding type and kernel per table) and CPU tables are small.
+for _name in ("torchrec.distributed.planner.types", "torchrec.distributed.planner.storage_reservations"):
+    logging.getLogger(_name).setLevel(logging.ERROR)
+_LOGGED_PLANS: set[str] = set()  # log each distinct plan once per process, not once per retrain
+
+
+@contextlib.contextmanager
+def quiet_torch_deprecations():
+    """Silence the FutureWarnings torch and torchrec raise on every checkpoint and plan about
+    their own internals (ShardedTensor, the planner's storage heuristic): nothing a user can act on."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*deprecating ShardedTensor", category=FutureWarning)
+        warnings.filterwarnings("ignore", message="HeuristicalStorageReservation", category=FutureWarning)
+        yield
 
 FUSED_OPTIMIZERS = {
     "rowwise_adagrad": EmbOptimType.EXACT_ROWWISE_ADAGRAD,
@@ -162,11 +181,14 @@ def shard(
         fused_params={"optimizer": FUSED_OPTIMIZERS[optimizer], "learning_rate": lr, "eps": eps}
     )
     topology = Topology(world_size=env.world_size, compute_device=env.device.type)
-    planner = EmbeddingShardingPlanner(topology=topology, constraints=constraints)
+    with quiet_torch_deprecations():
+        planner = EmbeddingShardingPlanner(topology=topology, constraints=constraints)
     pg = dist.GroupMember.WORLD
     plan = planner.collective_plan(model, [sharder], pg)
-    if env.is_main:
-        log(f"sharding plan ({sharding}, kernel {kernel}, embedding optimizer {optimizer} lr {lr}):\n{plan}")
+    text = f"sharding plan ({sharding}, kernel {kernel}, embedding optimizer {optimizer} lr {lr}):\n{plan}"
+    if env.is_main and text not in _LOGGED_PLANS:
+        _LOGGED_PLANS.add(text)
+        log(text)
         if kernel == "dense":
             log("note: data_parallel tables use the DENSE kernel and train under the dense optimizer")
     dmp = DistributedModelParallel(

@@ -190,7 +190,7 @@ def train_epoch(train, optimizer, ds, cfg: TrainConfig, env: DistEnv, epoch: int
         if on_step is not None:
             on_step(step)
         rows += batch.labels.shape[0] * env.world_size
-        value = float(loss)
+        value = float(loss.detach())
         if not math.isfinite(value):
             raise TrainingError(f"training loss is {value} at epoch {epoch} step {step + 1}: lower train.lr / "
                                 "train.embedding_lr, or check the data for extreme values")

@@ -9,7 +9,7 @@ from torch import nn
 from torch.distributed._shard.sharded_tensor import ShardedTensor
 from torch.distributed.tensor import DTensor
 
-from trainer.distributed import copy_full_into
+from trainer.distributed import copy_full_into, quiet_torch_deprecations
 
 PREFIX = "model."  # CTRTrain keeps the model under .model
 
@@ -32,7 +32,8 @@ def unshard_into(train: nn.Module, fresh: nn.Module) -> nn.Module:
     rank = dist.get_rank() if dist.is_initialized() else 0
     state = {}
     for key, value in train.state_dict().items():
-        full = _full(value, rank)
+        with quiet_torch_deprecations():
+            full = _full(value, rank)
         name = key.split(PREFIX, 1)[1] if PREFIX in key else key
         if full is not None:
             state[name] = full

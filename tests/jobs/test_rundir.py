@@ -107,3 +107,24 @@ def test_a_data_error_exits_2_naming_the_file_and_line(tmp_path):
     res = _cli(tmp_path, config=cfg)
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert str(data) in res.stderr and res.stderr.strip().startswith("error:")
+
+
+def test_prune_keeps_the_newest_the_best_and_the_current_checkpoint(tmp_path):
+    from trainer import checkpoint
+
+    for e in range(6):
+        (tmp_path / f"epoch_{e:04d}").mkdir()
+        (tmp_path / f"epoch_{e:04d}" / "progress.json").write_text("{}")
+    (tmp_path / "LATEST").write_text("epoch_0005")
+    checkpoint.prune(tmp_path, keep=2, protect=1)
+    assert sorted(p.name for p in tmp_path.glob("epoch_*")) == ["epoch_0001", "epoch_0004", "epoch_0005"]
+
+
+def test_save_never_deletes_the_checkpoint_latest_names(tmp_path):
+    from trainer import checkpoint
+
+    (tmp_path / "epoch_0002").mkdir()
+    (tmp_path / "LATEST").write_text("epoch_0002")
+    with pytest.raises(RuntimeError, match="current checkpoint"):
+        checkpoint.save(tmp_path, 2, None, None, {}, rank=0)
+    assert (tmp_path / "epoch_0002").exists()

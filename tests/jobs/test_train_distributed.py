@@ -71,3 +71,29 @@ def test_killed_run_resumes_to_the_same_metrics(tmp_path, cache):
     assert resumed["best_epoch"] == full["best_epoch"]
     for key in ("test_auc", "test_logloss", "val_auc"):
         assert abs(resumed[key] - full[key]) < 1e-4, (key, resumed[key], full[key])
+
+
+def test_a_killed_worker_restarts_and_the_run_ends_as_if_uninterrupted(tmp_path, cache):
+    """scripts/torchrun with --max-restarts: a worker killed mid-run is restarted with its peer,
+    both resume from the last complete checkpoint, and the final metrics are those of an
+    uninterrupted run."""
+    epochs = ["train.epochs=4", "train.patience=4", "data.rows=60000"]
+    full = _run(tmp_path / "full", cache, 2, *epochs)
+    out = tmp_path / "restarted"
+    launcher = [str(ROOT / "scripts" / "torchrun"), "--standalone", "--nproc_per_node", "2", "--max-restarts", "1"]
+    cmd = [*launcher, *_cmd(out, cache, 1, *epochs)[1:]]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    pointer = out / "checkpoints" / "LATEST"
+    deadline = time.time() + 300
+    while not pointer.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    workers = [int(p) for p in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()]
+    assert len(workers) == 2, workers
+    os.kill(workers[1], signal.SIGKILL)  # one worker, after the first checkpoint
+    output, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, output[-3000:]
+    assert "resumed from" in output
+    resumed = json.loads((out / "metrics.json").read_text())
+    assert resumed["best_epoch"] == full["best_epoch"]
+    for key in ("test_auc", "test_logloss", "val_auc"):
+        assert abs(resumed[key] - full[key]) < 1e-4, (key, resumed[key], full[key])

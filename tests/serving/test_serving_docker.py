@@ -75,7 +75,7 @@ def test_compose_runs_the_image_on_a_mounted_bundle():
 def test_trainer_image_paths_exist_and_its_user_owns_the_workdir():
     """docker/trainer.Dockerfile by reading: what it copies exists, the runtime user owns
     /app (setup.sh creates .venv there as that user), and the entry point and CMD name the
-    venv's torchrun, the trainer module and a config that exist."""
+    project's torchrun launcher, the trainer module and a config that exist."""
     trainer = ROOT / "docker" / "trainer.Dockerfile"
     steps = instructions(trainer)
     words = [w for w, _ in steps]
@@ -93,7 +93,7 @@ def test_trainer_image_paths_exist_and_its_user_owns_the_workdir():
     assert setup and (ROOT / "scripts" / "setup.sh").stat().st_mode & 0o111
     assert "torch==2.13.0+cpu" in setup[0] and version("torch").split("+")[0] == "2.13.0"
     entry, cmd = exec_form(dict(steps)["ENTRYPOINT"]), exec_form(dict(steps)["CMD"])
-    assert entry == [f"{workdir}/.venv/bin/torchrun"]
+    assert entry == [f"{workdir}/scripts/torchrun"] and (ROOT / "scripts" / "torchrun").stat().st_mode & 0o111
     module = cmd[cmd.index("-m") + 1]
     assert module == "trainer" and (ROOT / module / "__main__.py").exists()
     assert (ROOT / cmd[cmd.index("--config") + 1]).exists() and cmd[cmd.index("--out") + 1].startswith("runs/")

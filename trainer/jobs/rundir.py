@@ -80,11 +80,14 @@ def _check_writable(*dirs: Path) -> None:
             raise RunDirError(str(d), [f"not writable: {e.strerror or e}"]) from None
 
 
-def open_run(out: Path, exp, *, resume: bool, overwrite: bool, holds: tuple[str, ...], env: DistEnv, log) -> None:
+def open_run(out: Path, exp, *, resume: bool, overwrite: bool, holds: tuple[str, ...], env: DistEnv, log):
     """Make OUT this run's directory (see the module docstring); raises RunDirError.
 
     Args:
         holds: names in OUT whose presence means OUT holds a run.
+
+    Returns:
+        The run's log: `log` that also appends every line to OUT/run.log (rank 0).
     """
     problem = None
     if env.is_main:
@@ -96,6 +99,18 @@ def open_run(out: Path, exp, *, resume: bool, overwrite: bool, holds: tuple[str,
     dist.barrier()
     if problem is not None:
         raise RunDirError(*problem)
+    if not env.is_main:
+        return log
+    path = out / "run.log"
+
+    def teed(line: str) -> None:
+        log(line)
+        with open(path, "a") as f:
+            f.write(f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] {line}\n")
+
+    teed(f"command: {' '.join(sys.argv)}")
+    teed(f"config: {json.dumps(asdict(exp), default=str)}")
+    return teed
 
 
 def _open(out: Path, exp, resume: bool, overwrite: bool, holds: tuple[str, ...], log) -> None:

@@ -112,7 +112,7 @@ def run(exp: SearchExperiment, out: str | Path, *, resume: bool = False, overwri
     if not env.is_main:
         log = quiet
     out = Path(out)
-    open_run(out, exp, resume=resume, overwrite=overwrite, holds=RUN_FILES, env=env, log=log)
+    log = open_run(out, exp, resume=resume, overwrite=overwrite, holds=RUN_FILES, env=env, log=log)
     ds = prepare(exp, env, log)
     check_data(out, ds.meta["fingerprint"], env)
     cls = METHODS[exp.search.method]

@@ -19,6 +19,7 @@ from torchrec import EmbeddingBagCollection
 from trainer.config import ConfigError, load_sections
 from trainer.data.config import DataConfig, dense_input_problems, load_dataset
 from trainer.distributed import DistEnv, init_distributed
+from trainer.jobs.history import write_history
 from trainer.jobs.rundir import check_data, open_run
 from trainer.jsonfile import write_json
 from trainer.models.build import build_model
@@ -71,7 +72,7 @@ RUN_FILES = ("metrics.json", "checkpoints/LATEST")
 def run(exp: TrainExperiment, out: str | Path, *, resume: bool = False, overwrite: bool = False, log=print) -> dict:
     env = init_distributed()
     out = Path(out)
-    open_run(out, exp, resume=resume, overwrite=overwrite, holds=RUN_FILES, env=env, log=log if env.is_main else quiet)
+    log = open_run(out, exp, resume=resume, overwrite=overwrite, holds=RUN_FILES, env=env, log=log if env.is_main else quiet)
     ds = prepare(exp, env, log)
     check_data(out, ds.meta["fingerprint"], env)
     sharded = exp.train.storage == "sharded"
@@ -97,5 +98,6 @@ def run(exp: TrainExperiment, out: str | Path, *, resume: bool = False, overwrit
     }
     if env.is_main:
         write_json(out / "metrics.json", metrics)
+        write_history(result.history, out)
         log(f"test auc {test['auc']:.4f} logloss {test['logloss']:.4f} (val auc {val['auc']:.4f}) → {out / 'metrics.json'}")
     return metrics
