@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from trainer.figures import pyplot, save
+
 COLUMNS = ("epoch", "train_loss", "val_auc", "val_logloss", "samples_per_s", "seconds")
 
 
@@ -15,11 +17,7 @@ def write_history(history: list[dict], out: Path) -> list[str]:
         w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
         w.writeheader()
         w.writerows(history)
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, no display
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     epochs = [h["epoch"] for h in history]
     fig, (loss_ax, auc_ax) = plt.subplots(1, 2, figsize=(9, 3.2))
     loss_ax.plot(epochs, [h["train_loss"] for h in history], marker="o", label="train loss")
@@ -29,8 +27,4 @@ def write_history(history: list[dict], out: Path) -> list[str]:
     auc_ax.plot(epochs, [h["val_auc"] for h in history], marker="o", color="tab:green")
     auc_ax.set_xlabel("epoch")
     auc_ax.set_ylabel("validation AUC")
-    fig.tight_layout()
-    figure = out / "history.png"
-    fig.savefig(figure, dpi=110)
-    plt.close(fig)
-    return [str(table), str(figure)]
+    return [str(table), save(fig, out / "history.png")]

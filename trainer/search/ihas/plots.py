@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from trainer.decisions import Decisions
+from trainer.figures import pyplot, save
 
 
 def write_plots(decisions: Decisions, dim: int, histograms: dict[str, list[int]], out: Path) -> list[str]:
@@ -18,11 +19,7 @@ def write_plots(decisions: Decisions, dim: int, histograms: dict[str, list[int]]
         dim: the searched (full) embedding dim.
         histograms: label → counts of gate probabilities over equal bins of [0, 1].
     """
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, no display
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     out.mkdir(parents=True, exist_ok=True)
     fields = list(decisions.clusters[0].fields)
     dims = np.array([[c.fields[f].dim for f in fields] for c in decisions.clusters])
@@ -34,10 +31,7 @@ def write_plots(decisions: Decisions, dim: int, histograms: dict[str, list[int]]
         ax.text(j, i, str(v), ha="center", va="center", color="white" if v < dim / 2 else "black")
     fig.colorbar(im, ax=ax, label="kept dims")
     ax.set_title("iHAS: embedding dims per field per cluster")
-    fig.tight_layout()
-    heatmap = out / "dims_per_cluster.png"
-    fig.savefig(heatmap, dpi=120)
-    plt.close(fig)
+    heatmap = save(fig, out / "dims_per_cluster.png")
 
     fig, axes = plt.subplots(1, len(histograms), figsize=(4.5 * len(histograms), 3.2), squeeze=False)
     for ax, (label, counts) in zip(axes[0], histograms.items()):
@@ -47,8 +41,4 @@ def write_plots(decisions: Decisions, dim: int, histograms: dict[str, list[int]]
         ax.set_title(label)
         ax.set_xlabel("gate keep-probability p")
         ax.set_ylabel("fraction of gates (train rows)")
-    fig.tight_layout()
-    hist = out / "gate_probabilities.png"
-    fig.savefig(hist, dpi=120)
-    plt.close(fig)
-    return [str(heatmap), str(hist)]
+    return [heatmap, save(fig, out / "gate_probabilities.png")]
