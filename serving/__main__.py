@@ -40,7 +40,10 @@ TOKEN_ENV = "EMBSTACK_ADMIN_TOKEN"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m serving", description="embstack gRPC inference server")
+    ap = argparse.ArgumentParser(prog="python -m serving", description="embstack gRPC inference server",
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog="""examples:
+  python -m serving --bundle runs/ihas_ml100k/bundle --port 50051
+  python -m serving --bundle runs/ihas_ml100k/bundle --port 50051 --metrics-port 9100 --host 0.0.0.0""")
     ap.add_argument("--bundle", required=True, help="bundle directory (written by serving.bundle.write_bundle)")
     ap.add_argument("--host", default="0.0.0.0", help="interface to bind, gRPC and metrics (default all)")
     ap.add_argument("--port", type=int, default=50051, help="gRPC port; 0 picks a free one (logged)")

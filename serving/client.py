@@ -121,7 +121,9 @@ def score(stub: pb_grpc.InferenceStub, rows: list[dict], info: pb.ModelInfo, *, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m serving.client", description="score JSON-lines rows on an embstack server")
+    ap = argparse.ArgumentParser(prog="python -m serving.client", description="score JSON-lines rows on an embstack server",
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog="example:\n  python -m serving.client --target 127.0.0.1:50051 --rows rows.jsonl")
     ap.add_argument("--target", required=True, help="HOST:PORT of the server")
     ap.add_argument("--rows", required=True, help="JSON-lines file of rows ('-' = stdin)")
     ap.add_argument("--columnar", action="store_true", help="send the columnar form (every value of a field in one form)")

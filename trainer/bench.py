@@ -150,7 +150,9 @@ def run_variant(variant: str, sizes: list[int], steps: int, batch: int) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m trainer.bench", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m trainer.bench", description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="examples:\n  python -m trainer.bench --out runs/bench.json\n  python -m trainer.bench --small --repeats 5 --steps 40")
     p.add_argument("--out", required=True, help="JSON results file")
     p.add_argument("--small", action="store_true", help="~1M table rows instead of ~12M")
     p.add_argument("--repeats", type=int, default=3)

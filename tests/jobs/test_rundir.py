@@ -128,3 +128,32 @@ def test_save_never_deletes_the_checkpoint_latest_names(tmp_path):
     with pytest.raises(RuntimeError, match="current checkpoint"):
         checkpoint.save(tmp_path, 2, None, None, {}, rank=0)
     assert (tmp_path / "epoch_0002").exists()
+
+
+def test_search_resume_with_a_changed_config_is_refused_before_any_work(tiny_run, search_cmd):
+    config, tmp, out, report = tiny_run("ihas_synthetic")
+    before = (out / "report.json").read_text()
+    cmd = search_cmd(config, out, tmp / "cache") + ["--resume", "search.clusters=3", "train.lr=0.01"]
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "search.clusters" in res.stderr and "train.lr" in res.stderr
+    assert (out / "report.json").read_text() == before  # nothing rewritten
+
+
+def test_rerunning_into_a_finished_run_is_refused_and_it_stays_resumable(tmp_path):
+    assert _cli(tmp_path, "train.epochs=1").returncode == 0
+    latest = (tmp_path / "out" / "checkpoints" / "LATEST").read_text()
+    res = _cli(tmp_path, "train.epochs=1")
+    assert res.returncode == 2 and "holds a run" in res.stderr
+    assert (tmp_path / "out" / "checkpoints" / "LATEST").read_text() == latest
+    assert (tmp_path / "out" / "checkpoints" / latest / "progress.json").exists()
+    assert _cli(tmp_path, "train.epochs=2", "--resume").returncode == 0  # more epochs: a resumable change
+
+
+def test_an_unwritable_out_exits_2_before_training(tmp_path):
+    (tmp_path / "file").write_text("x")
+    cmd = [sys.executable, "-m", "trainer", "train", "--config", str(TINY), "--out", str(tmp_path / "file" / "out"),
+           f"data.cache_dir={tmp_path / 'cache'}"]
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2 and "not writable" in res.stderr and "Traceback" not in res.stderr
+    assert "epoch 0" not in res.stdout

@@ -102,7 +102,10 @@ def summary_of(report: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m trainer.jobs.tables", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m trainer.jobs.tables", description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog="""examples:
+  python -m trainer.jobs.tables --config configs/ihas_ml100k.toml --out runs/ihas_seeds --seeds 0 1 2
+  python -m trainer.jobs.tables --config configs/autodpq_ml100k.toml --out runs/adpq --models deepfm ipnn -- report.export=false""")
     parser.add_argument("--config", required=True)
     parser.add_argument("--out", required=True)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
