@@ -170,7 +170,6 @@ def test_dropped_field_with_equal_widths_takes_the_slice_path(toy_spec):
 def test_kept_pairs_prune_the_pairwise_interaction(name, toy_spec, toy_batch):
     """Every pair kept = the unpruned model; a pruned FM term is the sum over the kept pairs only."""
     from trainer.decisions import Interaction
-    from trainer.models.blocks import stack_zero_padded
 
     cfg = ModelConfig(name=name, embedding_dim=4, mlp=[4])
     names = toy_spec.names

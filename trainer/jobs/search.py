@@ -44,7 +44,7 @@ from trainer.jobs.train import prepare, quiet
 from trainer.jsonfile import write_json
 from trainer.models.ctr import ModelConfig
 from trainer.models.layout import EmbeddingLayout
-from trainer.search.interface import SearchContext, Variant
+from trainer.search.interface import SearchContext
 from trainer.search.registry import METHODS
 from trainer.training import CTRTrain, TrainConfig, evaluate
 
