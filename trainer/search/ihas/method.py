@@ -118,6 +118,9 @@ class IHASVariants:
             iHAS-4 one model (shared gates, one model).
         transfer_models: other base model types retrained per cluster with the frozen
             gates' dims and router, each next to its own Base (the paper's transfer table).
+        base_warm: iHAS-base-warm: the same clusters and dims, each cluster model started from
+            the trained Base model cut to the cluster's kept columns (mlp / wide_deep heads;
+            Base stops early on clean validation data, the supernet's weights need not).
         warm: iHAS-warm: the same clusters and dims, each cluster model started from the
             supernet's weights instead of from scratch (mlp / wide_deep heads only).
     """
@@ -125,6 +128,7 @@ class IHASVariants:
     ablations: bool = True
     transfer_models: list[str] = field(default_factory=list)
     warm: bool = False
+    base_warm: bool = False
 
     def validate(self) -> list[str]:
         unknown = [m for m in self.transfer_models if m not in MODELS]
@@ -143,7 +147,7 @@ class IHAS:
     Variants = IHASVariants
 
     def __init__(self, cfg: IHASConfig, ctx: SearchContext):
-        self.cfg, self.spec, self.model_cfg = cfg, ctx.spec, ctx.model
+        self.cfg, self.spec, self.model_cfg, self.base = cfg, ctx.spec, ctx.model, ctx.base
         self.retrain_options: dict = {}
         self.supernet: GatedSupernet | None = None
         self.phase = "pretrain"
@@ -151,8 +155,9 @@ class IHAS:
     @staticmethod
     def check_config(exp) -> list[str]:
         p = []
-        if exp.variants.warm and exp.model.name not in WARM_MODELS:
-            p.append(f"variants.warm: needs model.name in {list(WARM_MODELS)} (an MLP-only head), got {exp.model.name!r}")
+        for key in ("warm", "base_warm"):
+            if getattr(exp.variants, key) and exp.model.name not in WARM_MODELS:
+                p.append(f"variants.{key}: needs model.name in {list(WARM_MODELS)} (an MLP-only head), got {exp.model.name!r}")
         if exp.model.dims:
             p.append("model.dims: iHAS searches from every field at model.embedding_dim; remove the per-field dims")
         return p
@@ -253,6 +258,8 @@ class IHAS:
         rows.append(Variant("ihas", "iHAS", "method", (decisions,)))
         if wanted.warm:
             rows.append(Variant("ihas_warm", "iHAS-warm (not in the paper)", "variant", (decisions,), init="method"))
+        if wanted.base_warm:
+            rows.append(Variant("ihas_base_warm", "iHAS-base-warm (not in the paper)", "variant", (decisions,), init="method"))
         base = uniform("base", ctx.spec.names, {n: self.model_cfg.embedding_dim for n in ctx.spec.names}, ctx.train_rows)
         for m in wanted.transfer_models:
             rows += [Variant(f"transfer_{m}_base", f"transfer: Base ({m})", "transfer", (base,), model=m),
@@ -260,7 +267,8 @@ class IHAS:
         return rows
 
     def init_retrain(self, variant: Variant, cluster: ClusterDecision, model: CTRModel) -> None:
-        model.load_state_dict(warm_start_state(self.supernet.base, model, cluster.kept))
+        source = self.base if variant.name == "ihas_base_warm" else self.supernet.base
+        model.load_state_dict(warm_start_state(source, model, cluster.kept))
 
     def report(self, ctx: SearchContext, searched: dict[str, Decisions], out: Path | None) -> dict:
         main = searched["ihas"]
