@@ -2,15 +2,17 @@
 
     python -m trainer search --config configs/ihas_ml100k.toml --out runs/ihas_ml100k [--resume] [section.key=value ...]
 
-Stages write under OUT; with --resume a stage whose output is complete is loaded instead
-of rerun:
+Stages write under OUT (one run per OUT: trainer.jobs.rundir); with --resume a stage whose
+output is complete is loaded instead of rerun:
+  OUT/run.json, OUT/run.log      the run record (config, command, commit, versions) and its log
   OUT/rows/base/cluster_0/       Base: every field at the configured dim, all rows (also the
                                  trained model a method may start from)
   OUT/search/                    supernet.pt + search.json (history, seconds)
   OUT/decisions.json             the typed decisions (trainer.decisions)
   OUT/rows/<name>/cluster_<c>/   every retrained row: the method, its ablations, baselines,
                                  labelled variants (a row with its own search keeps it there too)
-  OUT/bundle/                    the method's models (+ router) as served; checked against offline scores
+  OUT/bundle/                    the method's models (+ router) as served after the export guard
+                                 (trainer.jobs.guard); checked against offline scores
   OUT/plots/                     method figures
   OUT/report.json                one schema for every method (trainer.jobs.report)
 The search stage trains the supernet on unsharded tables with Adam (as the papers train);
