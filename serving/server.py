@@ -10,7 +10,8 @@ The server starts listening before the bundle loads, with health NOT_SERVING, so
 balancers and probes see "alive but not ready" rather than a refused connection; health
 turns SERVING once the bundle is loaded and verified, and NOT_SERVING again while the
 server drains. The servicers are thin: decoding lives in `serving.wire`, scoring in
-`serving.predictor` / `serving.batcher`, status codes in `serving.interceptors`.
+`serving.predictor` / `serving.batcher`, early refusals in `serving.admission`, status codes
+in `serving.interceptors`.
 
 Hot reload (Admin.Reload or SIGHUP via `python -m serving`): the new bundle is loaded
 beside the old one and verified — schema version, sha256 and size of every file, the
@@ -23,7 +24,8 @@ A bundle that fails any check is refused and the old one keeps serving.
 Security (both optional): TLS on the gRPC port (`TlsConfig`; with `client_ca`, mutual TLS)
 and a bearer token every RPC must carry except the health check (probes and balancers
 ask anonymously) and Admin RPCs (which check their own admin token). The Prometheus
-endpoint is plain HTTP: bind it to an interface only the scraper reaches.
+endpoint is plain HTTP: bind it (`metrics_host`, `--metrics-host`) to an interface only the
+scraper reaches.
 """
 
 from __future__ import annotations
@@ -399,14 +401,3 @@ def start_app(bundle_dir: str | Path, address: str = "127.0.0.1:0", config: Serv
     app.set_serving(True)
     return app
 
-
-def create_server(bundle_dir: str | Path, address: str = "127.0.0.1:0", config: ServerConfig | None = None) -> tuple[grpc.Server, int]:
-    """Starts a server on `address` serving `bundle_dir`; returns (started server, port).
-
-    Args:
-        bundle_dir: the bundle to serve.
-        address: "host:port"; port 0 picks a free port (what tests use).
-        config: server settings.
-    """
-    app = start_app(bundle_dir, address, config)
-    return app.server, app.port
