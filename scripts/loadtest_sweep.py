@@ -101,8 +101,8 @@ class RateSearch:
 
 def verdict(report: dict, p99_ms: float) -> tuple[bool, str]:
     """(hit?, why not) of one serving.loadtest report."""
-    if report.get("errors"):
-        return False, f"errors {report['errors']}"
+    if report.get("errors") or report.get("connection_errors"):
+        return False, f"errors {report['errors']}, connection errors {report.get('connection_errors', 0)}"
     p99 = (report.get("latency_ms") or {}).get("p99")
     if p99 is None:
         return False, "no successful request"

@@ -45,11 +45,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   python -m serving --bundle runs/ihas_ml100k/bundle --port 50051
   python -m serving --bundle runs/ihas_ml100k/bundle --port 50051 --metrics-port 9100 --host 0.0.0.0""")
     ap.add_argument("--bundle", required=True, help="bundle directory (written by serving.bundle.write_bundle)")
-    ap.add_argument("--host", default="0.0.0.0", help="interface to bind, gRPC and metrics (default all)")
+    ap.add_argument("--host", default="0.0.0.0", help="interface the gRPC port binds (default all)")
     ap.add_argument("--port", type=int, default=50051, help="gRPC port; 0 picks a free one (logged)")
     ap.add_argument("--metrics-port", type=int, default=None, help="Prometheus /metrics port; 0 picks one; default: off")
+    ap.add_argument("--metrics-host", default=None,
+                    help="interface the plain-HTTP metrics port binds (default: --host); e.g. 127.0.0.1 for a scraper on the same host")
     ap.add_argument("--max-workers", type=int, default=None, help="gRPC handler threads (default: sized for the cores available)")
-    ap.add_argument("--max-concurrent-rpcs", type=int, default=64, help="admitted RPCs; beyond → RESOURCE_EXHAUSTED")
+    ap.add_argument("--max-inflight", type=int, default=64,
+                    help="Score requests admitted at once; beyond → RESOURCE_EXHAUSTED, counted with its reason")
+    ap.add_argument("--max-concurrent-rpcs", type=int, default=None,
+                    help="gRPC's own last-resort cap, refused uncounted (default: 4 x --max-inflight)")
     ap.add_argument("--max-message-mb", type=float, default=16, help="largest request; beyond → RESOURCE_EXHAUSTED")
     ap.add_argument("--max-rows", type=int, default=4096, help="rows per Score request")
     ap.add_argument("--max-bag", type=int, default=1024, help="values per bag per row")
@@ -91,6 +96,7 @@ def tls_config(args: argparse.Namespace) -> TlsConfig | None:
 def build_config(args: argparse.Namespace) -> ServerConfig:
     return ServerConfig(
         max_workers=args.max_workers,
+        max_inflight=args.max_inflight,
         max_concurrent_rpcs=args.max_concurrent_rpcs,
         max_message_bytes=int(args.max_message_mb * 1024 * 1024),
         limits=Limits(max_rows=args.max_rows, max_bag=args.max_bag),
@@ -102,7 +108,7 @@ def build_config(args: argparse.Namespace) -> ServerConfig:
         ),
         admin_token=admin_token(args),
         metrics_port=args.metrics_port,
-        metrics_host=args.host,
+        metrics_host=args.metrics_host if args.metrics_host is not None else args.host,
         tls=tls_config(args),
         auth_token=read_token(args.auth_token_file, AUTH_TOKEN_ENV),
     )

@@ -14,6 +14,9 @@ each request its slice.
 Deadlines: a request whose deadline passes while it waits is dropped before any model
 work (its handler gets DeadlineExceeded). Overload: more than `max_queue_rows` rows
 waiting → Overloaded (RESOURCE_EXHAUSTED) at once, rather than an unbounded queue.
+`expected_wait` turns the queue into seconds (rows waiting × the recent scoring cost per
+row, shared by the workers) so that `serving.admission` can refuse, before decoding, a
+request whose deadline the queue would outlast.
 A hot reload may swap predictors while requests wait: a merged batch only ever holds
 requests encoded by one predictor, so each is scored by the bundle that validated it.
 """
@@ -101,6 +104,11 @@ class MicroBatcher:
         self._rows = 0
         self._cond = threading.Condition()
         self._closed = False
+        # Decayed sums of scoring seconds and rows: their ratio weighs big batches by
+        # their rows, so under load (long queues, big batches) the cost per row is that
+        # of big batches, not of the fixed per-call overhead of small ones.
+        self._cost_seconds = 0.0
+        self._cost_rows = 0.0
         self._threads = [
             threading.Thread(target=self._work, name=f"embstack-batch-{i}", daemon=True) for i in range(int(config.workers or 1))
         ]
@@ -112,6 +120,19 @@ class MicroBatcher:
     @property
     def queued_rows(self) -> int:
         return self._rows
+
+    def expected_wait(self) -> float:
+        """Seconds until the rows queued now would have been scored, from the recent cost
+        per row; 0 before anything was scored. Batches already being scored are left out,
+        so this errs short: admission refuses only what surely cannot finish in time."""
+        if self._cost_rows <= 0:
+            return 0.0
+        return self._rows * (self._cost_seconds / self._cost_rows) / max(1, len(self._threads))
+
+    def _record_cost(self, rows: int, seconds: float, decay: float = 0.9) -> None:
+        with self._cond:
+            self._cost_seconds = decay * self._cost_seconds + seconds
+            self._cost_rows = decay * self._cost_rows + rows
 
     def submit(self, predictor: Predictor, batch: FeatureBatch, deadline: float | None = None) -> Prediction:
         """Queues `batch` (encoded by `predictor`) and waits for its scores.
@@ -129,11 +150,8 @@ class MicroBatcher:
         n = batch.num_rows
         with self._cond:
             if self._closed:
-                raise NotReady("server is shutting down")
-            if self._rows and self._rows + n > self.config.max_queue_rows:
-                raise Overloaded(
-                    f"server overloaded: {self._rows} rows already waiting (limit {self.config.max_queue_rows}); retry with backoff"
-                )
+                raise NotReady("server is shutting down", reason="draining")
+            self.check_room(n)
             self._queue.append(item)
             self._rows += n
             self._cond.notify()
@@ -141,11 +159,23 @@ class MicroBatcher:
         if not item.done.wait(timeout):
             item.abandoned = True  # a worker that reaches it drops it unscored
             if not item.done.is_set():
-                raise DeadlineExceeded("deadline expired while waiting for a batch worker; the rows were not scored")
+                raise DeadlineExceeded(
+                    "deadline expired while waiting for a batch worker; the rows were not scored", reason="expired_in_queue"
+                )
         if item.error is not None:
             raise item.error
         assert item.result is not None
         return item.result
+
+    def check_room(self, rows: int) -> None:
+        """Raises Overloaded when `rows` more would overfill the queue. A request alone
+        larger than the whole queue is still taken when nothing waits, else it could
+        never be served."""
+        if self._rows and self._rows + rows > self.config.max_queue_rows:
+            raise Overloaded(
+                f"server overloaded: {self._rows} rows already waiting (limit {self.config.max_queue_rows}); retry with backoff",
+                reason="queue_full",
+            )
 
     def close(self, timeout: float = 5.0) -> None:
         """Stops the workers after the queue empties; later submits get NotReady."""
@@ -198,7 +228,7 @@ class MicroBatcher:
         live = []
         for it in items:
             if it.abandoned or (it.deadline is not None and it.deadline <= now):
-                it.finish(error=DeadlineExceeded("deadline expired while queued; the rows were not scored"))
+                it.finish(error=DeadlineExceeded("deadline expired while queued; the rows were not scored", reason="expired_in_queue"))
             else:
                 live.append(it)
         if not live:
@@ -211,6 +241,7 @@ class MicroBatcher:
             for it in live:
                 it.finish(error=e)
             return
+        self._record_cost(merged.num_rows, time.monotonic() - now)
         if self.metrics is not None:
             self.metrics.batch_rows.observe(merged.num_rows)
             self.metrics.batch_requests.observe(len(live))

@@ -5,7 +5,20 @@ from __future__ import annotations
 
 
 class ServingError(Exception):
-    """Base of every error the request path raises on purpose."""
+    """Base of every error the request path raises on purpose.
+
+    Args:
+        message: what happened, for the caller.
+        reason: why the request was refused unscored (the `reason` label of
+            embstack_refusals_total); None leaves the class's own.
+    """
+
+    reason: str | None = None
+
+    def __init__(self, message: str = "", *, reason: str | None = None):
+        super().__init__(message)
+        if reason is not None:
+            self.reason = reason
 
 
 class InvalidRequest(ServingError):
@@ -32,14 +45,20 @@ class InvalidRequest(ServingError):
 class NotReady(ServingError):
     """No bundle is loaded yet, or the server is draining (→ UNAVAILABLE)."""
 
+    reason = "not_ready"
+
 
 class Overloaded(ServingError):
     """The server refuses work it cannot finish in time (→ RESOURCE_EXHAUSTED)."""
+
+    reason = "overloaded"
 
 
 class DeadlineExceeded(ServingError):
     """The caller's deadline passed before its rows were scored (→ DEADLINE_EXCEEDED);
     the rows were not worked on."""
+
+    reason = "deadline_expired"
 
 
 class Unauthenticated(ServingError):

@@ -4,9 +4,10 @@ Servicers stay thin and transport-agnostic code raises `serving.errors` types; t
 interceptor turns them into status codes, a log line and the request metrics. It also
 parses the request bytes itself, so a message that is not valid protobuf is the caller's
 INVALID_ARGUMENT rather than gRPC's generic INTERNAL. Anything unexpected becomes
-INTERNAL with the traceback logged, never a dead server thread. RESOURCE_EXHAUSTED for
-oversized messages and for RPCs beyond `maximum_concurrent_rpcs` is produced by gRPC
-itself before a handler runs.
+INTERNAL with the traceback logged, never a dead server thread. A refusal whose error
+carries a reason (load shed, deadline unreachable, not ready) is also counted by code and
+reason. RESOURCE_EXHAUSTED for oversized messages and for RPCs beyond
+`maximum_concurrent_rpcs` is produced by gRPC itself before a handler runs.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ class ErrorMappingInterceptor(grpc.ServerInterceptor):
 
         def call(raw, context):
             start = time.perf_counter()
-            code = grpc.StatusCode.OK
+            code, reason = grpc.StatusCode.OK, None
             try:
                 try:
                     request = parse(raw) if parse is not None else raw
@@ -85,9 +86,10 @@ class ErrorMappingInterceptor(grpc.ServerInterceptor):
                     message = f"internal error ({type(e).__name__}); see server logs"
                 else:
                     level = logging.WARNING if code in _WARN else logging.INFO
-                    log_event(log, "rpc refused", level, method=method, code=code.name, ms=ms, error=str(e))
+                    reason = getattr(e, "reason", None)
+                    log_event(log, "rpc refused", level, method=method, code=code.name, reason=reason, ms=ms, error=str(e))
                     message = str(e)
-                _record(metrics, method, code, start)
+                _record(metrics, method, code, start, reason)
                 context.abort(code, message)
             _record(metrics, method, code, start)
             log_event(log, "rpc", logging.DEBUG, method=method, code="OK", ms=round((time.perf_counter() - start) * 1e3, 3))
@@ -96,10 +98,12 @@ class ErrorMappingInterceptor(grpc.ServerInterceptor):
         return grpc.unary_unary_rpc_method_handler(call, request_deserializer=None, response_serializer=handler.response_serializer)
 
 
-def _record(metrics: ServerMetrics | None, method: str, code: grpc.StatusCode, start: float) -> None:
+def _record(metrics: ServerMetrics | None, method: str, code: grpc.StatusCode, start: float, reason: str | None = None) -> None:
     if metrics is not None:
-        metrics.requests.inc(method, code.name)
-        metrics.latency.observe(time.perf_counter() - start, method)
+        metrics.requests.labels(method, code.name).inc()
+        metrics.latency.labels(method).observe(time.perf_counter() - start)
+        if reason is not None:
+            metrics.refusals.labels(method, code.name, reason).inc()
 
 
 # Methods a server with an auth token still answers without it: load balancers and probes

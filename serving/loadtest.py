@@ -21,14 +21,25 @@ is charged for the requests queued behind the stall (no coordinated omission).
 means the generator, not the server, was the bottleneck.
 
 The first --warmup seconds are sent but left out of the figures. Latency percentiles are
-over successful requests; failed ones are counted by status code in `errors`.
+over successful requests; failed ones are counted by the status code the server answered
+in `errors`, and calls that got no answer because the connection failed (server down,
+restarting, unreachable) in `connection_errors`.
+
+UNAVAILABLE (server down, starting or draining) pauses sending, exponentially longer
+with each UNAVAILABLE to a request sent after the last pause began (--backoff-ms
+doubling up to --backoff-max-s), until a request succeeds. Without the pause a generator
+hammers a restarting server with calls that fail in microseconds and its report fills
+with them. Open loop skips the scheduled sends that fall in a pause; `backoff` reports the
+pauses, their seconds and the skipped sends.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import re
 import sys
 import threading
 import time
@@ -44,6 +55,65 @@ from serving._proto.embstack.v1 import inference_pb2_grpc as pb_grpc
 from serving.client import column_request, kinds_of, random_columns, read_rows
 
 SCORE_METHOD = "/embstack.v1.Inference/Score"
+CONNECTION_ERROR = "connection"  # a call that got no status from the server
+# What gRPC's transport writes into UNAVAILABLE when no server answered; the server's own
+# UNAVAILABLE (not ready, draining) carries its message instead.
+_TRANSPORT_FAILURE = re.compile(
+    r"failed to connect|connection refused|connection reset|socket closed|broken pipe|goaway|endpoint closing|"
+    r"connections to all backends failing|transport closed|cancelling all calls|unavailable: end of tcp stream",
+    re.IGNORECASE,
+)
+
+
+def outcome(code: grpc.StatusCode | None, details: str | None) -> str:
+    """The status code's name, or CONNECTION_ERROR when the transport failed before the
+    server answered."""
+    if code is grpc.StatusCode.UNAVAILABLE and _TRANSPORT_FAILURE.search(details or ""):
+        return CONNECTION_ERROR
+    return code.name if code is not None else "UNKNOWN"
+
+
+class Backoff:
+    """The pause in sending after UNAVAILABLE (see the module docstring); perf_counter time.
+
+    Args:
+        base: the first pause, seconds.
+        cap: the longest pause, seconds.
+    """
+
+    def __init__(self, base: float = 0.05, cap: float = 2.0):
+        self.base, self.cap = base, cap
+        self.delay = 0.0
+        self.began = self.until = -math.inf
+        self.pauses, self.paused_s, self.skipped = 0, 0.0, 0
+        self._lock = threading.Lock()
+
+    def failed(self, sent: float, now: float) -> None:
+        """An UNAVAILABLE answer to a request sent at `sent`. Requests sent before the
+        current pause began failed for the same outage and do not lengthen it."""
+        with self._lock:
+            if sent < self.began:
+                return
+            self.delay = min(self.cap, 2 * self.delay if self.delay else self.base)
+            self.began, self.until = now, now + self.delay
+            self.pauses += 1
+            self.paused_s += self.delay
+
+    def succeeded(self) -> None:
+        with self._lock:
+            self.delay = 0.0
+
+    def remaining(self, now: float) -> float:
+        return max(0.0, self.until - now)
+
+    def report(self) -> dict:
+        return {"pauses": self.pauses, "paused_s": round(self.paused_s, 3), "skipped": self.skipped}
+
+    def observe(self, result: str, sent: float, now: float) -> None:
+        if result == "OK":
+            self.succeeded()
+        elif result in ("UNAVAILABLE", CONNECTION_ERROR):
+            self.failed(sent, now)
 
 
 @dataclass
@@ -83,17 +153,22 @@ def build_payloads(stub: pb_grpc.InferenceStub, args: argparse.Namespace, metada
     return [random_columns(info, n, rng).SerializeToString() for _ in range(args.distinct)], info
 
 
-def _on_done(record: Record, scheduled: float, future) -> None:
+def _on_done(record: Record, backoff: Backoff, scheduled: float, sent: float, future) -> None:
     done = time.perf_counter()
     code = future.code()
     version = ""
     if code is grpc.StatusCode.OK:
         version = future.result().bundle_version
-    record.add(scheduled, done, code.name if code is not None else "UNKNOWN", version)
+    result = outcome(code, future.details())
+    backoff.observe(result, sent, done)
+    record.add(scheduled, done, result, version)
 
 
-def open_loop(call, payloads: list[bytes], qps: float, duration: float, timeout: float, metadata=None) -> tuple[Record, int]:
-    """Sends at `qps` for `duration` s on a fixed schedule; returns (record, requests sent)."""
+def open_loop(call, payloads: list[bytes], qps: float, duration: float, timeout: float, metadata=None,
+              backoff: Backoff | None = None) -> tuple[Record, int]:
+    """Sends at `qps` for `duration` s on a fixed schedule, skipping the sends that fall
+    in a backoff pause; returns (record, requests sent)."""
+    backoff = backoff or Backoff()
     record = Record()
     interval = 1.0 / qps
     start = time.perf_counter() + 0.05
@@ -108,17 +183,23 @@ def open_loop(call, payloads: list[bytes], qps: float, duration: float, timeout:
         if scheduled > now:
             time.sleep(scheduled - now)
             now = time.perf_counter()
-        record.lag.append(now - scheduled)
-        fut = call.future(payloads[i % len(payloads)], timeout=timeout, metadata=metadata)
-        fut.add_done_callback(lambda f, s=scheduled: _on_done(record, s, f))
-        futures.append(fut)
         i += 1
+        if backoff.remaining(now) > 0:
+            backoff.skipped += 1
+            continue
+        record.lag.append(now - scheduled)
+        fut = call.future(payloads[(i - 1) % len(payloads)], timeout=timeout, metadata=metadata)
+        fut.add_done_callback(lambda f, s=scheduled, t=now: _on_done(record, backoff, s, t, f))
+        futures.append(fut)
     _wait_all(futures, timeout + 10)
-    return record, i
+    return record, len(futures)
 
 
-def closed_loop(call, payloads: list[bytes], concurrency: int, duration: float, timeout: float, metadata=None) -> tuple[Record, int]:
-    """`concurrency` callers, each sending its next request when the previous returns."""
+def closed_loop(call, payloads: list[bytes], concurrency: int, duration: float, timeout: float, metadata=None,
+                backoff: Backoff | None = None) -> tuple[Record, int]:
+    """`concurrency` callers, each sending its next request when the previous returns
+    (after the backoff pause, if one is on)."""
+    backoff = backoff or Backoff()
     record = Record()
     start = time.perf_counter() + 0.05
     end = start + duration
@@ -130,13 +211,20 @@ def closed_loop(call, payloads: list[bytes], concurrency: int, duration: float, 
             time.sleep(0.001)
         while True:
             t0 = time.perf_counter()
+            pause = backoff.remaining(t0)
+            if pause > 0:
+                time.sleep(min(pause, max(0.0, end - t0)))
+                continue
             if t0 >= end:
                 return
             try:
                 reply = call(payloads[k % len(payloads)], timeout=timeout, metadata=metadata)
-                record.add(t0, time.perf_counter(), "OK", reply.bundle_version)
+                result, version = "OK", reply.bundle_version
             except grpc.RpcError as e:
-                record.add(t0, time.perf_counter(), e.code().name, "")
+                result, version = outcome(e.code(), e.details()), ""
+            done = time.perf_counter()
+            backoff.observe(result, t0, done)
+            record.add(t0, done, result, version)
             sent[c] += 1
             k += concurrency
 
@@ -164,7 +252,7 @@ def summarize(record: Record, sent: int, args: argparse.Namespace, window_start:
     latency = np.asarray(record.latency)[keep]
     ok = codes == "OK"
     errors: dict[str, int] = {}
-    for c in codes[~ok].tolist():
+    for c in codes[~ok & (codes != CONNECTION_ERROR)].tolist():
         errors[c] = errors.get(c, 0) + 1
     versions: dict[str, int] = {}
     for v in np.asarray(record.versions)[keep][ok].tolist():
@@ -189,6 +277,7 @@ def summarize(record: Record, sent: int, args: argparse.Namespace, window_start:
         "measured": int(keep.sum()),
         "ok": n_ok,
         "errors": errors,
+        "connection_errors": int((codes == CONNECTION_ERROR).sum()),
         "achieved_qps": round(n_ok / window, 2) if window > 0 else None,
         "rows_per_s": round(n_ok * args.rows_per_request / window, 1) if window > 0 else None,
         "latency_ms": {
@@ -217,6 +306,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--rows", default=None, help="JSON-lines rows to send instead of random ids")
     ap.add_argument("--distinct", type=int, default=64, help="different request messages to cycle")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--backoff-ms", type=float, default=50.0, help="first pause in sending after UNAVAILABLE")
+    ap.add_argument("--backoff-max-s", type=float, default=2.0, help="longest pause (each UNAVAILABLE doubles it up to this)")
     ap.add_argument("--p99-target-ms", type=float, default=50.0,
                     help="a sweep reports the run with the most rows/s whose p99 is under this and that had no errors")
     channels.add_arguments(ap)
@@ -238,18 +329,20 @@ def _rates(text: str) -> list[float]:
 def run_once(call, payloads: list[bytes], args: argparse.Namespace, qps: float | None, metadata=None) -> dict:
     """One load run (open loop at `qps`, or closed loop) → its report."""
     t0 = time.perf_counter()
+    backoff = Backoff(args.backoff_ms / 1e3, args.backoff_max_s)
     if qps:
-        record, sent = open_loop(call, payloads, qps, args.duration, args.timeout, metadata)
+        record, sent = open_loop(call, payloads, qps, args.duration, args.timeout, metadata, backoff)
     else:
-        record, sent = closed_loop(call, payloads, args.concurrency, args.duration, args.timeout, metadata)
+        record, sent = closed_loop(call, payloads, args.concurrency, args.duration, args.timeout, metadata, backoff)
     start = min(record.scheduled) if record.scheduled else t0
     report = summarize(record, sent, args, start + args.warmup, args.duration - args.warmup)
     report["qps_target"] = qps
+    report["backoff"] = backoff.report()
     lat = report["latency_ms"]
     print(
         f"loadtest: {report['mode']} loop{f' at {qps:g}/s' if qps else ''}, {report['achieved_qps']} req/s, "
         f"{report['rows_per_s']} rows/s, p50 {lat['p50']} ms, p99 {lat['p99']} ms, max {lat['max']} ms, "
-        f"errors {report['errors'] or 0}",
+        f"errors {report['errors'] or 0}, connection errors {report['connection_errors']}",
         flush=True,
     )
     return report
@@ -257,7 +350,7 @@ def run_once(call, payloads: list[bytes], args: argparse.Namespace, qps: float |
 
 def best_under(reports: list[dict], p99_ms: float) -> dict | None:
     """The run with the most rows/s among those without errors and with p99 < p99_ms."""
-    ok = [r for r in reports if not r["errors"] and r["latency_ms"]["p99"] is not None and r["latency_ms"]["p99"] < p99_ms]
+    ok = [r for r in reports if not r["errors"] and not r.get("connection_errors") and r["latency_ms"]["p99"] is not None and r["latency_ms"]["p99"] < p99_ms]
     return max(ok, key=lambda r: r["rows_per_s"]) if ok else None
 
 

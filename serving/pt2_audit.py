@@ -18,6 +18,7 @@ export time (write_bundle loads what it wrote), never first in production.
 from __future__ import annotations
 
 import ast
+import io
 import json
 import math
 import re
@@ -57,10 +58,12 @@ class UnsafeProgram(ValueError):
     """The archive contains something the audit does not admit."""
 
 
-def audit_pt2(path: str | Path) -> None:
-    """Raises UnsafeProgram (or zipfile/JSON errors on a damaged archive) unless `path`
-    only holds what a plain exported model needs."""
-    with zipfile.ZipFile(path) as z:
+def audit_pt2(archive: str | Path | bytes) -> None:
+    """Raises UnsafeProgram (or zipfile/JSON errors on a damaged archive) unless the
+    archive (a path, or its bytes) only holds what a plain exported model needs. A loader
+    passes the bytes it will load: auditing a path and then loading it again would let a
+    file swapped in between skip the audit."""
+    with zipfile.ZipFile(io.BytesIO(archive) if isinstance(archive, bytes) else archive) as z:
         for info in z.infolist():
             name = info.filename
             if name.endswith(".pt") and info.file_size > 0:

@@ -10,7 +10,8 @@ The server starts listening before the bundle loads, with health NOT_SERVING, so
 balancers and probes see "alive but not ready" rather than a refused connection; health
 turns SERVING once the bundle is loaded and verified, and NOT_SERVING again while the
 server drains. The servicers are thin: decoding lives in `serving.wire`, scoring in
-`serving.predictor` / `serving.batcher`, status codes in `serving.interceptors`.
+`serving.predictor` / `serving.batcher`, early refusals in `serving.admission`, status codes
+in `serving.interceptors`.
 
 Hot reload (Admin.Reload or SIGHUP via `python -m serving`): the new bundle is loaded
 beside the old one and verified — schema version, sha256 and size of every file, the
@@ -23,7 +24,8 @@ A bundle that fails any check is refused and the old one keeps serving.
 Security (both optional): TLS on the gRPC port (`TlsConfig`; with `client_ca`, mutual TLS)
 and a bearer token every RPC must carry except the health check (probes and balancers
 ask anonymously) and Admin RPCs (which check their own admin token). The Prometheus
-endpoint is plain HTTP: bind it to an interface only the scraper reaches.
+endpoint is plain HTTP: bind it (`metrics_host`, `--metrics-host`) to an interface only the
+scraper reaches.
 """
 
 from __future__ import annotations
@@ -45,10 +47,11 @@ from serving import wire
 from serving._proto.embstack.v1 import admin_pb2, admin_pb2_grpc
 from serving._proto.embstack.v1 import inference_pb2 as pb
 from serving._proto.embstack.v1 import inference_pb2_grpc as pb_grpc
+from serving.admission import Admission
 from serving.batcher import BatchConfig, MicroBatcher, available_cores, score_directly
 from serving.bundle import BundleError, load_bundle
 from serving.encode import Limits
-from serving.errors import DeadlineExceeded, NotReady, PermissionDenied, Unauthenticated
+from serving.errors import NotReady, PermissionDenied, Unauthenticated
 from serving.interceptors import ErrorMappingInterceptor, TokenAuthInterceptor, bearer_matches
 from serving.logs import log_event
 from serving.metrics import MetricsEndpoint, ServerMetrics
@@ -59,6 +62,7 @@ log = logging.getLogger("serving.server")
 SERVICE = pb.DESCRIPTOR.services_by_name["Inference"].full_name  # "embstack.v1.Inference"
 ADMIN_SERVICE = admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name  # "embstack.v1.Admin"
 _NO_DEADLINE = 1e8  # gRPC reports "no deadline" as a huge time remaining
+_SPARE_THREADS = 16
 
 
 @dataclass
@@ -94,8 +98,12 @@ class ServerConfig:
         max_workers: gRPC handler threads; None sizes them for the machine (with
             batching, handlers mostly wait for a batch worker, so there are more of them
             than cores; without, one per core plus one decoding).
-        max_concurrent_rpcs: RPCs admitted at once (running + queued for a worker);
-            more get RESOURCE_EXHAUSTED from gRPC instead of an unbounded queue.
+        max_inflight: Score requests the server's admission control lets in at once
+            (see `serving.admission`); more → RESOURCE_EXHAUSTED, counted with a reason.
+        max_concurrent_rpcs: gRPC's own cap on RPCs (running + waiting for a handler
+            thread); beyond it gRPC answers RESOURCE_EXHAUSTED before any handler runs, so
+            those refusals are not counted. None: 4 × max_inflight, a last resort well
+            above what admission lets in.
         max_message_bytes: largest request accepted; larger → RESOURCE_EXHAUSTED.
         limits: rows per request and values per bag (larger → INVALID_ARGUMENT).
         torch_threads: intra-op threads per model call (process-wide); None keeps torch's
@@ -106,14 +114,16 @@ class ServerConfig:
             None switches admin RPCs off (PERMISSION_DENIED).
         metrics_port: port of the Prometheus endpoint (GET /metrics); 0 picks a free one,
             None serves no metrics.
-        metrics_host: interface the metrics endpoint binds.
+        metrics_host: interface the metrics endpoint binds (plain HTTP: one only the
+            scraper reaches).
         tls: serve gRPC over TLS (None: plaintext).
         auth_token: the bearer token every RPC except health and Admin must carry
             (`authorization: Bearer <token>`, else UNAUTHENTICATED); None: no check.
     """
 
     max_workers: int | None = None
-    max_concurrent_rpcs: int = 64
+    max_inflight: int = 64
+    max_concurrent_rpcs: int | None = None
     max_message_bytes: int = 16 * 1024 * 1024
     limits: Limits = field(default_factory=Limits)
     torch_threads: int | None = None
@@ -128,10 +138,15 @@ class ServerConfig:
     def handler_threads(self) -> int:
         if self.max_workers is not None:
             return self.max_workers
-        cores = available_cores()
         if self.batching.enabled:
-            return max(2, min(self.max_concurrent_rpcs, 16 * cores))
-        return cores + 1
+            # Admitted requests mostly wait for a batch worker, each on its own thread; the
+            # spare threads answer health checks and refuse a flood at once instead of
+            # leaving it queued in front of admission.
+            return self.max_inflight + _SPARE_THREADS
+        return available_cores() + 1
+
+    def concurrency_cap(self) -> int:
+        return self.max_concurrent_rpcs if self.max_concurrent_rpcs is not None else 4 * self.max_inflight
 
 
 class ModelHost:
@@ -151,7 +166,7 @@ class ModelHost:
     def current(self) -> Predictor:
         predictor = self._predictor
         if predictor is None:
-            raise NotReady("no bundle loaded yet; retry when health is SERVING")
+            raise NotReady("no bundle loaded yet; retry when health is SERVING", reason="no_bundle")
         return predictor
 
     @property
@@ -193,19 +208,20 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         host: where the current predictor lives.
         score: (predictor, rows, deadline) → prediction: the micro-batcher or a direct call.
         metrics: request metrics (rows per request and per cluster).
+        admission: admits or refuses each Score request before it is decoded.
     """
 
-    def __init__(self, host: ModelHost, score, metrics: ServerMetrics):
-        self.host, self.score, self.metrics = host, score, metrics
+    def __init__(self, host: ModelHost, score, metrics: ServerMetrics, admission: Admission):
+        self.host, self.score, self.metrics, self.admission = host, score, metrics, admission
 
     def Score(self, request, context):
         deadline = _deadline(context)
-        if deadline is not None and deadline <= time.monotonic():
-            raise DeadlineExceeded("deadline expired before the request was read; not scored")
         predictor = self.host.current()  # this request is validated and scored by this bundle
-        batch = wire.decode(predictor, request)
-        self.metrics.request_rows.observe(batch.num_rows)
-        pred = self.score(predictor, batch, deadline)
+        rows = min(wire.claimed_rows(request), predictor.encoder.limits.max_rows)  # the decoder refuses more
+        with self.admission.admit(rows, deadline):
+            batch = wire.decode(predictor, request)
+            self.metrics.request_rows.observe(batch.num_rows)
+            pred = self.score(predictor, batch, deadline)
         self.metrics.observe_clusters(pred.clusters)
         return wire.response(pred)
 
@@ -286,16 +302,16 @@ class App:
         """
         path = Path(bundle_dir) if bundle_dir is not None else self.bundle_dir
         if self.draining:
-            raise NotReady("server is draining; reload refused")
+            raise NotReady("server is draining; reload refused", reason="draining")
         previous = self.host.version
         try:
             predictor = self.host.load(path)
         except BundleError as e:
-            self.metrics.reloads.inc("failed")
+            self.metrics.reloads.labels("failed").inc()
             log_event(log, "reload refused", logging.ERROR, path=str(path), error=str(e), serving=self.host.version)
             raise
-        self.metrics.reloads.inc("ok")
-        self.metrics.bundle.replace(1, predictor.version)
+        self.metrics.reloads.labels("ok").inc()
+        self.metrics.serving(predictor.version)
         return predictor, previous
 
     def stop(self, grace: float | None = None) -> threading.Event:
@@ -345,12 +361,13 @@ def start_app(bundle_dir: str | Path, address: str = "127.0.0.1:0", config: Serv
             ("grpc.max_send_message_length", config.max_message_bytes),
             ("grpc.so_reuseport", 0),  # a second server on a busy port must fail, not share it
         ],
-        maximum_concurrent_rpcs=config.max_concurrent_rpcs,
+        maximum_concurrent_rpcs=config.concurrency_cap(),
     )
     host = ModelHost(config)
     batcher = MicroBatcher(config.batching, metrics) if config.batching.enabled else None
     score = batcher.submit if batcher is not None else partial(score_directly, metrics=metrics)
-    pb_grpc.add_InferenceServicer_to_server(InferenceServicer(host, score, metrics), server)
+    admission = Admission(config.max_inflight, batcher, metrics)
+    pb_grpc.add_InferenceServicer_to_server(InferenceServicer(host, score, metrics, admission), server)
     health_servicer = health.HealthServicer(
         experimental_non_blocking=True, experimental_thread_pool=futures.ThreadPoolExecutor(max_workers=1)
     )
@@ -370,7 +387,7 @@ def start_app(bundle_dir: str | Path, address: str = "127.0.0.1:0", config: Serv
         server.start()
         log_event(
             log, "listening", address=address, port=port, metrics_port=app.metrics_port, handler_threads=threads,
-            max_concurrent_rpcs=config.max_concurrent_rpcs, torch_threads=torch.get_num_threads(),
+            max_inflight=config.max_inflight, max_concurrent_rpcs=config.concurrency_cap(), torch_threads=torch.get_num_threads(),
             batching=config.batching.enabled, batch_max_rows=config.batching.max_rows, batch_max_wait_ms=config.batching.max_wait_ms,
             batch_workers=config.batching.workers if config.batching.enabled else 0, admin=bool(config.admin_token),
             tls=bool(config.tls), mutual_tls=bool(config.tls and config.tls.client_ca), auth=bool(config.auth_token),
@@ -380,18 +397,7 @@ def start_app(bundle_dir: str | Path, address: str = "127.0.0.1:0", config: Serv
         app.draining = True
         app.stop(None).wait(10)
         raise
-    metrics.bundle.replace(1, predictor.version)
+    metrics.serving(predictor.version)
     app.set_serving(True)
     return app
 
-
-def create_server(bundle_dir: str | Path, address: str = "127.0.0.1:0", config: ServerConfig | None = None) -> tuple[grpc.Server, int]:
-    """Starts a server on `address` serving `bundle_dir`; returns (started server, port).
-
-    Args:
-        bundle_dir: the bundle to serve.
-        address: "host:port"; port 0 picks a free port (what tests use).
-        config: server settings.
-    """
-    app = start_app(bundle_dir, address, config)
-    return app.server, app.port

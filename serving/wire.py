@@ -41,6 +41,11 @@ def decode(predictor: Predictor, request: pb.ScoreRequest) -> FeatureBatch:
     return predictor.encoder.encode_rows([_row(r, i) for i, r in enumerate(request.rows)], tagged=True)
 
 
+def claimed_rows(request: pb.ScoreRequest) -> int:
+    """Rows a Score request says it carries, read without decoding (what admission weighs)."""
+    return request.columns.num_rows if request.HasField("columns") else len(request.rows)
+
+
 def score(predictor: Predictor, request: pb.ScoreRequest) -> pb.ScoreResponse:
     """Decodes, scores and encodes one Score call without batching (offline use, tests).
     Raises InvalidRequest on bad input."""

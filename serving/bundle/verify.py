@@ -4,7 +4,9 @@ Loading never runs code chosen by the bundle: every file's sha256 and size are c
 against the manifest first; each .pt2 is audited (`serving.pt2_audit`: no pickles, only
 allowlisted operators, guard and shape expressions that cannot call out); and loads run
 with TORCH_FORCE_WEIGHTS_ONLY_LOAD=1 (torch's own switch, which overrides the
-`torch.load(weights_only=False)` fallback inside `torch.export.load`). The exporter
+`torch.load(weights_only=False)` fallback inside `torch.export.load`). Each program file
+is read once: its sha256 is checked again, and the audit and torch.export.load both
+work on those same bytes, so a file swapped after the checks is never what loads. The exporter
 stores no pickled example inputs, so none of this refuses a genuine bundle. After
 loading, each program is run on the golden rows and must reproduce the exporter's
 in-memory outputs — which is also the warm-up a hot reload needs before it swaps
@@ -18,6 +20,8 @@ still have to reproduce the new bundle's golden outputs.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import threading
 import zipfile
@@ -193,7 +197,7 @@ def load_bundle(
 
     def program(name: str) -> Program:
         known = reuse.get(manifest.files[name].sha256)  # verify_files checked this digest
-        return known if known is not None else _load_program(root / name)
+        return known if known is not None else _load_program(root / name, manifest.files[name].sha256)
 
     models = tuple(program(c.model) for c in manifest.clusters)
     router = program(manifest.router) if manifest.router is not None else SingleCluster()
@@ -232,16 +236,22 @@ def _weights_only_torch_load():
                 os.environ[_WEIGHTS_ONLY] = old
 
 
-def _load_program(path: Path) -> Program:
+def _load_program(path: Path, sha256: str) -> Program:
     try:
-        audit_pt2(path)
+        data = path.read_bytes()
+    except OSError as e:
+        raise BundleError(f"{path}: unreadable ({e})") from None
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise BundleError(f"{path}: changed since its sha256 was checked (modified while loading)")
+    try:
+        audit_pt2(data)
     except UnsafeProgram as e:
         raise BundleError(f"{path}: refused, the program could run code on load: {e}") from None
     except (OSError, ValueError, zipfile.BadZipFile) as e:
         raise BundleError(f"{path}: not a readable .pt2 archive ({type(e).__name__}: {first_line(e)})") from None
     try:
         with _weights_only_torch_load():
-            ep = torch.export.load(str(path))
+            ep = torch.export.load(io.BytesIO(data))
         module = ep.module()
     except Exception as e:  # a corrupt or hostile archive can fail in many ways
         raise BundleError(f"{path}: cannot load the exported program: {type(e).__name__}: {first_line(e)}") from e

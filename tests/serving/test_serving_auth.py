@@ -103,8 +103,8 @@ def test_token_is_required_except_for_health_and_admin(bundle_dir, bundle, spec,
         assert float(np.max(np.abs(np.asarray(reply.probabilities) - want.probabilities))) < 1e-6
         listed = refl.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5, metadata=bearer(TOKEN))
         assert "embstack.v1.Inference" in {s.name for r in listed for s in r.list_services_response.service}
-    assert app.metrics.requests.value("embstack.v1.Inference/Score", "UNAUTHENTICATED") == 10
-    assert app.metrics.requests.value("embstack.v1.Inference/Score", "OK") == 1
+    assert app.metrics.value("embstack_requests_total", method="embstack.v1.Inference/Score", code="UNAUTHENTICATED") == 10
+    assert app.metrics.value("embstack_requests_total", method="embstack.v1.Inference/Score", code="OK") == 1
 
 
 def test_tls_with_token_and_the_command_line_tools(bundle_dir, bundle, spec, start_server, certs, tmp_path):

@@ -144,12 +144,13 @@ def test_thread_counts_follow_the_cores(monkeypatch):
     monkeypatch.setattr(batcher_mod, "available_cores", lambda: 1)
     monkeypatch.setattr(server_mod, "available_cores", lambda: 1)
     assert BatchConfig().workers == 1
-    assert ServerConfig().handler_threads() == 16
+    assert ServerConfig().handler_threads() == 64 + 16  # max_inflight + spare
     assert ServerConfig(batching=BatchConfig(enabled=False)).handler_threads() == 2
     monkeypatch.setattr(batcher_mod, "available_cores", lambda: 8)
     monkeypatch.setattr(server_mod, "available_cores", lambda: 8)
     assert BatchConfig().workers == 8
-    assert ServerConfig().handler_threads() == 64  # capped by max_concurrent_rpcs
+    assert ServerConfig(max_inflight=8).handler_threads() == 8 + 16
+    assert ServerConfig(max_inflight=8).concurrency_cap() == 32 and ServerConfig(max_concurrent_rpcs=5).concurrency_cap() == 5
     assert ServerConfig(max_workers=3).handler_threads() == 3
 
 
@@ -181,8 +182,7 @@ def test_concurrent_requests_score_like_the_offline_predictor(batching, bundle_d
         want = offline.predict_rows(rows)
         assert list(got[k].clusters) == want.clusters.tolist()
         assert float(np.max(np.abs(np.asarray(got[k].probabilities) - want.probabilities))) < 1e-6
-    merged = app.metrics.batch_requests
-    calls = merged.count()
+    calls = app.metrics.value("embstack_batch_requests_count")
     if batching:
         assert calls < len(requests)  # some requests shared a model call
     else:
@@ -221,8 +221,8 @@ def test_grpc_deadlines_and_overload(bundle_dir, spec, start_server, monkeypatch
         assert len(blocker.result().probabilities) == 1
         assert len(stub.Score(row_request(random_rows(spec, 4, seed=4)), timeout=10).probabilities) == 4
     assert scored == [1, 4]  # the expired 8 rows were never scored
-    assert wait_for(lambda: app.metrics.requests.value("embstack.v1.Inference/Score", "DEADLINE_EXCEEDED") == 1)
-    assert app.metrics.requests.value("embstack.v1.Inference/Score", "RESOURCE_EXHAUSTED") == 1
+    assert wait_for(lambda: app.metrics.value("embstack_requests_total", method="embstack.v1.Inference/Score", code="DEADLINE_EXCEEDED") == 1)
+    assert app.metrics.value("embstack_requests_total", method="embstack.v1.Inference/Score", code="RESOURCE_EXHAUSTED") == 1
 
 
 def test_grpc_deadlines_with_batching_off(bundle_dir, spec, start_server, monkeypatch):

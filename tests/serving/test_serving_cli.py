@@ -185,3 +185,12 @@ def test_cli_refuses_a_corrupt_bundle(bundle_dir, tmp_path):
     refused = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{") and "bundle refused" in line]
     assert refused and "cluster_0.pt2: missing" in refused[0]["error"]
 
+
+
+def test_metrics_bind_the_grpc_interface_unless_told_otherwise():
+    from serving.__main__ import build_config, parse_args
+
+    config = build_config(parse_args(["--bundle", "b", "--host", "10.1.2.3", "--metrics-port", "9100"]))
+    assert config.metrics_host == "10.1.2.3" and config.metrics_port == 9100
+    config = build_config(parse_args(["--bundle", "b", "--metrics-port", "9100", "--metrics-host", "127.0.0.1", "--max-inflight", "8"]))
+    assert config.metrics_host == "127.0.0.1" and config.max_inflight == 8 and config.concurrency_cap() == 32

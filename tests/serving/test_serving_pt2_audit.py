@@ -1,12 +1,18 @@
-"""The .pt2 audit admits exported CTR programs and refuses archives that could run code."""
+"""The .pt2 audit admits exported CTR programs and refuses archives that could run code;
+the loader loads exactly the bytes it audited."""
 
 from __future__ import annotations
 
+import io
 import json
+import shutil
 import zipfile
 
 import pytest
+import torch
 
+import serving.bundle.verify as verify_mod
+from serving.bundle import BundleError, load_bundle
 from serving.pt2_audit import UnsafeProgram, audit_pt2
 
 
@@ -99,3 +105,48 @@ def test_pickles_refused(tmp_path):
     config = {"config": {"w": {"path_name": "weight_0", "use_pickle": True}}}
     with pytest.raises(UnsafeProgram, match="pickled weight"):
         audit_pt2(archive(tmp_path, {}, {"m/data/weights/model_weights_config.json": json.dumps(config).encode()}))
+
+
+PROGRAMS = ("router.pt2", "cluster_0.pt2", "cluster_1.pt2")
+
+
+def test_the_load_uses_the_audited_bytes(tmp_path, bundle_dir, monkeypatch):
+    """Each program file is read once: the audit and torch.export.load see the same bytes,
+    so a file swapped on disk right after its audit is never what loads."""
+    copy = tmp_path / "b"
+    shutil.copytree(bundle_dir, copy)
+    originals = {(bundle_dir / n).read_bytes(): n for n in PROGRAMS}
+    hostile = archive(tmp_path, node("torch.os.system")).read_bytes()
+    audited, loaded = [], []
+    real_audit, real_load = verify_mod.audit_pt2, torch.export.load
+
+    def audit_then_swap(data):
+        real_audit(data)
+        audited.append(data)
+        (copy / originals[data]).write_bytes(hostile)  # an attacker racing the loader
+
+    def load(f, *args, **kwargs):
+        assert isinstance(f, io.BytesIO)
+        loaded.append(f.getvalue())
+        return real_load(f, *args, **kwargs)
+
+    monkeypatch.setattr(verify_mod, "audit_pt2", audit_then_swap)
+    monkeypatch.setattr(torch.export, "load", load)
+    bundle = load_bundle(copy)  # golden outputs reproduced: the original programs loaded
+    assert bundle.num_clusters == 2
+    assert sorted(map(originals.get, audited)) == sorted(PROGRAMS) and loaded == audited
+    assert all((copy / n).read_bytes() == hostile for n in PROGRAMS)
+
+
+def test_a_file_swapped_after_the_hash_check_is_refused(tmp_path, bundle_dir, monkeypatch):
+    copy = tmp_path / "b"
+    shutil.copytree(bundle_dir, copy)
+    real_verify = verify_mod.verify_files
+
+    def verify_then_swap(root, manifest):
+        real_verify(root, manifest)
+        (copy / "cluster_1.pt2").write_bytes((copy / "cluster_0.pt2").read_bytes())
+
+    monkeypatch.setattr(verify_mod, "verify_files", verify_then_swap)
+    with pytest.raises(BundleError, match=r"cluster_1\.pt2: changed since its sha256 was checked"):
+        load_bundle(copy)

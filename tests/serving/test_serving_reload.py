@@ -131,7 +131,7 @@ def test_twenty_reloads_under_load(batching, bundle_dir, tmp_path, start_server,
         for _, _, (i, probs), _ in rs:
             by_request.setdefault(i, []).append(np.asarray(probs))
     assert all(np.abs(np.stack(ps) - ps[0]).max() <= 1e-6 for ps in by_request.values())
-    assert app.metrics.reloads.value("ok") == 20 and app.metrics.reloads.value("failed") == 0
+    assert app.metrics.value("embstack_reloads_total", result="ok") == 20 and app.metrics.value("embstack_reloads_total", result="failed") == 0
     assert app.host.version == versions[-1]
 
 
@@ -189,7 +189,7 @@ def test_corrupted_bundles_are_refused_while_the_old_one_serves(bundle_dir, tmp_
         assert good.previous_version == "toy-v1" and good.bundle_version == "toy-v2"
     assert load.failures() == []
     assert {v for rs in load.results for v, _, _, _ in rs} <= {"toy-v1", "toy-v2"}
-    assert app.metrics.reloads.value("failed") == len(KINDS) and app.metrics.reloads.value("ok") == 1
+    assert app.metrics.value("embstack_reloads_total", result="failed") == len(KINDS) and app.metrics.value("embstack_reloads_total", result="ok") == 1
 
 
 def test_admin_token_is_required(bundle_dir, start_server, shared_channel, tmp_path):
@@ -202,7 +202,7 @@ def test_admin_token_is_required(bundle_dir, start_server, shared_channel, tmp_p
     with pytest.raises(grpc.RpcError) as info:  # the shared server has no token: admin is off
         reload(shared_channel)
     assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED and "EMBSTACK_ADMIN_TOKEN" in info.value.details()
-    assert app.metrics.reloads.value("ok") == 0
+    assert app.metrics.value("embstack_reloads_total", result="ok") == 0
 
 
 def test_reload_without_a_path_rereads_the_startup_path(bundle_dir, tmp_path, start_server):

@@ -6,15 +6,19 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 
+import grpc
 import numpy as np
+import pytest
 from rpc_helpers import free_port
 from serving_fixtures import random_rows
 
-from serving.loadtest import best_under
-
+from serving import loadtest
+from serving._proto.embstack.v1 import inference_pb2 as pb
+from serving._proto.embstack.v1 import inference_pb2_grpc as pb_grpc
+from serving.loadtest import Backoff, best_under
 from serving.predictor import Predictor
-
 
 
 def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -88,3 +92,38 @@ def test_healthcheck(shared_app):
     assert unknown.returncode == 1 and "NOT_FOUND" in unknown.stderr
     dead = run("serving.healthcheck", "--target", f"127.0.0.1:{free_port()}", "--timeout", "1")
     assert dead.returncode == 1 and "UNAVAILABLE" in dead.stderr
+
+
+def test_backoff_doubles_up_to_its_cap_and_one_outage_counts_once():
+    b = Backoff(base=0.05, cap=0.3)
+    b.failed(sent=0.0, now=1.0)
+    b.failed(sent=0.5, now=1.01)  # sent before the pause began: the same outage
+    assert b.pauses == 1 and b.remaining(1.0) == pytest.approx(0.05)
+    for now in (1.1, 1.3, 1.7, 2.1):
+        b.failed(sent=now - 0.001, now=now)
+    assert b.delay == 0.3 and b.pauses == 5  # 0.05, 0.1, 0.2, 0.3, 0.3
+    b.succeeded()
+    b.failed(sent=3.0, now=3.0)
+    assert b.delay == 0.05
+
+
+def test_loadtest_backs_off_when_the_server_stops_mid_run(bundle_dir, start_server, tmp_path):
+    """The server stops 1 s into a 3 s open-loop run at 100/s: the calls that find it gone
+    are connection errors, not server status codes, and the generator backs off instead of
+    firing the remaining ~200 sends into a dead port."""
+    app = start_server(bundle_dir)
+    args = loadtest.parse_args(["--target", f"127.0.0.1:{app.port}", "--rows-per-request", "5", "--qps", "100",
+                                "--duration", "3", "--warmup", "0", "--out", str(tmp_path / "r.json"),
+                                "--backoff-ms", "50", "--backoff-max-s", "0.4"])
+    with grpc.insecure_channel(args.target) as channel:
+        payloads, _ = loadtest.build_payloads(pb_grpc.InferenceStub(channel), args)
+        call = channel.unary_unary(loadtest.SCORE_METHOD, request_serializer=None, response_deserializer=pb.ScoreResponse.FromString)
+        stopper = threading.Timer(1.0, lambda: app.stop(0))
+        stopper.start()
+        report = loadtest.run_once(call, payloads, args, 100.0)
+        stopper.join()
+    failed = report["connection_errors"] + sum(report["errors"].values())
+    assert report["ok"] >= 60 and report["connection_errors"] >= 1, report
+    assert report["sent"] + report["backoff"]["skipped"] == 300
+    assert report["backoff"]["skipped"] >= 120 and failed <= 40, report
+    assert report["backoff"]["paused_s"] <= 0.4 * report["backoff"]["pauses"]
