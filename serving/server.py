@@ -13,19 +13,17 @@ server drains. The servicers are thin: decoding lives in `serving.wire`, scoring
 `serving.predictor` / `serving.batcher`, early refusals in `serving.admission`, status codes
 in `serving.interceptors`.
 
-Hot reload (Admin.Reload or SIGHUP via `python -m serving`): the new bundle is loaded
-beside the old one and verified — schema version, sha256 and size of every file, the
-exporter's golden outputs from every program, then a warm-up of the golden rows through
-the whole request path — and only then swapped in with one reference assignment. A
-request holds the predictor it started with, so it is scored entirely by one bundle and
-its response names that bundle's version; for each client, versions never go backwards.
-A bundle that fails any check is refused and the old one keeps serving.
+Hot reload (Admin.Reload or SIGHUP via `python -m serving`): the new bundle is loaded beside
+the old one, verified (schema version, every file's sha256 and size, the golden outputs of
+every program, a warm-up of the golden rows through the whole request path) and swapped in
+with one reference assignment. A request is scored entirely by the bundle it started with
+and its response names that version; versions never go backwards for a client. A bundle
+that fails any check is refused and the old one keeps serving.
 
 Security (both optional): TLS on the gRPC port (`TlsConfig`; with `client_ca`, mutual TLS)
-and a bearer token every RPC must carry except the health check (probes and balancers
-ask anonymously) and Admin RPCs (which check their own admin token). The Prometheus
-endpoint is plain HTTP: bind it (`metrics_host`, `--metrics-host`) to an interface only the
-scraper reaches.
+and a bearer token every RPC carries except the health check (probes ask anonymously) and
+Admin RPCs (their own admin token). The Prometheus endpoint is plain HTTP: bind it
+(`metrics_host`, `--metrics-host`) to an interface only the scraper reaches.
 """
 
 from __future__ import annotations
