@@ -1,5 +1,5 @@
 """The gRPC inference server: Inference + Admin services, grpc.health.v1, reflection,
-micro-batching, hot reload and a Prometheus endpoint.
+micro-batching, hot reload and a Prometheus endpoint:
 
     app = start_app("runs/ihas_ml100k/bundle", "127.0.0.1:0", ServerConfig(metrics_port=0))
     app.port, app.metrics_port          # the bound ports
@@ -9,9 +9,8 @@ micro-batching, hot reload and a Prometheus endpoint.
 The server starts listening before the bundle loads, with health NOT_SERVING, so load
 balancers and probes see "alive but not ready" rather than a refused connection; health
 turns SERVING once the bundle is loaded and verified, and NOT_SERVING again while the
-server drains. The servicers are thin: decoding lives in `serving.wire`, scoring in
-`serving.predictor` / `serving.batcher`, early refusals in `serving.admission`, status codes
-in `serving.interceptors`.
+server drains. Servicers are thin: decoding in `serving.wire`, scoring in `serving.predictor`
+/ `serving.batcher`, early refusals in `serving.admission`, codes in `serving.interceptors`.
 
 Hot reload (Admin.Reload or SIGHUP via `python -m serving`): the new bundle is loaded beside
 the old one, verified (schema version, every file's sha256 and size, the golden outputs of
