@@ -51,14 +51,3 @@ def served_form(model: CTRModel) -> CTRModel:
         return served_model(model)
     return model.eval()
 
-
-def module_bytes(module: nn.Module) -> int:
-    """Bytes of every tensor a module holds (parameters and buffers, shared storage once)."""
-    seen, total = set(), 0
-    for t in module.state_dict(keep_vars=False).values():
-        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
-        if key not in seen:
-            seen.add(key)
-            total += t.numel() * t.element_size()
-    return total
-

@@ -193,12 +193,12 @@ class IHAS:
         return bce + ihas_regularizer(self.supernet.last_p, self.cfg.l0, self.cfg.polarization)
 
     @torch.no_grad()
-    def gate_features(self, ds, split: str, batch_size: int) -> dict[str, np.ndarray]:
-        """Deterministic `gate_features` (E ⊙ m, m, p, logits) of every row of a split, in row order."""
+    def gate_features(self, ds, split: str, batch_size: int, kinds: tuple[str, ...]) -> dict[str, np.ndarray]:
+        """Deterministic `gate_features` of every row of a split, in row order."""
         self.set_phase("eval")
         out: dict[str, list] = {}
         for batch in iterate_batches(ds, split, batch_size, shuffle=False, seed=0, epoch=0):
-            for k, t in gate_features(self.supernet.base.embeddings, self.supernet.gates, batch.sparse_features).items():
+            for k, t in gate_features(self.supernet.base.embeddings, self.supernet.gates, batch.sparse_features, kinds).items():
                 out.setdefault(k, []).append(t.numpy())
         return {k: np.concatenate(v) for k, v in out.items()}
 
@@ -209,7 +209,7 @@ class IHAS:
             clusters: K, default the config's; 1 gives iHAS-2's single model from the same search.
         """
         k = clusters or self.cfg.clusters
-        feats = self.gate_features(ctx.ds, "train", ctx.train.eval_batch_size)
+        feats = self.gate_features(ctx.ds, "train", ctx.train.eval_batch_size, tuple({"mask", "prob", self.cfg.cluster_on}))
         masks, probs = feats["mask"], feats["prob"]
         d = self.model_cfg.embedding_dim
         x = feats[self.cfg.cluster_on]

@@ -40,7 +40,7 @@ class GatedSupernet(nn.Module):
 
     def masked_embedding(self, sparse: KeyedJaggedTensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(E ⊙ m, m, p) for a batch, in the gates' current mode."""
-        f = gate_features(self.base.embeddings, self.gates, sparse)
+        f = gate_features(self.base.embeddings, self.gates, sparse, ("masked", "mask", "prob"))
         return f["masked"], f["mask"], f["prob"]
 
     def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:
@@ -49,12 +49,19 @@ class GatedSupernet(nn.Module):
         return self.base.score(dense, sparse, list(torch.split(masked, self.split_sizes, dim=1)))
 
 
-def gate_features(embeddings: nn.Module, gates: nn.Module, sparse: KeyedJaggedTensor) -> dict[str, torch.Tensor]:
-    """What the clustering may read for a batch: "masked" (E ⊙ m), "mask" (m), "prob" (p) and
-    "logit" (the gates' pre-sigmoid logits, which polarised probabilities squash to 0 / 1)."""
+def gate_features(embeddings: nn.Module, gates: nn.Module, sparse: KeyedJaggedTensor,
+                  kinds: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """The `kinds` the clustering may read for a batch, computed only as far as they need:
+    "masked" (E ⊙ m), "mask" (m), "prob" (p) and "logit" (the gates' pre-sigmoid logits,
+    which polarised probabilities squash to 0 / 1)."""
     emb = torch.cat(embeddings(sparse), dim=1)
-    mask, p = gates(emb)
-    return {"masked": emb * mask, "mask": mask, "prob": p, "logit": gates.logits(emb)}
+    out = {}
+    if {"masked", "mask", "prob"} & set(kinds):
+        mask, p = gates(emb)
+        out = {"masked": emb * mask, "mask": mask, "prob": p}
+    if "logit" in kinds:
+        out["logit"] = gates.logits(emb)
+    return {k: out[k] for k in kinds}
 
 
 class Router(nn.Module):
@@ -78,7 +85,7 @@ class Router(nn.Module):
         self.register_buffer("scale", None if scale is None else scale.detach().clone())
 
     def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:
-        x = gate_features(self.embeddings, self.gates, sparse)[self.features]
+        x = gate_features(self.embeddings, self.gates, sparse, (self.features,))[self.features]
         if self.scale is not None:
             x = x * self.scale
         # Same distance as MiniBatchKMeans.assign (cdist switches algorithm with the batch size,
