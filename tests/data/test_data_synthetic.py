@@ -103,3 +103,32 @@ def test_params_validation():
         assert key in text
     with pytest.raises(ValueError, match="synthetic params"):
         SyntheticReader(bad)
+
+
+def test_planted_interactions_are_recorded_and_carry_signal():
+    base = SyntheticParams(rows=60_000, n_categorical=8, n_numerical=0, vocab_max=50, n_groups=1,
+                           signal_fields_per_group=1, seed=3)
+    planted = SyntheticParams(**{**base.__dict__, "interactions_2": 2, "interactions_3": 1})
+    plain, with_inter = SyntheticReader(base, threads=1), SyntheticReader(planted, threads=1)
+    # off by default: no tuples, and the fingerprint (so the cache) of data without them is unchanged
+    assert plain.planted()["interactions"] == [] and '"interactions_2"' not in plain.fingerprint()
+    tuples = with_inter.planted()["interactions"]
+    assert [len(t) for t in tuples] == [2, 2, 3] and len({frozenset(t) for t in tuples}) == 3
+    assert all(len(set(t)) == len(t) for t in tuples)
+    assert tuples == SyntheticReader(planted, threads=1).planted()["interactions"]  # deterministic per seed
+    y0, cols0, _ = concat(plain, 1 << 16)
+    y1, cols1, _ = concat(with_inter, 1 << 16)
+    assert all(cols0[k].tobytes() == cols1[k].tobytes() for k in cols0)  # same ids: only the labels move
+    # each planted tuple's product term separates clicks (CTR of its top vs bottom quartile of
+    # rows) far more than in the same rows without planting (where a tuple field may still
+    # carry the additive field signal)
+    for names, factors in zip(tuples, with_inter._factors):
+        term = np.prod([u[cols1[n]] for n, u in zip(names, factors)], axis=0)
+        lo, hi = np.quantile(term, [0.25, 0.75])
+        gap = lambda y: y[term >= hi].mean() - y[term <= lo].mean()  # noqa: E731
+        assert gap(y1) > gap(y0) + 0.05, (names, gap(y1), gap(y0))
+
+
+def test_too_many_planted_interactions_are_refused():
+    text = " ".join(SyntheticParams(n_categorical=3, interactions_2=4, interactions_3=-1).problems())
+    assert "interactions_2" in text and "interactions_3" in text

@@ -236,6 +236,8 @@ def _build(reader: Reader, final: Path, *, min_count: int, seed: int, split, log
             "bad_lines": bad_lines,
             "bad_examples": bad_examples,
             "numerical": {f.name: str(f.encoding) for f in spec.fields if f.kind == "numerical"},
+            # the structure a synthetic generator planted (groups, interactions), for scoring a search against
+            "planted": reader.planted() if hasattr(reader, "planted") else None,
             "build_seconds": round(time.perf_counter() - start, 3),
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))

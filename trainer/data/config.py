@@ -73,6 +73,8 @@ class DataConfig:
         zipf_a: synthetic: Zipf exponent of the ids.
         n_groups: synthetic: planted sub-populations.
         signal_fields_per_group: synthetic: fields that drive each group's clicks.
+        interactions_2: synthetic: planted field pairs carrying signal (0 = none).
+        interactions_3: synthetic: planted field triples carrying signal (0 = none).
     """
 
     source: str = "movielens100k"
@@ -98,6 +100,8 @@ class DataConfig:
     zipf_a: float = SyntheticParams.zipf_a
     n_groups: int = SyntheticParams.n_groups
     signal_fields_per_group: int = SyntheticParams.signal_fields_per_group
+    interactions_2: int = SyntheticParams.interactions_2
+    interactions_3: int = SyntheticParams.interactions_3
 
     def __post_init__(self) -> None:
         if self.min_count is None:

@@ -31,10 +31,11 @@ TABLE_MARKERS = ("embedding_bags.", "codes_", ".raw.", "codebooks.")
 
 def tensor_bytes(modules: list[nn.Module]) -> dict[str, int]:
     """{"total", "tables"}: bytes of every tensor the modules hold, and of their per-id
-    storage (TABLE_MARKERS; not dense layers, gates, batch norms or router centroids)."""
+    storage (TABLE_MARKERS; not dense layers, gates, batch norms or router centroids).
+    Non-persistent buffers (e.g. a model's kept-pair index) count: the bundle stores them."""
     total = tables = 0
     for m in modules:
-        for name, t in m.state_dict().items():
+        for name, t in (*m.named_parameters(), *m.named_buffers()):
             n = t.numel() * t.element_size()
             total += n
             tables += n if any(k in name for k in TABLE_MARKERS) else 0

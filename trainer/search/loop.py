@@ -18,10 +18,12 @@ from torch import nn
 
 from trainer.data.batches import iterate_batches
 from trainer.distributed import DistEnv, dense_optimizer
+from trainer.search.grda import GRDA
 from trainer.search.interface import SearchMethod
 from trainer.training import CTRTrain, Log, TrainConfig, evaluate, train_epoch
 
-ARCH_SPLITS = ("val", "gate")
+ARCH_SPLITS = ("val", "gate", "train")
+ARCH_OPTIMIZERS = ("adam", "grda")
 KEEP_BEST, KEEP_LAST = "best", "last"  # the values of SearchLoopConfig.keep
 
 
@@ -33,7 +35,9 @@ class SearchLoopConfig:
         pretrain_epochs: epochs training the weights with the architecture fixed.
         search_epochs: maximum epochs of alternating search.
         arch_every: one architecture step on a validation batch every this many training batches.
-        arch_lr: Adam learning rate of the architecture parameters.
+        arch_lr: learning rate of the architecture parameters.
+        arch_optimizer: "adam", or "grda" (sparse: closes gates with exact zeros; see
+            trainer.search.grda) with threshold settings grda_c and grda_mu.
         patience: stop the search after this many epochs without a better validation AUC.
         keep: "best" ends the search in the state of its best validation epoch (early
             stopping); "last" runs all search_epochs and keeps the final state, as a DARTS
@@ -41,7 +45,9 @@ class SearchLoopConfig:
         arch_split: where architecture batches come from: "val" (the papers' bi-level
             schedule: the validation split, which also picks the search epoch) or "gate" (a
             split carved from train that only the architecture sees, so the split that
-            selects epochs stays clean; the weights then train on the rest of train).
+            selects epochs stays clean; the weights then train on the rest of train), or
+            "train" (one-level: architecture and weights both learn from training batches,
+            as AutoFIS and AIM train; validation only picks epochs).
         gate_fraction: share of train rows in the gate split (arch_split = "gate").
         pretrain_patience: 0 = pretrain exactly pretrain_epochs (the papers); n > 0 = stop
             pretraining after n epochs without a better validation AUC and go on from the
@@ -52,6 +58,9 @@ class SearchLoopConfig:
     search_epochs: int = 10
     arch_every: int = 100
     arch_lr: float = 1e-3
+    arch_optimizer: str = "adam"
+    grda_c: float = 0.005
+    grda_mu: float = 0.9
     patience: int = 2
     keep: str = KEEP_BEST
     arch_split: str = "val"
@@ -62,6 +71,10 @@ class SearchLoopConfig:
         p = []
         if self.arch_split not in ARCH_SPLITS:
             p.append(f"search.arch_split: must be one of {ARCH_SPLITS}, got {self.arch_split!r}")
+        if self.arch_optimizer not in ARCH_OPTIMIZERS:
+            p.append(f"search.arch_optimizer: must be one of {ARCH_OPTIMIZERS}, got {self.arch_optimizer!r}")
+        if self.grda_c < 0 or self.grda_mu < 0:
+            p.append(f"search.grda_c / grda_mu: must be >= 0, got {self.grda_c} / {self.grda_mu}")
         if not 0 < self.gate_fraction < 1:
             p.append(f"search.gate_fraction: must be in (0, 1), got {self.gate_fraction}")
         if self.pretrain_patience < 0:
@@ -153,7 +166,8 @@ def run_search(method: SearchMethod, ds, loop: SearchLoopConfig, tcfg: TrainConf
 
     method.init_architecture()
     method.set_phase("search")
-    a_opt = torch.optim.Adam(arch, lr=loop.arch_lr)
+    a_opt = (GRDA(arch, lr=loop.arch_lr, c=loop.grda_c, mu=loop.grda_mu) if loop.arch_optimizer == "grda"
+             else torch.optim.Adam(arch, lr=loop.arch_lr))
     val_iter = _arch_batches(ds, loop.arch_split, tcfg, env)
 
     def arch_step(step: int) -> None:

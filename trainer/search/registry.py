@@ -7,9 +7,11 @@ under configs/tiny/ (the contract test runs every tiny config through the recipe
 from __future__ import annotations
 
 from trainer.search.autodpq.method import AutoDPQ
+from trainer.search.autofis.method import AutoFIS
 from trainer.search.ihas.method import IHAS
 
 METHODS = {
     "ihas": IHAS,
     "autodpq": AutoDPQ,
+    "autofis": AutoFIS,
 }

@@ -17,6 +17,12 @@ The generating model (all drawn from the seed):
     one group and "noise" for another.
   * numerical fields are heavy-tailed non-negative counts with a per-field missing rate;
     they carry no signal.
+  * planted interactions (off by default): `interactions_2` field pairs and
+    `interactions_3` field triples, distinct tuples of categorical fields drawn from the
+    seed. Each field of a tuple gets its own factor u[id] ~ N(0, 1) per id, and every row
+    adds INTERACTION_STD / sqrt(#tuples) · Π u_f[id_f] to its logit: a signal no sum of
+    per-field effects can express, and exactly what a product of embeddings can. The
+    tuples are recorded (`planted()`) so a search can be scored against them.
 Rows are generated in fixed blocks of BLOCK rows, each from its own seeded stream, so the
 data does not depend on the chunk size asked for. Same seed → byte-identical arrays on a
 given machine (float32 log/exp could in principle round differently on another CPU).
@@ -24,7 +30,9 @@ given machine (float32 log/exp could in principle round differently on another C
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 import os
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -39,6 +47,7 @@ GENERATOR_VERSION = 1
 BLOCK = 1 << 15
 SIGNAL_STD = 1.5  # total std of a row's signal logit: oracle AUC ≈ 0.8, like real CTR data
 BASE_LOGIT = -1.6  # with the signal spread, mean CTR ≈ 0.25
+INTERACTION_STD = 1.5  # total std of the planted interactions' logit (same scale as the field signal)
 
 
 @dataclass(frozen=True)
@@ -54,6 +63,8 @@ class SyntheticParams:
         zipf_a: Zipf exponent of the id distribution (> 0).
         n_groups: planted sub-populations.
         signal_fields_per_group: fields whose ids drive the clicks of each group.
+        interactions_2: planted field pairs (0 = none).
+        interactions_3: planted field triples (0 = none).
         seed: everything is derived from it.
     """
 
@@ -65,6 +76,8 @@ class SyntheticParams:
     zipf_a: float = 1.2
     n_groups: int = 2
     signal_fields_per_group: int = 4
+    interactions_2: int = 0
+    interactions_3: int = 0
     seed: int = 0
 
     # Ids are computed in float32, which holds every integer up to 2**24 exactly.
@@ -94,6 +107,11 @@ class SyntheticParams:
                 f"signal_fields_per_group: n_groups * signal_fields_per_group = "
                 f"{self.n_groups * self.signal_fields_per_group} exceeds n_categorical = {self.n_categorical}"
             )
+        for order in (2, 3):
+            n = getattr(self, f"interactions_{order}")
+            if n < 0 or n > math.comb(self.n_categorical, order):
+                p.append(f"interactions_{order}: need 0 <= n <= C(n_categorical, {order}) = "
+                         f"{math.comb(self.n_categorical, order)}, got {n}")
         return p
 
 
@@ -169,13 +187,33 @@ class SyntheticReader:
         self._num_max = [float(x) for x in np.exp(rng.uniform(np.log(10), np.log(1e5), p.n_numerical))]
         self._num_a = [float(x) for x in rng.uniform(0.8, 1.8, p.n_numerical)]
         self._num_missing = [float(x) for x in rng.uniform(0.0, 0.3, p.n_numerical)]
+        self.interactions, self._factors = self._plant_interactions()
+
+    def _plant_interactions(self) -> tuple[list[list[str]], list[list[np.ndarray]]]:
+        """The planted tuples and one factor table per (tuple, field), from their own
+        stream so that data without interactions is unchanged."""
+        p = self.params
+        rng = np.random.default_rng([p.seed, 2])
+        tuples: list[tuple[int, ...]] = []
+        for order in (2, 3):
+            pool = list(itertools.combinations(range(p.n_categorical), order))
+            picks = rng.choice(len(pool), size=getattr(p, f"interactions_{order}"), replace=False)
+            tuples += [pool[i] for i in sorted(picks)]
+        factors = [[rng.normal(0.0, 1.0, self.vocab_sizes[i] + 1).astype(np.float32) for i in t] for t in tuples]
+        return [[f"C{i + 1}" for i in t] for t in tuples], factors
+
+    def planted(self) -> dict:
+        """The planted structure a search can be scored against."""
+        return {"groups": self.signal_fields, "interactions": self.interactions}
 
     def fields(self) -> list[FieldDecl]:
         cats = [FieldDecl(f"C{i + 1}", "categorical", num_ids=v + 1) for i, v in enumerate(self.vocab_sizes)]
         return [FieldDecl(f"I{i + 1}", "numerical") for i in range(self.params.n_numerical)] + cats
 
     def fingerprint(self) -> str:
-        return f"synthetic|v{GENERATOR_VERSION}|{json.dumps(asdict(self.params), sort_keys=True)}"
+        # interaction keys at 0 are left out: data without interactions keeps its fingerprint (and cache)
+        params = {k: v for k, v in asdict(self.params).items() if not (k.startswith("interactions_") and v == 0)}
+        return f"synthetic|v{GENERATOR_VERSION}|{json.dumps(params, sort_keys=True)}"
 
     def block(self, b: int) -> RawChunk:
         """Rows [b * BLOCK, min((b + 1) * BLOCK, rows)), always the same for a given seed."""
@@ -196,6 +234,13 @@ class SyntheticReader:
                 np.copyto(ids, np.take(self._perm[i], ids), where=member[g])
                 np.add(logit, np.take(self._effect[i], ids), out=logit, where=member[g])
             columns[f"C{i + 1}"] = ids
+        if self.interactions:
+            scale = np.float32(INTERACTION_STD / np.sqrt(len(self.interactions)))
+            for names, factors in zip(self.interactions, self._factors):
+                term = np.full(n, scale, dtype=np.float32)
+                for name, u_f in zip(names, factors):
+                    term *= np.take(u_f, columns[name])
+                logit += term
         labels = (u[1] < 1.0 / (1.0 + np.exp(-logit))).astype(np.float32)
         return RawChunk(labels, columns, groups)
 

@@ -1,0 +1,85 @@
+"""AutoFIS: the gated, normalised interactions against a hand computation, derive, and the
+kept pairs scored against planted ones."""
+
+import pytest
+import torch
+
+from trainer.models.build import build_model
+from trainer.models.ctr import ModelConfig
+from trainer.search.autofis.method import AutoFIS, AutoFISConfig, planted_scores
+from trainer.search.interface import SearchContext
+from trainer.training import TrainConfig
+
+
+def method_for(spec, name: str) -> AutoFIS:
+    torch.manual_seed(0)
+    ctx = SearchContext(spec, ModelConfig(name=name, embedding_dim=4, mlp=[8]), TrainConfig(), None, {}, 100, None, None,
+                        lambda _: None)
+    m = AutoFIS(AutoFISConfig(alpha_init=0.3), ctx)
+    m.build()
+    return m
+
+
+def test_batch_norm_has_no_scale_or_shift(toy_spec):
+    net = method_for(toy_spec, "deepfm").supernet
+    assert net.bn.weight is None and net.bn.bias is None and not net.bn.affine
+    assert not [n for n, _ in net.named_parameters() if n.startswith("bn.")]
+
+
+@pytest.mark.parametrize("name", ["fm", "deepfm", "ipnn"])
+def test_logit_is_the_gated_normalised_sum_by_hand(toy_spec, toy_batch, name):
+    m = method_for(toy_spec, name)
+    net = m.supernet.eval()
+    p = net.pairs.shape[1]
+    with torch.no_grad():
+        net.alpha.copy_(torch.linspace(-1, 1, p))
+        net.bn.running_mean.copy_(torch.linspace(0, 0.1, p))
+        net.bn.running_var.copy_(torch.linspace(0.5, 2, p))
+        got = net(toy_batch.dense_features, toy_batch.sparse_features)
+        base = net.base
+        embs, first = base.embeddings.lookup(toy_batch.sparse_features)
+        width = max(e.shape[1] for e in embs)
+        padded = [torch.nn.functional.pad(e, (0, width - e.shape[1])) for e in embs]
+        inner = torch.stack([(padded[i] * padded[j]).sum(1) for i, j in net.pairs.T.tolist()], dim=1)
+        gated = net.alpha * (inner - net.bn.running_mean) / torch.sqrt(net.bn.running_var + net.bn.eps)
+        concat = torch.cat(embs, dim=1)
+        if name == "ipnn":
+            want = base.deep(torch.cat([concat, gated], dim=1)).squeeze(1) + base.bias
+        else:
+            want = gated.sum(1) + base.bias + base.linear(toy_batch.sparse_features)
+            if name == "deepfm":
+                want = want + base.deep(concat).squeeze(1)
+    assert torch.allclose(got, want, atol=1e-6)  # float32 sums in a different order
+
+
+def test_a_zero_gate_closes_its_interaction_and_derive_drops_it(toy_spec, toy_batch):
+    m = method_for(toy_spec, "fm")
+    net = m.supernet.eval()
+    with torch.no_grad():
+        net.alpha.zero_()
+        net.alpha[1] = 0.7
+        only = net(toy_batch.dense_features, toy_batch.sparse_features)
+        net.alpha[2] = 0.0  # already zero: closing it again changes nothing
+        assert torch.equal(only, net(toy_batch.dense_features, toy_batch.sparse_features))
+    ctx = SearchContext(toy_spec, m.model_cfg, TrainConfig(), None, {}, 100, None, None, lambda _: None)
+    d = m.derive(ctx)
+    assert [tuple(i.fields) for i in d.interactions] == [m.pair_names()[1]]
+    assert d.details["kept"] == 1 and d.details["searched"] == 6
+    retrained = build_model(toy_spec, m.model_cfg, interactions=d.interactions)
+    assert retrained.pair_index.shape == (2, 1)
+
+
+def test_planted_scores():
+    planted = [["A", "B"], ["C", "D"], ["A", "E", "F"]]
+    s = planted_scores([("B", "A"), ("A", "C"), ("E", "F")], planted)
+    assert (s["true_positives"], s["kept"], s["planted_pairs"]) == (1, 3, 2)
+    assert s["precision"] == pytest.approx(1 / 3) and s["recall"] == 0.5 and s["kept_inside_planted_triples"] == 1
+    assert planted_scores([], planted)["precision"] is None
+
+
+def test_only_fis_base_models_are_accepted():
+    from types import SimpleNamespace
+
+    assert AutoFIS.check_config(SimpleNamespace(model=ModelConfig(name="dcn")))
+    assert not AutoFIS.check_config(SimpleNamespace(model=ModelConfig(name="fm")))
+    assert AutoFISConfig(alpha_init=0.0).validate()

@@ -1,0 +1,171 @@
+"""AutoFIS as a search method (trainer.search.interface.SearchMethod).
+
+Search: the base model (FM, DeepFM or IPNN) with every second-order interaction gated by
+α and normalised by an affine-free batch norm (supernet.py); α and the weights learn
+together on training batches (one level), α by GRDA so unimportant interactions reach
+exactly zero, the weights by Adam. Decisions = the pairs with α ≠ 0. Retrain: the base
+model restricted to the kept pairs, from scratch, no gates or batch norm (the bundle's
+model computes only those pairs). Report rows: Base (every pair), the search-stage
+network, a random set of as many pairs (a baseline), and AutoFIS.
+Choices where the papers are vague: α starts at `alpha_init` for every pair; the search
+keeps the state of its best validation epoch, and a gate closed at that point stays closed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from trainer.decisions import ClusterDecision, Decisions, Interaction, uniform
+from trainer.models.build import build_model
+from trainer.models.ctr import CTRModel
+from trainer.search.autofis.supernet import FIS_MODELS, FISNetwork
+from trainer.search.interface import SearchContext, Variant
+from trainer.search.loop import SearchLoopConfig
+
+
+@dataclass
+class AutoFISConfig(SearchLoopConfig):
+    """AutoFIS settings. Inherits the search schedule; the defaults are the paper's
+    one-level GRDA search (Criteo's c and μ).
+
+    Args:
+        method: "autofis".
+        alpha_init: every gate's starting value.
+    """
+
+    method: str = "autofis"
+    pretrain_epochs: int = 0
+    arch_every: int = 1
+    arch_split: str = "train"
+    arch_optimizer: str = "grda"
+    arch_lr: float = 0.01
+    alpha_init: float = 0.05
+
+    def validate(self) -> list[str]:
+        p = super().validate()
+        if self.alpha_init == 0:
+            p.append("search.alpha_init: must not be 0 (every gate would start closed)")
+        return p
+
+
+@dataclass
+class AutoFISVariants:
+    """Extra AutoFIS rows.
+
+    Args:
+        random: train a random set of as many pairs as AutoFIS keeps (seeded), the
+            baseline that says whether the search picked better pairs than chance.
+    """
+
+    random: bool = True
+
+    def validate(self) -> list[str]:
+        return []
+
+
+def planted_scores(kept: list[tuple[str, str]], planted: list[list[str]]) -> dict:
+    """Precision / recall of the kept pairs against the planted pairs; kept pairs that lie
+    inside a planted triple are counted apart (a second-order search can only see those)."""
+    pairs = {frozenset(t) for t in planted if len(t) == 2}
+    triples = [set(t) for t in planted if len(t) == 3]
+    found = {frozenset(k) for k in kept}
+    hit = found & pairs
+    return {"planted_pairs": len(pairs), "kept": len(found), "true_positives": len(hit),
+            "precision": len(hit) / len(found) if found else None,
+            "recall": len(hit) / len(pairs) if pairs else None,
+            "kept_inside_planted_triples": sum(1 for k in found - pairs if any(k <= t for t in triples))}
+
+
+class AutoFIS:
+    """The AutoFIS search method.
+
+    Args:
+        cfg: AutoFIS settings.
+        ctx: the run's context.
+    """
+
+    Config = AutoFISConfig
+    Variants = AutoFISVariants
+    retrain_options: dict = {}
+
+    def __init__(self, cfg: AutoFISConfig, ctx: SearchContext):
+        self.cfg = cfg
+        self.spec = ctx.spec
+        self.model_cfg = ctx.model
+        self.seed = ctx.train.seed
+        self.planted = (getattr(ctx.ds, "meta", None) or {}).get("planted")
+        self.supernet: FISNetwork | None = None
+        self.phase = "pretrain"
+
+    @staticmethod
+    def check_config(exp) -> list[str]:
+        if exp.model.name not in FIS_MODELS:
+            return [f"model.name: AutoFIS searches the interactions of {sorted(FIS_MODELS)}, got {exp.model.name!r}"]
+        return []
+
+    def build(self) -> FISNetwork:
+        base = build_model(self.spec, self.model_cfg)
+        n = base.n_fields
+        pairs = torch.triu_indices(n, n, offset=1)
+        self.fields = list(base.embeddings.layout.fields)
+        self.supernet = FISNetwork(base, pairs, self.cfg.alpha_init)
+        return self.supernet
+
+    def arch_parameters(self) -> list[torch.nn.Parameter]:
+        return [self.supernet.alpha]
+
+    def set_phase(self, phase: str) -> None:
+        self.phase = phase  # the gates act the same in every phase: α itself is the architecture
+
+    def init_architecture(self) -> None:
+        with torch.no_grad():
+            self.supernet.alpha.fill_(self.cfg.alpha_init)
+
+    def arch_loss(self, bce: torch.Tensor) -> torch.Tensor:
+        return bce
+
+    def pair_names(self) -> list[tuple[str, str]]:
+        i, j = self.supernet.pairs
+        return [(self.fields[a], self.fields[b]) for a, b in zip(i.tolist(), j.tolist())]
+
+    def with_pairs(self, name: str, ctx: SearchContext, pairs: list[tuple[str, str]], details: dict | None = None) -> Decisions:
+        dims = self.model_cfg.field_dims(ctx.spec)
+        d = uniform(name, ctx.spec.names, dims, ctx.train_rows)
+        return d.replace(interactions=tuple(Interaction(p) for p in pairs), details=details or {})
+
+    def derive(self, ctx: SearchContext) -> Decisions:
+        alpha = self.supernet.alpha.detach()
+        names = self.pair_names()
+        kept = [p for p, a in zip(names, alpha.tolist()) if a != 0.0]
+        details = {"searched": len(names), "kept": len(kept), "share_kept": len(kept) / max(len(names), 1),
+                   "alpha": {f"{a}*{b}": round(float(x), 6) for (a, b), x in zip(names, alpha.tolist())}}
+        if self.planted:
+            details["planted"] = planted_scores(kept, self.planted.get("interactions", []))
+        return self.with_pairs("autofis", ctx, kept, details)
+
+    def router(self, decisions: Decisions) -> None:
+        return None
+
+    def variants(self, ctx: SearchContext, decisions: Decisions, wanted: AutoFISVariants) -> list[Variant]:
+        rows = [Variant("autofis_supernet", "AutoFIS search stage", "supernet")]
+        if wanted.random:
+            names = self.pair_names()
+            picks = np.random.default_rng((self.seed, 31)).choice(len(names), size=len(decisions.interactions), replace=False)
+            rand = self.with_pairs("random_pairs", ctx, [names[i] for i in sorted(picks)])
+            rows.append(Variant("random_pairs", "Random pairs (as many as AutoFIS keeps)", "baseline", (rand,)))
+        rows.append(Variant("autofis", "AutoFIS", "method", (decisions,)))
+        return rows
+
+    def init_retrain(self, variant: Variant, cluster: ClusterDecision, model: CTRModel) -> None:
+        raise AssertionError("AutoFIS variants retrain from scratch")
+
+    def report(self, ctx: SearchContext, searched: dict[str, Decisions], out: Path | None) -> dict:
+        d = searched["autofis"].details
+        entry = {"interactions": {k: d[k] for k in ("searched", "kept", "share_kept")}}
+        if "planted" in d:
+            entry["planted"] = d["planted"]
+        return entry
