@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field, replace
 VERSION = 1
 STORAGE_KINDS = ("full", "others", "dpq")
 INTERACTION_FUNCTIONS = ("inner",)
+MAX_ORDER = 4  # highest interaction order a model computes
 NUMERICAL_ENCODINGS = ("bucketized",)
 QUANTIZATIONS = ("none", "int8", "fp16")
 SERVED_BY = ("self", "base")
@@ -178,8 +179,8 @@ class Decisions:
         if bad:
             raise DecisionsError(f"numerical encodings {bad} are not one of {NUMERICAL_ENCODINGS}")
         for i in self.interactions or ():
-            if i.function not in INTERACTION_FUNCTIONS or len(i.fields) != 2:
-                raise DecisionsError(f"interaction {i}: only pairs with {INTERACTION_FUNCTIONS} are supported")
+            if i.function not in INTERACTION_FUNCTIONS or not 2 <= len(i.fields) <= MAX_ORDER:
+                raise DecisionsError(f"interaction {i}: orders 2..{MAX_ORDER} with {INTERACTION_FUNCTIONS} are supported")
 
     def replace(self, **changes) -> "Decisions":
         return replace(self, **changes)

@@ -193,6 +193,27 @@ def test_kept_pairs_prune_the_pairwise_interaction(name, toy_spec, toy_batch):
     assert "pair_index" not in pruned.state_dict()  # architecture, not a weight
 
 
+@pytest.mark.parametrize("name", ["fm", "ipnn"])
+def test_higher_order_interactions_are_products_summed_over_dims(name, toy_spec, toy_batch):
+    from trainer.decisions import Interaction
+
+    cfg = ModelConfig(name=name, embedding_dim=4, mlp=[4])
+    kept = (Interaction(("a", "c")), Interaction(("c", "g", "a")), Interaction(("a", "n", "g", "c")))
+    torch.manual_seed(0)
+    model = build_model(toy_spec, cfg, interactions=kept).eval()
+    assert model.high_orders == (3, 4) and model.n_higher == 2
+    assert model.order3_index.tolist() == [[0], [2], [3]]  # field positions a, g, c sorted
+    with torch.no_grad():
+        embs, _ = model.embeddings.lookup(toy_batch.sparse_features)
+        a, n, g, c = embs
+        by_hand = [(a * c).sum(1), (a * g * c).sum(1), (a * n * g * c).sum(1)]
+        if name == "fm":
+            assert torch.allclose(model.head(None, embs), sum(by_hand), atol=1e-6)  # float32 sum order
+        else:
+            x = torch.cat([torch.cat(embs, 1), torch.stack(by_hand, 1)], dim=1)
+            assert torch.allclose(model.head(None, embs), model.deep(x).squeeze(1), atol=1e-6)
+
+
 def test_kept_pairs_on_a_model_without_pairwise_interactions_are_refused(toy_spec):
     from trainer.decisions import Interaction
 

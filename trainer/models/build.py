@@ -34,15 +34,15 @@ def build_model(spec: FeatureSpec, cfg: ModelConfig, dims: dict[str, int] | None
                 interactions: tuple[Interaction, ...] | None = None) -> CTRModel:
     """The configured model over one of: a cluster's decisions, a layout, plain `dims`
     (default: the config's), or a ready embeddings module (a search supernet's).
-    `interactions`: the kept pairs (None = every pair of the model's interaction)."""
+    `interactions`: the kept interactions (None = every pair of the model's interaction)."""
     if embeddings is None:
         if cluster is not None:
             layout = from_cluster(spec, cluster)
         elif layout is None:
             layout = layout_for(spec, dims if dims is not None else cfg.field_dims(spec))
         embeddings = embeddings_for(spec, cfg, layout, device, tau_kd)
-    pairs = None if interactions is None else [tuple(i.fields) for i in interactions]
-    return MODELS[cfg.name](spec, cfg, embeddings, device, pairs)
+    kept = None if interactions is None else [tuple(i.fields) for i in interactions]
+    return MODELS[cfg.name](spec, cfg, embeddings, device, kept)
 
 
 def served_form(model: CTRModel) -> CTRModel:

@@ -86,15 +86,17 @@ class CTRModel(nn.Module):
             `lookup(sparse) -> (per-field embeddings, first-order sum or None)` and
             `first_order_in_column` (it also serves the first-order weights).
         device: "meta" when DistributedModelParallel will materialise the tables.
-        pairs: the kept field pairs (names) of a model with pairwise interactions
-            (`prunes_pairs`); None = every pair. Pairs with a dropped field are dropped.
+        interactions: the kept field interactions (tuples of names; pairs, and for orders
+            above 2 the product of p embeddings summed over dims) of a model with pairwise
+            interactions (`prunes_pairs`); None = every pair. Tuples with a dropped field
+            are dropped.
     """
 
     uses_linear = False
-    prunes_pairs = False  # its head sums or concatenates <e_i, e_j> over field pairs
+    prunes_pairs = False  # its head sums or concatenates <e_i, e_j> over field pairs (and higher orders)
 
     def __init__(self, spec: FeatureSpec, cfg: ModelConfig, embeddings: nn.Module, device=None,
-                 pairs: list[tuple[str, str]] | None = None):
+                 interactions: list[tuple[str, ...]] | None = None):
         super().__init__()
         in_column = self.uses_linear and embeddings.first_order_in_column
         self.embeddings = embeddings
@@ -112,15 +114,22 @@ class CTRModel(nn.Module):
         self.linear = LinearWeights(spec, tuple(spec.names), device) if self.uses_linear and not in_column else None
         self.first_order_params = sum(f.num_embeddings for f in spec.fields) if self.uses_linear else 0
         self.bias = nn.Parameter(torch.zeros(1))
-        index = None
-        if pairs is not None:
+        index, self.high_orders = None, ()
+        if interactions is not None:
             if not self.prunes_pairs:
                 raise ValueError(f"model {cfg.name!r} has no pairwise interactions to keep or drop")
             pos = {f: i for i, f in enumerate(layout.fields)}
-            kept = sorted({tuple(sorted((pos[a], pos[b]))) for a, b in pairs if a in pos and b in pos and a != b})
-            index = torch.tensor(kept, dtype=torch.long).reshape(-1, 2).T.contiguous()
-        # not persistent: the kept pairs are architecture (from the decisions), not a trained weight
+            by_order: dict[int, set] = {}
+            for t in interactions:
+                if all(f in pos for f in t) and len(set(t)) == len(t) >= 2:
+                    by_order.setdefault(len(t), set()).add(tuple(sorted(pos[f] for f in t)))
+            index = torch.tensor(sorted(by_order.get(2, ())), dtype=torch.long).reshape(-1, 2).T.contiguous()
+            self.high_orders = tuple(sorted(p for p in by_order if p > 2))
+            for p in self.high_orders:
+                self.register_buffer(f"order{p}_index", torch.tensor(sorted(by_order[p])).T.contiguous(), persistent=False)
+        # not persistent: the kept interactions are architecture (from the decisions), not trained weights
         self.register_buffer("pair_index", index, persistent=False)
+        self.n_higher = sum(getattr(self, f"order{p}_index").shape[1] for p in self.high_orders)
 
     def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:
         embs, first_order = self.embeddings.lookup(sparse)
@@ -138,6 +147,23 @@ class CTRModel(nn.Module):
             first_order = self.linear(sparse) if self.linear is not None else self.embeddings.lookup(sparse)[1]
         return logit if first_order is None else logit + first_order
 
+    def higher_order(self, stacked: torch.Tensor) -> torch.Tensor:
+        """Σ_d Π_s e_s[d] of every kept interaction above order 2, [B, n_higher]."""
+        parts = []
+        for p in self.high_orders:
+            index = getattr(self, f"order{p}_index")
+            product = stacked[:, index[0]]
+            for s in range(1, p):
+                product = product * stacked[:, index[s]]
+            parts.append(product.sum(dim=2))
+        return torch.cat(parts, dim=1)
+
+    def interaction_sum(self, embs: list[torch.Tensor]) -> torch.Tensor:
+        """The FM term: every kept interaction's value, summed, [B]."""
+        stacked = stack_zero_padded(embs, self.max_dim)
+        total = fm_interaction(stacked, self.pair_index)
+        return total + self.higher_order(stacked).sum(dim=1) if self.high_orders else total
+
     def deep_input(self, dense: torch.Tensor, embs: list[torch.Tensor]) -> torch.Tensor:
         parts = embs + ([dense] if self.n_dense else [])
         return torch.cat(parts, dim=1)
@@ -149,8 +175,8 @@ class CTRModel(nn.Module):
 class MLPModel(CTRModel):
     """Concatenated embeddings → MLP (the iHAS paper's base network)."""
 
-    def __init__(self, spec, cfg, embeddings, device=None, pairs=None):
-        super().__init__(spec, cfg, embeddings, device, pairs)
+    def __init__(self, spec, cfg, embeddings, device=None, interactions=None):
+        super().__init__(spec, cfg, embeddings, device, interactions)
         self.deep = mlp(self.concat_dim + self.n_dense, cfg.mlp, cfg.dropout)
 
     def head(self, dense, embs):
@@ -162,7 +188,7 @@ class FM(CTRModel):
     prunes_pairs = True
 
     def head(self, dense, embs):
-        return fm_interaction(stack_zero_padded(embs, self.max_dim), self.pair_index)
+        return self.interaction_sum(embs)
 
 
 class WideDeep(MLPModel):
@@ -174,7 +200,7 @@ class DeepFM(MLPModel):
     prunes_pairs = True
 
     def head(self, dense, embs):
-        return super().head(dense, embs) + fm_interaction(stack_zero_padded(embs, self.max_dim), self.pair_index)
+        return super().head(dense, embs) + self.interaction_sum(embs)
 
 
 class IPNN(CTRModel):
@@ -182,21 +208,22 @@ class IPNN(CTRModel):
 
     prunes_pairs = True
 
-    def __init__(self, spec, cfg, embeddings, device=None, pairs=None):
-        super().__init__(spec, cfg, embeddings, device, pairs)
+    def __init__(self, spec, cfg, embeddings, device=None, interactions=None):
+        super().__init__(spec, cfg, embeddings, device, interactions)
         n_pairs = self.n_fields * (self.n_fields - 1) // 2 if self.pair_index is None else self.pair_index.shape[1]
-        self.deep = mlp(self.concat_dim + self.n_dense + n_pairs, cfg.mlp, cfg.dropout)
+        self.deep = mlp(self.concat_dim + self.n_dense + n_pairs + self.n_higher, cfg.mlp, cfg.dropout)
 
     def head(self, dense, embs):
-        products = pairwise_inner(stack_zero_padded(embs, self.max_dim), self.pair_index)
-        return self.deep(torch.cat([self.deep_input(dense, embs), products], dim=1)).squeeze(1)
+        stacked = stack_zero_padded(embs, self.max_dim)
+        products = [pairwise_inner(stacked, self.pair_index)] + ([self.higher_order(stacked)] if self.high_orders else [])
+        return self.deep(torch.cat([self.deep_input(dense, embs), *products], dim=1)).squeeze(1)
 
 
 class DCN(CTRModel):
     """Deep & Cross: cross network and MLP side by side on the concatenation."""
 
-    def __init__(self, spec, cfg, embeddings, device=None, pairs=None):
-        super().__init__(spec, cfg, embeddings, device, pairs)
+    def __init__(self, spec, cfg, embeddings, device=None, interactions=None):
+        super().__init__(spec, cfg, embeddings, device, interactions)
         width = self.concat_dim + self.n_dense
         self.cross = CrossNetwork(width, cfg.cross_layers)
         self.deep = mlp(width, cfg.mlp, cfg.dropout, out_dim=None)
@@ -210,9 +237,9 @@ class DCN(CTRModel):
 class DLRM(CTRModel):
     """DLRM: bottom MLP on dense values to the widest embedding dim, pairwise dots, top MLP."""
 
-    def __init__(self, spec, cfg, embeddings, device=None, pairs=None):
+    def __init__(self, spec, cfg, embeddings, device=None, interactions=None):
         cfg = ModelConfig(**{**cfg.__dict__, "dense_input": True})
-        super().__init__(spec, cfg, embeddings, device, pairs)
+        super().__init__(spec, cfg, embeddings, device, interactions)
         self.bottom = mlp(self.n_dense, [max(self.max_dim, 4)], out_dim=self.max_dim) if self.n_dense else None
         n = self.n_fields + (1 if self.bottom is not None else 0)
         self.top = mlp(self.max_dim + n * (n - 1) // 2, cfg.mlp, cfg.dropout)
