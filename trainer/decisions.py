@@ -18,7 +18,8 @@ from dataclasses import asdict, dataclass, field, replace
 
 VERSION = 1
 STORAGE_KINDS = ("full", "others", "dpq")
-INTERACTION_FUNCTIONS = ("inner",)
+INTERACTION_FUNCTIONS = ("inner", "vector_kernel", "scalar_kernel", "outer")
+INTERACTION_MODELS = ("base", "aim")
 MAX_ORDER = 4  # highest interaction order a model computes
 NUMERICAL_ENCODINGS = ("bucketized",)
 QUANTIZATIONS = ("none", "int8", "fp16")
@@ -150,6 +151,10 @@ class Decisions:
         method: the method (or variant) that produced it.
         clusters: one entry per cluster model, ids 0..K-1 in order.
         interactions: kept interactions; None = the base model's own (all of them).
+        interaction_model: "base" (the base model computes its kept inner-product
+            interactions) or "aim" (trainer.models.aim: each interaction with its function,
+            kept dims placed at their positions).
+        function_wise: with "aim", one embedding set per interaction function instead of one shared set.
         numerical: numerical field → encoding.
         router: routing parameters; None for one cluster.
         quantize: storage of the exported tables ("none", "int8", "fp16").
@@ -160,6 +165,8 @@ class Decisions:
     method: str
     clusters: tuple[ClusterDecision, ...]
     interactions: tuple[Interaction, ...] | None = None
+    interaction_model: str = "base"
+    function_wise: bool = False
     numerical: dict[str, str] = field(default_factory=dict)
     router: RouterDecision | None = None
     quantize: str = "none"
@@ -173,6 +180,10 @@ class Decisions:
             raise DecisionsError(f"{len(self.clusters)} clusters need a router")
         if self.router is not None and len(self.router.centroids) != len(self.clusters):
             raise DecisionsError(f"router has {len(self.router.centroids)} centroids for {len(self.clusters)} clusters")
+        if self.interaction_model not in INTERACTION_MODELS:
+            raise DecisionsError(f"interaction_model {self.interaction_model!r} is not one of {INTERACTION_MODELS}")
+        if self.interaction_model == "base" and any(i.function != "inner" for i in self.interactions or ()):
+            raise DecisionsError("interaction functions other than 'inner' need interaction_model 'aim'")
         if self.quantize not in QUANTIZATIONS:
             raise DecisionsError(f"quantize {self.quantize!r} is not one of {QUANTIZATIONS}")
         bad = sorted({e for e in self.numerical.values() if e not in NUMERICAL_ENCODINGS})
@@ -181,6 +192,11 @@ class Decisions:
         for i in self.interactions or ():
             if i.function not in INTERACTION_FUNCTIONS or not 2 <= len(i.fields) <= MAX_ORDER:
                 raise DecisionsError(f"interaction {i}: orders 2..{MAX_ORDER} with {INTERACTION_FUNCTIONS} are supported")
+
+    def model_options(self) -> dict:
+        """The build_model keywords every cluster model of these decisions shares."""
+        return {"interactions": self.interactions, "interaction_model": self.interaction_model,
+                "function_wise": self.function_wise}
 
     def replace(self, **changes) -> "Decisions":
         return replace(self, **changes)
@@ -215,6 +231,8 @@ class Decisions:
                 method=obj["method"],
                 clusters=clusters,
                 interactions=None if inter is None else tuple(Interaction(tuple(i["fields"]), i["function"]) for i in inter),
+                interaction_model=obj.get("interaction_model", "base"),  # records from before AIM lack both
+                function_wise=bool(obj.get("function_wise", False)),
                 numerical=dict(obj["numerical"]),
                 router=None if obj["router"] is None else RouterDecision(**obj["router"]),
                 quantize=obj["quantize"],

@@ -17,4 +17,4 @@ def test_the_served_program_holds_only_the_kept_pairs(tiny_run):
     assert index.shape == (2, len(kept))
     assert [[fields[i], fields[j]] for i, j in index.T.tolist()] == [i["fields"] for i in kept]
     assert report["interactions"]["kept"] == len(kept)
-    assert report["planted"]["planted_pairs"] == 2 and report["planted"]["kept"] == len(kept)
+    assert report["planted"]["planted"] == 2 and report["planted"]["kept"] == len(kept)

@@ -6,7 +6,8 @@ import torch
 
 from trainer.models.build import build_model
 from trainer.models.ctr import ModelConfig
-from trainer.search.autofis.method import AutoFIS, AutoFISConfig, planted_scores
+from trainer.search.autofis.method import AutoFIS, AutoFISConfig
+from trainer.search.planted import planted_scores
 from trainer.search.interface import SearchContext
 from trainer.training import TrainConfig
 
@@ -72,8 +73,10 @@ def test_a_zero_gate_closes_its_interaction_and_derive_drops_it(toy_spec, toy_ba
 def test_planted_scores():
     planted = [["A", "B"], ["C", "D"], ["A", "E", "F"]]
     s = planted_scores([("B", "A"), ("A", "C"), ("E", "F")], planted)
-    assert (s["true_positives"], s["kept"], s["planted_pairs"]) == (1, 3, 2)
-    assert s["precision"] == pytest.approx(1 / 3) and s["recall"] == 0.5 and s["kept_inside_planted_triples"] == 1
+    assert (s["true_positives"], s["kept"], s["planted"]) == (1, 3, 2)
+    assert s["precision"] == pytest.approx(1 / 3) and s["recall"] == 0.5 and s["kept_inside_planted_higher_order"] == 1
+    t = planted_scores([("A", "F", "E"), ("A", "B", "C")], planted, order=3)
+    assert (t["true_positives"], t["precision"], t["recall"]) == (1, 0.5, 1.0)
     assert planted_scores([], planted)["precision"] is None
 
 

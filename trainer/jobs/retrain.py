@@ -61,15 +61,15 @@ def route(router, ds, batch_size: int) -> dict[str, np.ndarray]:
 
 def train_cluster(ds, assign: dict, cluster: ClusterDecision, model_cfg: ModelConfig, tcfg: TrainConfig, env: DistEnv,
                   out: Path, resume: bool, log: Log, init: Init | None = None, options: dict | None = None,
-                  interactions: tuple | None = None):
+                  shared: dict | None = None):
     """Train one cluster's model on its rows; returns (plain model, val probs, test probs, metrics).
 
     Args:
         init: fills a fresh CPU model in place (a method's warm start) instead of a fresh draw.
         options: the method's extra `build_model` keywords (e.g. the DPQ-SX temperature).
-        interactions: the decisions' kept interactions (None = all of the model's).
+        shared: the decisions' build_model keywords common to every cluster (`Decisions.model_options`).
     """
-    kw = {"cluster": cluster, "interactions": interactions, **(options or {})}
+    kw = {"cluster": cluster, **(shared or {}), **(options or {})}
     files = out / "model.pt", out / "val_probs.npy", out / "test_probs.npy", out / "metrics.json"
     if resume and all(f.exists() for f in files):
         plain = build_model(ds.spec, model_cfg, **kw)
@@ -127,7 +127,7 @@ def retrain(ds, decisions: Decisions, assign: dict, model_cfg: ModelConfig, tcfg
             raise RuntimeError(f"{decisions.method}: cluster {c.id} is empty or keeps no dims (lower search.clusters or search.l0)")
         log(f"retrain {model_cfg.name} for {decisions.method} cluster {c.id} ({int((assign['train'] == c.id).sum())} train rows) → {out}")
         plain, val, test, metrics = train_cluster(ds, assign, c, model_cfg, tcfg, env, out / f"cluster_{c.id}", resume, log, init, options,
-                                                     decisions.interactions)
+                                                     decisions.model_options())
         merged["val"][assign["val"] == c.id] = val
         merged["test"][assign["test"] == c.id] = test
         models.append(plain)

@@ -12,6 +12,7 @@ from torch import nn
 
 from serving.features import FeatureSpec
 from trainer.decisions import ClusterDecision, Interaction
+from trainer.models.aim import AIMModel
 from trainer.models.ctr import MODELS, CTRModel, ModelConfig
 from trainer.models.dpq import TAU_KD, CompressedEmbeddings, require_separate_first_order, served_model
 from trainer.models.layout import EmbeddingLayout, from_cluster, layout_for
@@ -31,10 +32,19 @@ def embeddings_for(spec: FeatureSpec, cfg: ModelConfig, layout: EmbeddingLayout,
 def build_model(spec: FeatureSpec, cfg: ModelConfig, dims: dict[str, int] | None = None, device=None, *,
                 cluster: ClusterDecision | None = None, layout: EmbeddingLayout | None = None,
                 embeddings: nn.Module | None = None, tau_kd: float = TAU_KD,
-                interactions: tuple[Interaction, ...] | None = None) -> CTRModel:
+                interactions: tuple[Interaction, ...] | None = None, interaction_model: str = "base",
+                function_wise: bool = False) -> nn.Module:
     """The configured model over one of: a cluster's decisions, a layout, plain `dims`
     (default: the config's), or a ready embeddings module (a search supernet's).
-    `interactions`: the kept interactions (None = every pair of the model's interaction)."""
+    `interactions`: the kept interactions (None = every pair of the model's interaction);
+    `interaction_model` "aim" builds trainer.models.aim.AIMModel over them instead (each
+    with its function, `function_wise` embeddings, a cluster's kept dims at their positions)."""
+    if interaction_model == "aim":
+        if embeddings is not None or layout is not None or cluster is None:
+            raise ValueError("AIM's interaction model is built from a cluster's decisions")
+        terms = [(tuple(i.fields), i.function) for i in interactions or ()]
+        positions = {n: f.kept for n, f in cluster.fields.items() if f.kept is not None}
+        return AIMModel(spec, cfg, terms, cluster.dims, positions, function_wise, device)
     if embeddings is None:
         if cluster is not None:
             layout = from_cluster(spec, cluster)

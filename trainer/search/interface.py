@@ -3,7 +3,8 @@
 The recipe (trainer.jobs.search) drives any method the same way:
 
     method = Method(cfg, ctx)            # ctx: spec, model config, data, the Base model
-    run_search(method, ...)              # build() → pretrain / search phases, arch_loss
+    run_search(method, ...)              # build() → pretrain / search phases, arch_loss;
+                                         # again while method.next_stage(loop) gives a schedule
     decisions = method.derive(ctx)       # a typed trainer.decisions.Decisions
     router = method.router(decisions)    # row → cluster module, or None for one cluster
     for v in method.variants(ctx, decisions): retrain v's decisions per cluster, score it
@@ -124,6 +125,11 @@ class SearchMethod(Protocol):
 
     def arch_loss(self, bce: torch.Tensor) -> torch.Tensor:
         """Objective of an architecture step given the batch's BCE (adds regularizers)."""
+
+    def next_stage(self, loop: Any) -> Any:
+        """After a stage's search with schedule `loop` (supernet in eval phase): prepare the
+        next stage, whose `build()` follows, and return its schedule (a SearchLoopConfig);
+        None when the search is complete."""
 
     def derive(self, ctx: SearchContext) -> Decisions:
         """The searched architecture, from the trained supernet (eval phase)."""

@@ -6,6 +6,7 @@ under configs/tiny/ (the contract test runs every tiny config through the recipe
 
 from __future__ import annotations
 
+from trainer.search.aim.method import AIM
 from trainer.search.autodpq.method import AutoDPQ
 from trainer.search.autofis.method import AutoFIS
 from trainer.search.ihas.method import IHAS
@@ -14,4 +15,5 @@ METHODS = {
     "ihas": IHAS,
     "autodpq": AutoDPQ,
     "autofis": AutoFIS,
+    "aim": AIM,
 }

@@ -200,6 +200,9 @@ class AutoDPQ:
         dims = {n: 0 for n in self.spec.names} | dict(zip(layout.fields, layout.dims))
         return uniform(name, self.spec.names, dims, self.train_rows, storage)
 
+    def next_stage(self, loop: SearchLoopConfig) -> None:
+        return None  # one search stage
+
     def derive(self, ctx: SearchContext) -> Decisions:
         """Per field argmax α → (K, D)."""
         emb = self.embeddings

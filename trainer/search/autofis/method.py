@@ -25,6 +25,7 @@ from trainer.models.ctr import CTRModel
 from trainer.search.autofis.supernet import FIS_MODELS, FISNetwork
 from trainer.search.interface import SearchContext, Variant
 from trainer.search.loop import SearchLoopConfig
+from trainer.search.planted import planted_scores
 
 
 @dataclass
@@ -65,19 +66,6 @@ class AutoFISVariants:
 
     def validate(self) -> list[str]:
         return []
-
-
-def planted_scores(kept: list[tuple[str, str]], planted: list[list[str]]) -> dict:
-    """Precision / recall of the kept pairs against the planted pairs; kept pairs that lie
-    inside a planted triple are counted apart (a second-order search can only see those)."""
-    pairs = {frozenset(t) for t in planted if len(t) == 2}
-    triples = [set(t) for t in planted if len(t) == 3]
-    found = {frozenset(k) for k in kept}
-    hit = found & pairs
-    return {"planted_pairs": len(pairs), "kept": len(found), "true_positives": len(hit),
-            "precision": len(hit) / len(found) if found else None,
-            "recall": len(hit) / len(pairs) if pairs else None,
-            "kept_inside_planted_triples": sum(1 for k in found - pairs if any(k <= t for t in triples))}
 
 
 class AutoFIS:
@@ -136,6 +124,9 @@ class AutoFIS:
         dims = self.model_cfg.field_dims(ctx.spec)
         d = uniform(name, ctx.spec.names, dims, ctx.train_rows)
         return d.replace(interactions=tuple(Interaction(p) for p in pairs), details=details or {})
+
+    def next_stage(self, loop: SearchLoopConfig) -> None:
+        return None  # one search stage
 
     def derive(self, ctx: SearchContext) -> Decisions:
         alpha = self.supernet.alpha.detach()

@@ -202,6 +202,9 @@ class IHAS:
                 out.setdefault(k, []).append(t.numpy())
         return {k: np.concatenate(v) for k, v in out.items()}
 
+    def next_stage(self, loop: SearchLoopConfig) -> None:
+        return None  # one search stage
+
     def derive(self, ctx: SearchContext, clusters: int | None = None) -> Decisions:
         """Cluster the deterministic masked embeddings; per cluster, keep majority dims.
 
