@@ -1,0 +1,37 @@
+"""AutoFIS and AIM end to end: the bundle's program computes only the kept interactions,
+and the report scores them against the planted ones."""
+
+import json
+
+from serving.bundle.verify import load_bundle
+
+
+def test_the_served_program_holds_only_the_kept_pairs(tiny_run):
+    _, _, out, report = tiny_run("autofis_synthetic")
+    decisions = json.loads((out / "decisions.json").read_text())
+    kept = decisions["interactions"]
+    assert 0 < len(kept) < decisions["details"]["searched"]  # the tiny search closes some gates, not all
+    program = load_bundle(out / "bundle").models[0]
+    index = dict(program.named_buffers())["pair_index"]
+    fields = list(decisions["clusters"][0]["fields"])  # model field order = the spec's
+    assert index.shape == (2, len(kept))
+    assert [[fields[i], fields[j]] for i, j in index.T.tolist()] == [i["fields"] for i in kept]
+    assert report["interactions"]["kept"] == len(kept)
+    assert report["planted"]["planted"] == 2 and report["planted"]["kept"] == len(kept)
+
+
+def test_the_served_aim_program_holds_only_the_kept_interactions(tiny_run):
+    _, _, out, report = tiny_run("aim_synthetic")
+    decisions = json.loads((out / "decisions.json").read_text())
+    kept = decisions["interactions"]
+    assert decisions["interaction_model"] == "aim" and kept
+    program = load_bundle(out / "bundle").models[0]
+    buffers = dict(program.named_buffers())
+    indexes = [v for k, v in buffers.items() if k.endswith(".index")]
+    assert sum(i.shape[1] for i in indexes) == len(kept)  # one column per kept interaction, no other candidates
+    by_order = sorted(len(i["fields"]) for i in kept)
+    assert sorted(n for i in indexes for n in [i.shape[0]] * i.shape[1]) == by_order
+    stages = report["aim"]["aim"]
+    assert stages["kept"] == len(kept)
+    order3, pool = stages["candidates_by_order"].get("order 3", [0, 1])
+    assert order3 < pool  # Algorithm 1's pool, not every triple
