@@ -91,11 +91,14 @@ class AIMVariants:
         ablations: the paper's AIM-IFS-EDS (FIS only) and AIM-EDS (no dimension search).
         shared_embeddings: AIM with one shared embedding per feature instead of function-wise ones.
         orders: AIM searched up to each of these orders besides max_order (e.g. [2, 4]).
+        gate_split: AIM with α / β learning on a split carved from train instead of the
+            training batches the weights fit (a labelled variant, not the paper's).
     """
 
     ablations: bool = False
     shared_embeddings: bool = False
     orders: list[int] = field(default_factory=list)
+    gate_split: bool = False
 
     def validate(self) -> list[str]:
         return [f"variants.orders: each in 2..4, got {self.orders}"] if any(not 2 <= o <= 4 for o in self.orders) else []
@@ -253,6 +256,9 @@ class AIM:
             rows.append(Variant("aim_shared", "AIM, shared embeddings", "variant", search={"function_wise": False}))
         rows += [Variant(f"aim_order_{o}", f"AIM, max order {o}", "variant", search={"max_order": o})
                  for o in wanted.orders if o != self.cfg.max_order]
+        if wanted.gate_split:
+            rows.append(Variant("aim_gate_split", "AIM, α / β on a gate split (not the paper's)", "variant",
+                                search={"arch_split": "gate"}))
         rows.append(Variant("aim", "AIM", "method", (decisions,)))
         return rows
 

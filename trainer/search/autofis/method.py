@@ -60,9 +60,12 @@ class AutoFISVariants:
     Args:
         random: train a random set of as many pairs as AutoFIS keeps (seeded), the
             baseline that says whether the search picked better pairs than chance.
+        gate_split: AutoFIS with α learning on a split carved from train instead of the
+            training batches the weights fit (a labelled variant, not the paper's).
     """
 
     random: bool = True
+    gate_split: bool = False
 
     def validate(self) -> list[str]:
         return []
@@ -148,6 +151,9 @@ class AutoFIS:
             picks = np.random.default_rng((self.seed, 31)).choice(len(names), size=len(decisions.interactions), replace=False)
             rand = self.with_pairs("random_pairs", ctx, [names[i] for i in sorted(picks)])
             rows.append(Variant("random_pairs", "Random pairs (as many as AutoFIS keeps)", "baseline", (rand,)))
+        if wanted.gate_split:
+            rows.append(Variant("autofis_gate_split", "AutoFIS, α on a gate split (not the paper's)", "variant",
+                                search={"arch_split": "gate"}))
         rows.append(Variant("autofis", "AutoFIS", "method", (decisions,)))
         return rows
 
