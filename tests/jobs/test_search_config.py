@@ -40,4 +40,4 @@ def test_section_mistakes_name_the_method_sections(tmp_path):
 
 
 def test_unknown_method(tmp_path):
-    assert "search.method: 'aim'" in _errors(tmp_path, '[search]\nmethod = "aim"\n')
+    assert "search.method: 'autogroup'" in _errors(tmp_path, '[search]\nmethod = "autogroup"\n')
