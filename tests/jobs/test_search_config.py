@@ -6,13 +6,14 @@ import pytest
 
 from trainer.config import ConfigError
 from trainer.jobs.search import load_experiment
+from trainer.search.registry import METHODS
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("config", sorted(str(p) for p in ROOT.glob("configs/**/*.toml") if "method" in p.read_text()))
 def test_shipped_search_configs_load(config):
-    assert load_experiment(config, []).search.method in ("ihas", "autodpq")
+    assert load_experiment(config, []).search.method in METHODS
 
 
 def _errors(tmp_path, text: str) -> str:
@@ -41,3 +42,11 @@ def test_section_mistakes_name_the_method_sections(tmp_path):
 
 def test_unknown_method(tmp_path):
     assert "search.method: 'aim'" in _errors(tmp_path, '[search]\nmethod = "aim"\n')
+
+
+def test_autodim_mistakes_together(tmp_path):
+    msg = _errors(tmp_path, '[search]\nmethod = "autodim"\ncandidates = [4, 4]\ncommon_dim = -1\nbn_scale = 0\n'
+                            '[variants]\nrandom_draws = 0\nuniform_dims = [0]\n')
+    for key in ("search.candidates", "search.common_dim", "search.bn_scale", "variants.random_draws", "variants.uniform_dims"):
+        assert key in msg
+    assert "5 problem(s)" in msg
