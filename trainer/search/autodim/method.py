@@ -16,7 +16,7 @@ Choices where the paper is vague:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -29,8 +29,14 @@ from trainer.models.ctr import CTRModel
 from trainer.models.layout import layout_for
 from trainer.search.autodim.supernet import DimSearchEmbeddings
 from trainer.search.autodpq.supernet import GumbelSchedule
+from trainer.search.ihas.method import IHAS, IHASConfig
 from trainer.search.interface import SearchContext, Variant
-from trainer.search.loop import SearchLoopConfig
+from trainer.search.loop import SearchLoopConfig, run_search
+
+# iHAS-2's search unless variants.ihas says otherwise: the iHAS paper's schedule (5 pretrain
+# epochs, gates on architecture batches every step as configs/ihas_ml100k.toml does), its
+# architecture batches from a gate split like AutoDim's
+IHAS_DEFAULTS = {"pretrain_epochs": 5, "search_epochs": 10, "arch_every": 1, "arch_lr": 1e-2, "arch_split": "gate"}
 
 
 @dataclass
@@ -90,12 +96,22 @@ class AutoDimVariants:
         uniform_dims: extra baselines with every field at one of these dims.
         paper_bn: also search and retrain with bn_scale = 1 (the paper's batch norm), when
             the config sets another scale.
+        ihas_2: the iHAS-2 baseline: an iHAS search (one cluster, from every field at
+            model.embedding_dim) and the dims its gates keep, retrained. The search runs
+            inside `variants` and is not saved, so a resumed run searches again.
+        ihas: iHAS settings (the [search] keys of an iHAS config) for that search; the
+            defaults below put its gates on a gate split as well.
     """
 
     random: bool = True
     random_draws: int = 2000
     uniform_dims: list[int] = field(default_factory=list)
     paper_bn: bool = False
+    ihas_2: bool = False
+    ihas: dict = field(default_factory=dict)
+
+    def ihas_config(self) -> IHASConfig:
+        return IHASConfig(**{**IHAS_DEFAULTS, **self.ihas, "clusters": 1})
 
     def validate(self) -> list[str]:
         p = []
@@ -103,6 +119,11 @@ class AutoDimVariants:
             p.append(f"variants.random_draws: must be >= 1, got {self.random_draws}")
         if any(d < 1 for d in self.uniform_dims):
             p.append(f"variants.uniform_dims: dims must be >= 1, got {self.uniform_dims}")
+        unknown = sorted(set(self.ihas) - {f.name for f in fields(IHASConfig)} - {"method", "clusters"})
+        if unknown:
+            p.append(f"variants.ihas: unknown iHAS keys {unknown}")
+        else:
+            p += [x.replace("search.", "variants.ihas.", 1) for x in self.ihas_config().validate()]
         return p
 
 
@@ -120,6 +141,14 @@ def random_dims(spec: FeatureSpec, candidates: list[int], target: dict[str, int]
     if not np.isfinite(gap[best]):
         return None
     return {n: candidates[i] for n, i in zip(names, picks[best])}
+
+
+def ihas_one_cluster(ctx: SearchContext, cfg: IHASConfig) -> Decisions:
+    """iHAS-2's decisions: an iHAS search with these settings, its gates' majority dims (one cluster)."""
+    ihas = IHAS(cfg, ctx)
+    torch.manual_seed(ctx.train.seed)
+    run_search(ihas, ctx.ds, cfg, ctx.train, ctx.env, ctx.log)
+    return ihas.derive(ctx, clusters=1).replace(method="ihas_2")
 
 
 class AutoDim:
@@ -198,6 +227,10 @@ class AutoDim:
             else:
                 rows.append(Variant("random_dims", "Random dims (AutoDim's bytes)", "baseline",
                                     (uniform("random_dims", self.spec.names, dims, self.train_rows),)))
+        if wanted.ihas_2:
+            ctx.log("== iHAS search for the iHAS-2 baseline")
+            rows.append(Variant("ihas_2", "iHAS-2 (one-cluster iHAS dims)", "baseline",
+                                (ihas_one_cluster(ctx, wanted.ihas_config()),)))
         if wanted.paper_bn and self.cfg.bn_scale != 1.0:
             rows.append(Variant("autodim_paper_bn", "AutoDim, BN scale 1 (the paper's)", "variant", search={"bn_scale": 1.0}))
         rows.append(Variant("autodim", "AutoDim", "method", (decisions,)))
