@@ -15,7 +15,7 @@ from trainer.models.layout import layout_for
 from trainer.models.tables import FieldEmbeddings
 from trainer.search.autodim.method import AutoDim, AutoDimConfig, random_dims
 from trainer.search.autodim.supernet import DimSearchEmbeddings
-from trainer.search.autodpq.supernet import GumbelSchedule
+from trainer.search.gumbel import GumbelSchedule
 from trainer.search.interface import SearchContext
 from trainer.training import TrainConfig
 
@@ -50,9 +50,12 @@ def test_search_weights_are_a_distribution_per_row_and_field(toy_spec):
 
 def test_weights_become_one_hot_when_annealed(toy_spec):
     m = make(toy_spec)
-    m.embeddings.schedule = GumbelSchedule(1.0, 1.0, 0.01)
-    m.embeddings.forwards = 10**6  # far past the schedule's end: τ = 0.01
-    assert m.embeddings.tau == pytest.approx(0.01)
+    clock = m.embeddings.clock
+    clock.schedule = GumbelSchedule(1.0, 1e-3, 0.01)
+    clock.forwards, clock.arch_steps = 1000, 500  # 500 weight steps: τ = 0.5
+    assert clock.weight_steps == 500 and clock.tau == pytest.approx(0.5)
+    clock.forwards = 10**6  # far past the schedule's end: τ = 0.01
+    assert clock.tau == pytest.approx(0.01)
     w = weights(m, "search")
     # at τ = 0.01 the runner-up weighs exp(-Δ/τ) of the winner; Δ (a Gumbel gap) below 0.05
     # happens for a few percent of rows, so the bound is on the share of rows

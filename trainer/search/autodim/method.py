@@ -28,7 +28,7 @@ from trainer.models.build import build_model
 from trainer.models.ctr import CTRModel
 from trainer.models.layout import layout_for
 from trainer.search.autodim.supernet import DimSearchEmbeddings
-from trainer.search.autodpq.supernet import GumbelSchedule
+from trainer.search.gumbel import GumbelClock, GumbelSchedule
 from trainer.search.ihas.method import IHAS, IHASConfig
 from trainer.search.interface import SearchContext, Variant
 from trainer.search.loop import SearchLoopConfig, run_search
@@ -175,9 +175,9 @@ class AutoDim:
         return []
 
     def build(self) -> CTRModel:
-        schedule = GumbelSchedule(self.cfg.gumbel_start, self.cfg.gumbel_decay, self.cfg.gumbel_min)
-        emb = DimSearchEmbeddings(self.spec, self.cfg.candidates, self.cfg.width, self.model_cfg.init_scale, schedule,
-                                  self.cfg.hard, self.cfg.bn_scale)
+        clock = GumbelClock(GumbelSchedule(self.cfg.gumbel_start, self.cfg.gumbel_decay, self.cfg.gumbel_min), self.cfg.hard)
+        emb = DimSearchEmbeddings(self.spec, self.cfg.candidates, self.cfg.width, self.model_cfg.init_scale, clock,
+                                  self.cfg.bn_scale)
         self.supernet = build_model(self.spec, self.model_cfg, embeddings=emb)
         return self.supernet
 
@@ -198,15 +198,15 @@ class AutoDim:
             self.embeddings.alpha.zero_()
 
     def arch_loss(self, bce: torch.Tensor) -> torch.Tensor:
-        self.embeddings.arch_steps += 1
+        self.embeddings.clock.arch_steps += 1
         return bce
 
     def derive(self, ctx: SearchContext) -> Decisions:
         """Per field argmax α → its dim (one cluster)."""
-        emb = self.embeddings
+        emb, clock = self.embeddings, self.embeddings.clock
         alpha = emb.alpha.detach()
         details = {"candidates": list(self.cfg.candidates), "common_dim": self.cfg.width,
-                   "gumbel_tau_final": emb.tau, "weight_steps": emb.weight_steps, "arch_steps": emb.arch_steps,
+                   "gumbel_tau_final": clock.tau, "weight_steps": clock.weight_steps, "arch_steps": clock.arch_steps,
                    "alpha": {n: [round(float(a), 5) for a in alpha[i]] for i, n in enumerate(emb.fields)},
                    "probs": {n: [round(float(p), 5) for p in torch.softmax(alpha[i], 0)] for i, n in enumerate(emb.fields)}}
         return uniform("autodim", self.spec.names, emb.chosen(), self.train_rows).replace(details=details)

@@ -32,7 +32,7 @@ from torchrec import EmbeddingBagCollection, KeyedJaggedTensor
 from serving.features import FeatureSpec
 from trainer.models.layout import EmbeddingLayout, layout_for
 from trainer.models.tables import table_configs
-from trainer.search.autodpq.supernet import GumbelSchedule
+from trainer.search.gumbel import GumbelClock
 
 PHASES = ("pretrain", "search", "eval")
 
@@ -69,15 +69,14 @@ class DimSearchEmbeddings(nn.Module):
         candidates: the candidate dims every field chooses from.
         common_dim: width of the mixed embedding the head sees.
         init_scale: tables start uniform in ±init_scale.
-        schedule: Gumbel temperature per weight step.
-        hard: straight-through one-hot forward in the search phase (soft gradient backward).
+        clock: the Gumbel temperature and hard / soft sampling of the search phase.
         bn_scale: s, the constant every BN output is multiplied by (1 = the paper).
     """
 
     first_order_in_column = False  # the head's first-order weights keep their own tables
 
     def __init__(self, spec: FeatureSpec, candidates: list[int], common_dim: int, init_scale: float = 0.01,
-                 schedule: GumbelSchedule | None = None, hard: bool = False, bn_scale: float = 1.0):
+                 clock: GumbelClock | None = None, bn_scale: float = 1.0):
         super().__init__()
         self.candidates = list(candidates)
         self.fields = list(spec.names)
@@ -90,20 +89,9 @@ class DimSearchEmbeddings(nn.Module):
         self.bns = nn.ModuleDict({n: nn.ModuleList(nn.BatchNorm1d(common_dim, affine=False) for _ in self.candidates)
                                   for n in self.fields})
         self.alpha = nn.Parameter(torch.zeros(len(self.fields), len(self.candidates)))
-        self.schedule = schedule or GumbelSchedule()
-        self.hard = hard
+        self.clock = clock or GumbelClock()
         self.bn_scale = bn_scale
         self.phase = "pretrain"
-        self.forwards = 0  # search-phase training forwards (weight and architecture steps)
-        self.arch_steps = 0  # architecture steps (counted by the method)
-
-    @property
-    def weight_steps(self) -> int:
-        return self.forwards - self.arch_steps
-
-    @property
-    def tau(self) -> float:
-        return self.schedule(self.weight_steps)
 
     def chosen(self) -> dict[str, int]:
         """argmax α → the dim of every field."""
@@ -119,7 +107,7 @@ class DimSearchEmbeddings(nn.Module):
             raise ValueError(f"phase {self.phase!r} is not one of {PHASES}")
         logits = self.alpha.unsqueeze(1).expand(-1, batch, -1)
         if self._stochastic():
-            return nn.functional.gumbel_softmax(logits, tau=self.tau, hard=self.hard, dim=-1)
+            return self.clock.sample(logits)
         if self.phase == "pretrain":
             return torch.softmax(logits, dim=-1)
         return nn.functional.one_hot(logits.argmax(dim=-1), len(self.candidates)).to(logits.dtype)
@@ -130,7 +118,7 @@ class DimSearchEmbeddings(nn.Module):
     def lookup(self, sparse: KeyedJaggedTensor) -> tuple[list[torch.Tensor], None]:
         """(per-field mixed embeddings [B, common_dim], None: no first-order weights here)."""
         if self._stochastic():
-            self.forwards += 1
+            self.clock.tick()
         pooled = self.ebc(sparse).to_dict()
         batch = sparse.stride()
         weights = self.mixing_weights(batch)
