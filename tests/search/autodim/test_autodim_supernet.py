@@ -118,15 +118,17 @@ def m_ctx(m: AutoDim, spec) -> SearchContext:
 
 def test_random_dims_match_the_bytes_and_differ_from_the_choice(toy_spec):
     target = {"a": 8, "n": 2, "g": 4, "c": 2}
-    got = random_dims(toy_spec, CANDIDATES, target, 500, seed=3)
-    assert got != target and set(got.values()) <= set(CANDIDATES)
-    assert got == random_dims(toy_spec, CANDIDATES, target, 500, seed=3)  # seeded
     per_dim = {d: layout_for(toy_spec, {n: d for n in FIELDS}) for d in CANDIDATES}
     goal = layout_for(toy_spec, target).embedding_bytes
-    # every other assignment of the 4 fields (3^4 - 1 of them): none is closer than the pick
+    # tolerance 0 and no exact match: the closest of every other assignment (3^4 - 1 of them)
+    got = random_dims(toy_spec, CANDIDATES, target, 500, seed=3, tolerance=0.0)
+    assert got != target and set(got.values()) <= set(CANDIDATES)
     best = min(abs(sum(per_dim[d].table(n).embedding_bytes for n, d in zip(FIELDS, ds)) - goal)
                for ds in np.array(np.meshgrid(*[CANDIDATES] * 4)).T.reshape(-1, 4) if dict(zip(FIELDS, ds)) != target)
     assert abs(layout_for(toy_spec, got).embedding_bytes - goal) == best
+    loose = random_dims(toy_spec, CANDIDATES, target, 500, seed=3, tolerance=0.3)
+    assert loose != target and abs(layout_for(toy_spec, loose).embedding_bytes - goal) <= 0.3 * goal
+    assert loose == random_dims(toy_spec, CANDIDATES, target, 500, seed=3, tolerance=0.3)  # seeded
 
 
 def test_config_mistake_exits_2_with_one_line(tmp_path):

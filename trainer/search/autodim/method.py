@@ -4,8 +4,8 @@ Decisions = one cluster, every field at the candidate dim of its largest α; α 
 softmax(α) go to the details. The recipe retrains that mixed-dim model from scratch
 (plain TorchRec tables, no linear maps or batch norm) and exports it.
 Report rows: Base (the config's uniform dim), the search-stage network, a random-dims
-baseline with the embedding bytes of AutoDim's choice, optional uniform-dim baselines,
-and AutoDim. α trains on architecture batches (`arch_split`: by default "gate", a share
+baseline with (within a tolerance) the embedding bytes of AutoDim's choice, optional
+uniform-dim baselines, iHAS-2 and the paper's BN scale, and AutoDim. α trains on architecture batches (`arch_split`: by default "gate", a share
 of train that only α sees, so the validation split only picks epochs), the weights on the
 training batches, alternating as the shared loop does (first-order DARTS).
 Choices where the paper is vague:
@@ -90,9 +90,10 @@ class AutoDimVariants:
     """Which rows an AutoDim run trains besides Base and AutoDim.
 
     Args:
-        random: the random-dims baseline: per field a random candidate, the draw whose
-            embedding bytes are closest to AutoDim's (and not AutoDim's own dims).
-        random_draws: seeded draws the random baseline picks from.
+        random: the random-dims baseline: per field a random candidate, drawn until the
+            embedding bytes are within random_tolerance of AutoDim's (never AutoDim's own dims).
+        random_draws: seeded draws the random baseline picks from (the closest if none is within).
+        random_tolerance: relative bytes gap the random draw may have.
         uniform_dims: extra baselines with every field at one of these dims.
         paper_bn: also search and retrain with bn_scale = 1 (the paper's batch norm), when
             the config sets another scale.
@@ -105,6 +106,7 @@ class AutoDimVariants:
 
     random: bool = True
     random_draws: int = 2000
+    random_tolerance: float = 0.05
     uniform_dims: list[int] = field(default_factory=list)
     paper_bn: bool = False
     ihas_2: bool = False
@@ -117,6 +119,8 @@ class AutoDimVariants:
         p = []
         if self.random_draws < 1:
             p.append(f"variants.random_draws: must be >= 1, got {self.random_draws}")
+        if not 0 <= self.random_tolerance < 1:
+            p.append(f"variants.random_tolerance: must be in [0, 1), got {self.random_tolerance}")
         if any(d < 1 for d in self.uniform_dims):
             p.append(f"variants.uniform_dims: dims must be >= 1, got {self.uniform_dims}")
         unknown = sorted(set(self.ihas) - {f.name for f in fields(IHASConfig)} - {"method", "clusters"})
@@ -127,17 +131,23 @@ class AutoDimVariants:
         return p
 
 
-def random_dims(spec: FeatureSpec, candidates: list[int], target: dict[str, int], draws: int, seed: int) -> dict[str, int]:
-    """Per field a random candidate dim: of `draws` seeded draws, the one whose embedding bytes
-    are closest to `target`'s (first on ties), never `target` itself (None if no draw differs)."""
+def random_dims(spec: FeatureSpec, candidates: list[int], target: dict[str, int], draws: int, seed: int,
+                tolerance: float) -> dict[str, int] | None:
+    """Per field a uniformly random candidate dim, conditioned on the bytes: the first of `draws`
+    seeded draws whose embedding bytes are within `tolerance` (relative) of `target`'s, or the
+    closest draw if none is; never `target` itself (None if every draw is `target`).
+
+    Taking the closest of many draws instead would hand back nearly `target` itself: the
+    largest fields decide the bytes, so the closest draws copy their dims."""
     names = spec.names
     per_dim = np.array([[layout_for(spec, {n: d for n in names}).table(n).embedding_bytes for d in candidates] for n in names])
     goal = layout_for(spec, target).embedding_bytes
     picks = np.random.default_rng((seed, 31)).integers(len(candidates), size=(draws, len(names)))
     own = np.array([candidates.index(target[n]) for n in names])
-    gap = np.abs(per_dim[np.arange(len(names)), picks].sum(axis=1) - goal).astype(np.float64)
+    gap = np.abs(per_dim[np.arange(len(names)), picks].sum(axis=1) - goal) / goal
     gap[(picks == own).all(axis=1)] = np.inf
-    best = int(np.argmin(gap))
+    inside = np.flatnonzero(gap <= tolerance)
+    best = int(inside[0]) if len(inside) else int(np.argmin(gap))
     if not np.isfinite(gap[best]):
         return None
     return {n: candidates[i] for n, i in zip(names, picks[best])}
@@ -221,7 +231,7 @@ class AutoDim:
                                 (uniform(f"uniform_{d}", self.spec.names, {n: d for n in self.spec.names}, self.train_rows),)))
         chosen = decisions.clusters[0].dims
         if wanted.random:
-            dims = random_dims(self.spec, self.cfg.candidates, chosen, wanted.random_draws, self.seed)
+            dims = random_dims(self.spec, self.cfg.candidates, chosen, wanted.random_draws, self.seed, wanted.random_tolerance)
             if dims is None:
                 ctx.log("random dims: every draw equals AutoDim's choice; no random baseline")
             else:
