@@ -26,11 +26,14 @@ class GumbelClock:
     Args:
         schedule: τ per weight step.
         hard: straight-through (one-hot forward, soft gradient backward).
+        per_row: one noise draw per row; else one per batch, shared by its rows (then every
+            torchrun rank draws the same noise, as a 1-process run does).
     """
 
-    def __init__(self, schedule: GumbelSchedule | None = None, hard: bool = False):
+    def __init__(self, schedule: GumbelSchedule | None = None, hard: bool = False, per_row: bool = False):
         self.schedule = schedule or GumbelSchedule()
         self.hard = hard
+        self.per_row = per_row
         self.forwards = 0
         self.arch_steps = 0
 
@@ -46,5 +49,8 @@ class GumbelClock:
         return self.schedule(self.weight_steps)
 
     def sample(self, logits: torch.Tensor) -> torch.Tensor:
-        """Gumbel-softmax weights over the last dim of `logits` at the current τ."""
-        return nn.functional.gumbel_softmax(logits, tau=self.tau, hard=self.hard, dim=-1)
+        """Gumbel-softmax weights over the last dim of `logits` [..., rows, K] at the current τ."""
+        if self.per_row:
+            return nn.functional.gumbel_softmax(logits, tau=self.tau, hard=self.hard, dim=-1)
+        shared = nn.functional.gumbel_softmax(logits[..., :1, :], tau=self.tau, hard=self.hard, dim=-1)
+        return shared.expand_as(logits)

@@ -48,8 +48,15 @@ def test_search_weights_are_a_distribution_per_row_and_field(toy_spec):
     assert (w > 0).all() and (w < 1).all()  # soft at τ = 1
 
 
+def test_batch_noise_is_shared_by_the_rows_and_row_noise_is_not(toy_spec):
+    shared = weights(make(toy_spec), "search")
+    assert torch.equal(shared, shared[:, :1].expand_as(shared))
+    own = weights(make(toy_spec, noise="row"), "search")
+    assert not torch.allclose(own[:, 0], own[:, 1])
+
+
 def test_weights_become_one_hot_when_annealed(toy_spec):
-    m = make(toy_spec)
+    m = make(toy_spec, noise="row")
     clock = m.embeddings.clock
     clock.schedule = GumbelSchedule(1.0, 1e-3, 0.01)
     clock.forwards, clock.arch_steps = 1000, 500  # 500 weight steps: τ = 0.5

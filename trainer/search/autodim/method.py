@@ -10,8 +10,10 @@ of train that only α sees, so the validation split only picks epochs), the weig
 training batches, alternating as the shared loop does (first-order DARTS).
 Choices where the paper is vague:
   * s in τ = max(τ_min, start − s·decay) counts weight steps, as in AutoDPQ;
-  * one Gumbel sample per row and field; the "eval" phase uses argmax α, so validation
-    during the search scores the architecture it would derive.
+  * one Gumbel sample per field per batch, shared by its rows (`noise = "batch"`, as AutoDPQ;
+    every torchrun rank then draws what a 1-process run draws) or one per row
+    (`noise = "row"`); the "eval" phase uses argmax α, so validation during the search
+    scores the architecture it would derive.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ class AutoDimConfig(SearchLoopConfig):
             backward) instead of the paper's soft mixture; a labelled variant.
         bn_scale: constant multiplying every candidate's BN output (1 = the paper; below 1
             a labelled variant that keeps FM-style heads in range, see supernet.py).
+        noise: "batch" (one Gumbel draw per field per batch) or "row" (one per row).
         gumbel_start: τ at weight step 0.
         gumbel_decay: τ decrease per weight step.
         gumbel_min: lowest τ.
@@ -64,6 +67,7 @@ class AutoDimConfig(SearchLoopConfig):
     common_dim: int = 0
     hard: bool = False
     bn_scale: float = 1.0
+    noise: str = "batch"
     gumbel_start: float = 1.0
     gumbel_decay: float = 5e-5
     gumbel_min: float = 0.01
@@ -78,6 +82,8 @@ class AutoDimConfig(SearchLoopConfig):
             p.append(f"search.candidates: need at least two distinct dims >= 1, got {self.candidates}")
         if self.common_dim < 0:
             p.append(f"search.common_dim: must be >= 0 (0 = the largest candidate), got {self.common_dim}")
+        if self.noise not in ("batch", "row"):
+            p.append(f"search.noise: must be 'batch' or 'row', got {self.noise!r}")
         if not self.bn_scale > 0:
             p.append(f"search.bn_scale: must be > 0, got {self.bn_scale}")
         if not (self.gumbel_min > 0 and self.gumbel_start >= self.gumbel_min and self.gumbel_decay >= 0):
@@ -185,7 +191,8 @@ class AutoDim:
         return []
 
     def build(self) -> CTRModel:
-        clock = GumbelClock(GumbelSchedule(self.cfg.gumbel_start, self.cfg.gumbel_decay, self.cfg.gumbel_min), self.cfg.hard)
+        clock = GumbelClock(GumbelSchedule(self.cfg.gumbel_start, self.cfg.gumbel_decay, self.cfg.gumbel_min), self.cfg.hard,
+                            self.cfg.noise == "row")
         emb = DimSearchEmbeddings(self.spec, self.cfg.candidates, self.cfg.width, self.model_cfg.init_scale, clock,
                                   self.cfg.bn_scale)
         self.supernet = build_model(self.spec, self.model_cfg, embeddings=emb)

@@ -14,7 +14,8 @@ training loss stayed at 1.7–1.9 and its validation AUC at 0.51–0.54 over thr
 epochs, vs Base 0.79). A constant s < 1, the same for every candidate and field, keeps
 the candidates compared at one magnitude and brings it near what a trained table holds.
 
-Gumbel noise is drawn per row (each row its own sample of p_m). Phases (set by the
+Gumbel noise is drawn per batch (its rows share one sample of p_m) or per row (the
+clock's `per_row`). Phases (set by the
 method): "pretrain" = the fixed mixture softmax(α) (α is not trained then), "search" =
 the stochastic mixture (straight-through one-hot forward with `hard`), "eval" = the
 derived architecture, argmax α per field (its BN in running-statistics mode under
