@@ -41,3 +41,13 @@ def test_section_mistakes_name_the_method_sections(tmp_path):
 
 def test_unknown_method(tmp_path):
     assert "search.method: 'autogroup'" in _errors(tmp_path, '[search]\nmethod = "autogroup"\n')
+
+
+def test_autodim_mistakes_together(tmp_path):
+    msg = _errors(tmp_path, '[search]\nmethod = "autodim"\ncandidates = [4, 4]\ncommon_dim = -1\nbn_scale = 0\nnoise = "rank"\n'
+                            '[variants]\nrandom_draws = 0\nuniform_dims = [0]\nihas = {tau = 0}\n')
+    for key in ("search.candidates", "search.common_dim", "search.bn_scale", "search.noise", "variants.random_draws", "variants.uniform_dims",
+                "variants.ihas.tau"):
+        assert key in msg
+    assert "7 problem(s)" in msg
+    assert "unknown iHAS keys ['warm']" in _errors(tmp_path, '[search]\nmethod = "autodim"\n[variants]\nihas = {warm = true}\n')

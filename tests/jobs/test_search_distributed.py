@@ -26,6 +26,13 @@ def _rows(report: dict) -> dict:
     return {r["method"]: r for r in report["rows"]}
 
 
+def _tolerance(row: dict) -> float:
+    """AUC gap allowed between the 1- and 2-process rows: 0.002 as for `trainer train`; AutoDim's
+    search-stage network batch-normalises each candidate over each rank's half batch
+    (torch's SyncBatchNorm is CUDA-only), which on the tiny run moved its AUC by 0.003."""
+    return 0.005 if row["method"] == "autodim_supernet" else 0.002
+
+
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
 def test_two_processes_reach_the_decisions_of_one(config, tiny_run, search_cmd, tmp_path):
     _, tmp, one_out, one = tiny_run(config.stem)
@@ -44,5 +51,5 @@ def test_two_processes_reach_the_decisions_of_one(config, tiny_run, search_cmd, 
     assert r1.keys() == r2.keys()
     compared = ["base"] + [k for k, r in r1.items() if r["kind"] == "supernet" or (r["kind"] == "method" and r["clusters"] == 1)]
     for key in compared:
-        assert abs(r1[key]["test_auc"] - r2[key]["test_auc"]) <= 0.002, (key, r1[key]["test_auc"], r2[key]["test_auc"])
+        assert abs(r1[key]["test_auc"] - r2[key]["test_auc"]) <= _tolerance(r1[key]), (key, r1[key]["test_auc"], r2[key]["test_auc"])
     assert two["bundle"]["max_abs_diff_served_vs_offline"] < 1e-6

@@ -7,6 +7,7 @@ under configs/tiny/ (the contract test runs every tiny config through the recipe
 from __future__ import annotations
 
 from trainer.search.aim.method import AIM
+from trainer.search.autodim.method import AutoDim
 from trainer.search.autodpq.method import AutoDPQ
 from trainer.search.autofis.method import AutoFIS
 from trainer.search.ihas.method import IHAS
@@ -16,4 +17,5 @@ METHODS = {
     "autodpq": AutoDPQ,
     "autofis": AutoFIS,
     "aim": AIM,
+    "autodim": AutoDim,
 }

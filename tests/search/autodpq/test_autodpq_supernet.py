@@ -7,7 +7,7 @@ import torch
 from trainer.models.build import build_model
 from trainer.models.ctr import ModelConfig
 from trainer.search.autodpq.method import AutoDPQ, AutoDPQConfig
-from trainer.search.autodpq.supernet import GumbelSchedule
+from trainer.search.gumbel import GumbelSchedule
 from trainer.search.interface import SearchContext
 from trainer.training import TrainConfig
 
@@ -49,13 +49,13 @@ def test_gumbel_temperature_follows_weight_steps(method, toy_batch):
     assert GumbelSchedule()(0) == 1.0 and GumbelSchedule()(10_000) == pytest.approx(0.5) and GumbelSchedule()(10**6) == 0.01
     method.init_architecture()
     method.set_phase("search")
-    emb = method.embeddings
+    clock = method.embeddings.clock
     for step in range(3):  # one weight step, then one architecture step (as run_search alternates)
         method.supernet(toy_batch.dense_features, toy_batch.sparse_features)
         method.supernet(toy_batch.dense_features, toy_batch.sparse_features)
         method.arch_loss(torch.tensor(0.0))
-    assert emb.weight_steps == 3 and emb.arch_steps == 3
-    assert emb.tau == pytest.approx(1 - 3 * 5e-5)
+    assert clock.weight_steps == 3 and clock.arch_steps == 3
+    assert clock.tau == pytest.approx(1 - 3 * 5e-5)
 
 
 def test_search_mixes_batch_normalised_candidates_and_eval_takes_argmax(method, toy_batch):

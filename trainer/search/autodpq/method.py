@@ -28,7 +28,8 @@ from trainer.models.build import build_model
 from trainer.models.ctr import CTRModel
 from trainer.models.dpq import TAU_KD
 from trainer.models.layout import OTHERS, Compression, EmbeddingLayout, dpq, plan_layout
-from trainer.search.autodpq.supernet import GumbelSchedule, SearchEmbeddings
+from trainer.search.autodpq.supernet import SearchEmbeddings
+from trainer.search.gumbel import GumbelSchedule
 from trainer.search.interface import SearchContext, Variant
 from trainer.search.loop import SearchLoopConfig
 
@@ -190,7 +191,7 @@ class AutoDPQ:
             self.embeddings.set_target_moments(self.counts)
 
     def arch_loss(self, bce: torch.Tensor) -> torch.Tensor:
-        self.embeddings.arch_steps += 1
+        self.embeddings.clock.arch_steps += 1
         return bce
 
     def decisions(self, name: str, choices: dict[str, Compression]) -> Decisions:
@@ -209,7 +210,8 @@ class AutoDPQ:
         alpha = emb.alpha.detach()
         chosen = emb.chosen()
         details = {"threshold": self.cfg.threshold, "candidates": [list(c) for c in self.cfg.candidates],
-                   "gumbel_tau_final": emb.tau, "weight_steps": emb.weight_steps, "arch_steps": emb.arch_steps,
+                   "gumbel_tau_final": emb.clock.tau, "weight_steps": emb.clock.weight_steps,
+                   "arch_steps": emb.clock.arch_steps,
                    "alpha": {n: [round(float(a), 5) for a in alpha[i]] for i, n in enumerate(emb.searched)},
                    "probs": {n: [round(float(p), 5) for p in torch.softmax(alpha[i], 0)] for i, n in enumerate(emb.searched)}}
         return self.decisions("autodpq", chosen).replace(details=details)

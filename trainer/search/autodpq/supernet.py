@@ -32,18 +32,9 @@ from torchrec import KeyedJaggedTensor
 
 from trainer.models.dpq import CompressedEmbeddings, DPQCodebook, pool_rows
 from trainer.models.layout import Compression, EmbeddingLayout, FieldTable
+from trainer.search.gumbel import GumbelClock, GumbelSchedule
 
 PHASES = ("pretrain", "search", "eval")
-
-
-class GumbelSchedule:
-    """τ = max(minimum, start − s·decay) at weight step s (paper: 1, 5e-5, 0.01)."""
-
-    def __init__(self, start: float = 1.0, decay: float = 5e-5, minimum: float = 0.01):
-        self.start, self.decay, self.minimum = start, decay, minimum
-
-    def __call__(self, step: int) -> float:
-        return max(self.minimum, self.start - step * self.decay)
 
 
 class SearchEmbeddings(CompressedEmbeddings):
@@ -75,18 +66,8 @@ class SearchEmbeddings(CompressedEmbeddings):
         for name in self.searched:  # BN output → field scale (identity until set_target_moments)
             self.register_buffer(f"target_mean_{name}", torch.zeros(layout.table(name).dim))
             self.register_buffer(f"target_std_{name}", torch.ones(layout.table(name).dim))
-        self.schedule = schedule or GumbelSchedule()
+        self.clock = GumbelClock(schedule)
         self.phase = "pretrain"
-        self.forwards = 0  # search-phase training forwards (weight and architecture steps)
-        self.arch_steps = 0  # architecture steps (counted by the method)
-
-    @property
-    def weight_steps(self) -> int:
-        return self.forwards - self.arch_steps
-
-    @property
-    def tau(self) -> float:
-        return self.schedule(self.weight_steps)
 
     @torch.no_grad()
     def init_codebooks(self, seed: int) -> None:
@@ -125,7 +106,7 @@ class SearchEmbeddings(CompressedEmbeddings):
         if self.phase not in PHASES:
             raise ValueError(f"phase {self.phase!r} is not one of {PHASES}")
         if self._stochastic():
-            self.forwards += 1
+            self.clock.tick()
         return super().forward(sparse)
 
     def _field(self, t: FieldTable, e: torch.Tensor, jt) -> torch.Tensor:
@@ -138,7 +119,7 @@ class SearchEmbeddings(CompressedEmbeddings):
         i = self.searched.index(t.name)
         books, bns = self.codebooks[t.name], self.bns[t.name]
         if self._stochastic():
-            p = nn.functional.gumbel_softmax(self.alpha[i], tau=self.tau, hard=False)
+            p = nn.functional.gumbel_softmax(self.alpha[i], tau=self.clock.tau, hard=False)
             terms = [self._normed(t.name, bn, self._finish(t, e + pool_rows(rows, book(raw), batch), jt)) for book, bn in zip(books, bns)]
             return sum(w * x for w, x in zip(p, terms))
         c = int(self.alpha[i].argmax())

@@ -1,0 +1,39 @@
+"""AutoDim through the recipe on tiny synthetic data: argmax dims retrained, exported, baselines."""
+
+import json
+from pathlib import Path
+
+from trainer.decisions import Decisions
+
+CONFIG = Path(__file__).resolve().parents[2] / "configs" / "tiny" / "autodim_synthetic.toml"
+CANDIDATES = [2, 4, 8]  # the tiny config's
+
+
+def test_argmax_dims_are_retrained_exported_and_the_random_baseline_differs(tiny_run):
+    _, _, out, report = tiny_run("autodim_synthetic")
+    decisions = Decisions.from_json(json.loads((out / "decisions.json").read_text()))
+    alpha = decisions.details["alpha"]
+    want = {n: CANDIDATES[max(range(len(a)), key=a.__getitem__)] for n, a in alpha.items()}
+    assert decisions.clusters[0].dims == want and report["chosen_dims"] == want
+    rows = {r["method"]: r for r in report["rows"]}
+    assert set(rows) == {"base", "autodim_supernet", "random_dims", "autodim"}
+    assert rows["autodim"]["dims"] == [want]
+    random = rows["random_dims"]["dims"][0]
+    assert random != want and set(random.values()) <= set(CANDIDATES)
+    manifest = json.loads((out / "bundle" / "manifest.json").read_text())
+    assert manifest["clusters"][0]["dims"] == want
+    # the bundle's tables: one per field at its searched dim (FBGEMM-aligned), nothing else searched
+    tables = {t["name"]: t["dim"] for t in manifest["clusters"][0]["tables"] if t["name"].startswith("t_")}
+    assert tables == {f"t_{n}": -(-d // 4) * 4 for n, d in want.items()}
+
+
+def test_ihas_2_baseline_runs_an_ihas_search(tmp_path):
+    from trainer.jobs.search import load_experiment, run
+
+    overrides = ["variants.ihas_2=true", "variants.random=false", "report.export=false", "report.plots=false",
+                 "variants.ihas={pretrain_epochs=1, search_epochs=1, arch_every=5}", f"data.cache_dir={tmp_path / 'cache'}"]
+    report = run(load_experiment(str(CONFIG), overrides), tmp_path / "run", log=lambda _: None)
+    rows = {r["method"]: r for r in report["rows"]}
+    assert set(rows) == {"base", "autodim_supernet", "ihas_2", "autodim"}
+    ihas = rows["ihas_2"]
+    assert ihas["clusters"] == 1 and all(0 <= d <= 8 for d in ihas["dims"][0].values())  # kept columns of dim-8 fields
