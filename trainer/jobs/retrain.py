@@ -122,12 +122,14 @@ def retrain(ds, decisions: Decisions, assign: dict, model_cfg: ModelConfig, tcfg
     decisions.check_fields(ds.spec.names)
     merged = {s: np.zeros(len(ds.indices(s)), dtype=np.float32) for s in ("val", "test")}
     models, clusters, seconds = [], [], 0.0
+    embedded = decisions.embedded_numerical
+    numerical = {"numerical": embedded, "autodis": decisions.autodis} if embedded else {}
     for c in decisions.clusters:
         if not (assign["train"] == c.id).any() or not any(c.dims.values()):
             raise RuntimeError(f"{decisions.method}: cluster {c.id} is empty or keeps no dims (lower search.clusters or search.l0)")
         log(f"retrain {model_cfg.name} for {decisions.method} cluster {c.id} ({int((assign['train'] == c.id).sum())} train rows) → {out}")
-        plain, val, test, metrics = train_cluster(ds, assign, c, model_cfg, tcfg, env, out / f"cluster_{c.id}", resume, log, init, options,
-                                                     decisions.interactions)
+        plain, val, test, metrics = train_cluster(ds, assign, c, model_cfg, tcfg, env, out / f"cluster_{c.id}", resume, log, init,
+                                                  {**(options or {}), **numerical}, decisions.interactions)
         merged["val"][assign["val"] == c.id] = val
         merged["test"][assign["test"] == c.id] = test
         models.append(plain)

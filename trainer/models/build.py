@@ -11,7 +11,8 @@ from __future__ import annotations
 from torch import nn
 
 from serving.features import FeatureSpec
-from trainer.decisions import ClusterDecision, Interaction
+from trainer.decisions import AutoDisSettings, ClusterDecision, FieldDecision, Interaction
+from trainer.models.autodis import NumericalEmbeddings
 from trainer.models.ctr import MODELS, CTRModel, ModelConfig
 from trainer.models.dpq import TAU_KD, CompressedEmbeddings, require_separate_first_order, served_model
 from trainer.models.layout import EmbeddingLayout, from_cluster, layout_for
@@ -31,10 +32,25 @@ def embeddings_for(spec: FeatureSpec, cfg: ModelConfig, layout: EmbeddingLayout,
 def build_model(spec: FeatureSpec, cfg: ModelConfig, dims: dict[str, int] | None = None, device=None, *,
                 cluster: ClusterDecision | None = None, layout: EmbeddingLayout | None = None,
                 embeddings: nn.Module | None = None, tau_kd: float = TAU_KD,
-                interactions: tuple[Interaction, ...] | None = None) -> CTRModel:
+                interactions: tuple[Interaction, ...] | None = None, numerical: dict[str, str] | None = None,
+                autodis: AutoDisSettings | None = None) -> CTRModel:
     """The configured model over one of: a cluster's decisions, a layout, plain `dims`
     (default: the config's), or a ready embeddings module (a search supernet's).
-    `interactions`: the kept pairs (None = every pair of the model's interaction)."""
+    `interactions`: the kept pairs (None = every pair of the model's interaction).
+    `numerical`: field → "autodis" / "scalar" for numerical fields embedded from their
+    value (at the field's decided dim, with `autodis` settings) instead of a table."""
+    embedded = {n: k for n, k in (numerical or {}).items() if k != "bucketized"}
+    module = None
+    if embedded:
+        if cluster is None:
+            raise ValueError("numerical fields embedded from their value need a cluster's decisions")
+        field_dims = sorted({cluster.fields[n].dim for n in embedded})
+        if len(field_dims) != 1 or field_dims[0] < 1:
+            raise ValueError(f"fields embedded from their value need one common dim > 0, got {field_dims}")
+        module = NumericalEmbeddings(spec, embedded, field_dims[0], autodis, cfg.init_scale)
+        # their tables are dropped: the value, not a bucket row, embeds them
+        cluster = ClusterDecision(cluster.id, {n: FieldDecision(0) if n in embedded else f for n, f in cluster.fields.items()},
+                                  cluster.train_rows, cluster.served_by)
     if embeddings is None:
         if cluster is not None:
             layout = from_cluster(spec, cluster)
@@ -42,7 +58,7 @@ def build_model(spec: FeatureSpec, cfg: ModelConfig, dims: dict[str, int] | None
             layout = layout_for(spec, dims if dims is not None else cfg.field_dims(spec))
         embeddings = embeddings_for(spec, cfg, layout, device, tau_kd)
     pairs = None if interactions is None else [tuple(i.fields) for i in interactions]
-    return MODELS[cfg.name](spec, cfg, embeddings, device, pairs)
+    return MODELS[cfg.name](spec, cfg, embeddings, device, pairs, module)
 
 
 def served_form(model: CTRModel) -> CTRModel:

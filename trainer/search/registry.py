@@ -6,10 +6,12 @@ under configs/tiny/ (the contract test runs every tiny config through the recipe
 
 from __future__ import annotations
 
+from trainer.search.autodis.method import AutoDis
 from trainer.search.autodpq.method import AutoDPQ
 from trainer.search.ihas.method import IHAS
 
 METHODS = {
     "ihas": IHAS,
     "autodpq": AutoDPQ,
+    "autodis": AutoDis,
 }

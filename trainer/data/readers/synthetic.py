@@ -16,7 +16,12 @@ The generating model (all drawn from the seed):
     fields from the shared, unpermuted Zipf, so the same id can mean "strong signal" for
     one group and "noise" for another.
   * numerical fields are heavy-tailed non-negative counts with a per-field missing rate;
-    they carry no signal.
+    by default they carry no signal. With `numerical_signal` = s > 0 (off by default, so
+    the data of every config without it is unchanged), each row's logit also gets
+    Σ_i a·sin(ω_i·ln(1 + x_i) + φ_i) over the numerical fields (a missing value adds its
+    field's constant c_i instead), a = s·sqrt(2 / n_numerical), ω_i ~ U(1, 3), φ_i ~
+    U(0, 2π), c_i ~ N(0, a²/2), all drawn from the seed on a stream of their own: a
+    smooth, non-monotone function of the value that a model must discretize well to use.
 Rows are generated in fixed blocks of BLOCK rows, each from its own seeded stream, so the
 data does not depend on the chunk size asked for. Same seed → byte-identical arrays on a
 given machine (float32 log/exp could in principle round differently on another CPU).
@@ -55,6 +60,7 @@ class SyntheticParams:
         n_groups: planted sub-populations.
         signal_fields_per_group: fields whose ids drive the clicks of each group.
         seed: everything is derived from it.
+        numerical_signal: s, the std scale of the logit the numerical fields add (0 = none).
     """
 
     rows: int = 100_000
@@ -66,6 +72,7 @@ class SyntheticParams:
     n_groups: int = 2
     signal_fields_per_group: int = 4
     seed: int = 0
+    numerical_signal: float = 0.0
 
     # Ids are computed in float32, which holds every integer up to 2**24 exactly.
     MAX_VOCAB = 2**24
@@ -82,6 +89,8 @@ class SyntheticParams:
                 "vocab_min/vocab_max: need 1 <= vocab_min <= vocab_max <= 2**24, "
                 f"got {self.vocab_min}, {self.vocab_max}"
             )
+        if not self.numerical_signal >= 0:
+            p.append(f"numerical_signal: must be >= 0, got {self.numerical_signal}")
         if not self.zipf_a > 0:
             p.append(f"zipf_a: must be > 0, got {self.zipf_a}")
         if self.n_groups < 1 or self.signal_fields_per_group < 1:
@@ -169,13 +178,27 @@ class SyntheticReader:
         self._num_max = [float(x) for x in np.exp(rng.uniform(np.log(10), np.log(1e5), p.n_numerical))]
         self._num_a = [float(x) for x in rng.uniform(0.8, 1.8, p.n_numerical)]
         self._num_missing = [float(x) for x in rng.uniform(0.0, 0.3, p.n_numerical)]
+        # drawn on a stream of their own, so the draws above (and the data without it) stay as they were
+        num_rng = np.random.default_rng([p.seed, 2])
+        self._num_amp = p.numerical_signal * np.sqrt(2.0 / max(p.n_numerical, 1))
+        self._num_freq = num_rng.uniform(1.0, 3.0, p.n_numerical)
+        self._num_phase = num_rng.uniform(0.0, 2 * np.pi, p.n_numerical)
+        self._num_if_missing = num_rng.normal(0.0, self._num_amp / np.sqrt(2.0), p.n_numerical)
 
     def fields(self) -> list[FieldDecl]:
         cats = [FieldDecl(f"C{i + 1}", "categorical", num_ids=v + 1) for i, v in enumerate(self.vocab_sizes)]
         return [FieldDecl(f"I{i + 1}", "numerical") for i in range(self.params.n_numerical)] + cats
 
     def fingerprint(self) -> str:
-        return f"synthetic|v{GENERATOR_VERSION}|{json.dumps(asdict(self.params), sort_keys=True)}"
+        params = asdict(self.params)
+        if not params["numerical_signal"]:  # off: the same data, and fingerprint, as before the option existed
+            del params["numerical_signal"]
+        return f"synthetic|v{GENERATOR_VERSION}|{json.dumps(params, sort_keys=True)}"
+
+    def numerical_effect(self, i: int, x: np.ndarray) -> np.ndarray:
+        """Logit added by numerical field i at raw values x (float32, NaN = missing)."""
+        effect = self._num_amp * np.sin(self._num_freq[i] * np.log1p(np.nan_to_num(x, nan=0.0)) + self._num_phase[i])
+        return np.where(np.isnan(x), self._num_if_missing[i], effect).astype(np.float32)
 
     def block(self, b: int) -> RawChunk:
         """Rows [b * BLOCK, min((b + 1) * BLOCK, rows)), always the same for a given seed."""
@@ -189,6 +212,8 @@ class SyntheticReader:
         columns: dict[str, np.ndarray] = {}
         for i in range(p.n_numerical):
             columns[f"I{i + 1}"] = _counts(u[2 + i], self._num_a[i], self._num_max[i], self._num_missing[i])
+            if p.numerical_signal:
+                logit += self.numerical_effect(i, columns[f"I{i + 1}"])
         for i, v in enumerate(self.vocab_sizes):
             ids = _zipf_ids(u[2 + p.n_numerical + i], v, p.zipf_a)
             g = self._owner[i]
