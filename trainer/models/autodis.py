@@ -58,23 +58,29 @@ class NumericalEmbeddings(nn.Module):
         # each field's dense column, and where it lands among the concatenated groups (buffers: the
         # bundle counts them, so the report must too)
         cols = {n: spec.numerical.index(n) for n in self.names}
-        self.register_buffer("auto_cols", torch.tensor([cols[n] for n in auto], dtype=torch.long))
-        self.register_buffer("scalar_cols", torch.tensor([cols[n] for n in scalar], dtype=torch.long))
+        self.register_buffer("cols_auto", torch.tensor([cols[n] for n in auto], dtype=torch.long))
+        self.register_buffer("cols_scalar", torch.tensor([cols[n] for n in scalar], dtype=torch.long))
         order = auto + scalar
         self.register_buffer("order", torch.tensor([order.index(n) for n in self.names], dtype=torch.long))
         self.missing = nn.Parameter(torch.empty(len(self.names), dim).uniform_(-init_scale, init_scale))
         self.auto = AutoDis(len(auto), dim, settings, init_scale) if auto else None
         self.scalar = nn.Parameter(torch.empty(len(scalar), dim).uniform_(-init_scale, init_scale)) if scalar else None
 
+    @property
+    def embedding_params(self) -> int:
+        """Stored embeddings (meta-, scalar and missing embeddings), not the discretization network."""
+        tables = [self.missing, self.scalar] + ([self.auto.meta] if self.auto is not None else [])
+        return sum(t.numel() for t in tables if t is not None)
+
     def forward(self, dense: torch.Tensor) -> list[torch.Tensor]:
         """dense [B, n_numerical] (NaN = missing) → one [B, dim] embedding per field, in `names` order."""
         parts = []
         if self.auto is not None:
-            parts.append(self.auto(dense.index_select(1, self.auto_cols)))
+            parts.append(self.auto(dense.index_select(1, self.cols_auto)))
         if self.scalar is not None:
-            x = dense.index_select(1, self.scalar_cols)
+            x = dense.index_select(1, self.cols_scalar)
             parts.append(torch.nan_to_num(x, nan=0.0).unsqueeze(2) * self.scalar)
-        x = dense.index_select(1, torch.cat([self.auto_cols, self.scalar_cols]))
+        x = dense.index_select(1, torch.cat([self.cols_auto, self.cols_scalar]))
         e = torch.cat(parts, dim=1).index_select(1, self.order)
         missing = torch.isnan(x).index_select(1, self.order).unsqueeze(2)
         return list(torch.where(missing, self.missing, e).unbind(1))

@@ -133,6 +133,11 @@ class CTRModel(nn.Module):
         # not persistent: the kept pairs are architecture (from the decisions), not a trained weight
         self.register_buffer("pair_index", index, persistent=False)
 
+    @property
+    def value_embedding_params(self) -> int:
+        """Embedding parameters of the fields embedded from their value (0 without any)."""
+        return self.numerical.embedding_params if self.numerical is not None else 0
+
     def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:
         embs, first_order = self.embeddings.lookup(sparse)
         if self.numerical is not None:

@@ -19,12 +19,14 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from trainer.decisions import AGGREGATIONS, AutoDisSettings, ClusterDecision, Decisions, uniform
+from trainer.config import ConfigError
+from trainer.decisions import AGGREGATIONS, PROJECTIONS, AutoDisSettings, ClusterDecision, Decisions, uniform
 from trainer.models.ctr import CTRModel
 from trainer.search.interface import SearchContext, Variant
 from trainer.search.loop import SearchLoopConfig
 
-LABELS = {"max": "max-pooling", "topk": "top-K sum", "weighted": "weighted average"}
+LABELS = {"max": "max-pooling", "topk": "top-K sum", "weighted": "weighted average", "linear": "linear projection",
+          "leaky_skip": "LeakyReLU layer + skip"}
 
 
 @dataclass
@@ -64,15 +66,21 @@ class AutoDisVariants:
 
     Args:
         aggregations: other aggregations trained as labelled variants.
+        projections: other projections trained, with the method's aggregation, as
+            labelled variants (e.g. the paper's "leaky_skip" beside a "linear" method).
         scalar: train the raw-scalar baseline.
     """
 
     aggregations: list[str] = field(default_factory=lambda: list(AGGREGATIONS))
+    projections: list[str] = field(default_factory=list)
     scalar: bool = True
 
     def validate(self) -> list[str]:
-        unknown = sorted(set(self.aggregations) - set(AGGREGATIONS))
-        return [f"variants.aggregations: {unknown} not in {list(AGGREGATIONS)}"] if unknown else []
+        p = []
+        for key, allowed in (("aggregations", AGGREGATIONS), ("projections", PROJECTIONS)):
+            unknown = sorted(set(getattr(self, key)) - set(allowed))
+            p += [f"variants.{key}: {unknown} not in {list(allowed)}"] if unknown else []
+        return p
 
 
 class AutoDis:
@@ -93,8 +101,9 @@ class AutoDis:
         self.dims = ctx.model.field_dims(ctx.spec)
         self.train_rows = ctx.train_rows
         self.fields = [f.name for f in ctx.spec.fields if f.encoding.name == "autodis"]
-        if not self.fields:
-            raise ValueError("AutoDis needs numerical fields encoded 'autodis' (data.numerical)")
+        if not self.fields:  # e.g. "*" = "autodis" on a source without numerical fields
+            raise ConfigError("data.numerical", [f"no field of {ctx.spec.dataset} is encoded 'autodis'; its numerical "
+                                                 f"fields: {ctx.spec.numerical or 'none'}"])
         self.retrain_options: dict = {}
         self.supernet = None
         self.phase = "eval"
@@ -141,6 +150,10 @@ class AutoDis:
         for agg in [mine] + [a for a in AGGREGATIONS if a in wanted.aggregations and a != mine]:
             d = decisions if agg == mine else self.decisions(f"autodis_{agg}", "autodis", replace(self.cfg.settings, aggregation=agg))
             rows.append(Variant(f"autodis_{agg}", f"AutoDis ({LABELS[agg]})", "method" if agg == mine else "variant", (d,)))
+        for proj in [p for p in PROJECTIONS if p in wanted.projections and p != self.cfg.projection]:
+            name = f"autodis_{mine}_{proj}"
+            d = self.decisions(name, "autodis", replace(self.cfg.settings, projection=proj))
+            rows.append(Variant(name, f"AutoDis ({LABELS[mine]}, {LABELS[proj]})", "variant", (d,)))
         if wanted.scalar:
             rows.append(Variant("scalar", "Raw scalar (value × one vector)", "baseline", (self.decisions("scalar", "scalar"),)))
         return rows
