@@ -83,14 +83,12 @@ def test_server_scores_raw_values_as_offline_with_missing_as_documented(served):
     rows = _rows(40)
     got = np.array(stub.Score(_request(rows), timeout=30).probabilities, dtype=np.float32)
     assert float(np.max(np.abs(got - _offline(out, spec, rows)))) < SERVED_TOL
-    # a missing value reaches the program as NaN and scores with the field's missing embedding:
-    # the same row scores alike whatever number it would have had, and unlike a present value
+    # a missing value reaches the program as NaN (the offline model above maps it to the field's
+    # missing embedding), and it scores unlike any present value, 0 included
     dense = Encoder(spec).encode_rows(rows).dense
     assert np.isnan(dense[[i for i, r in enumerate(rows) if r["I1"] == ""], 0]).all()
-    a, b, c = dict(rows[3], I1=""), dict(rows[7], I1=""), dict(rows[3], I1=123.0)
-    b |= {k: v for k, v in rows[3].items() if k != "I1"}
-    p = stub.Score(_request([a, b, c]), timeout=30).probabilities
-    assert p[0] == p[1] and abs(p[0] - p[2]) > 1e-6
+    p = stub.Score(_request([dict(rows[3], I1=v) for v in ("", 0.0, 123.0)]), timeout=30).probabilities
+    assert abs(p[0] - p[1]) > 1e-6 and abs(p[0] - p[2]) > 1e-6
 
 
 @pytest.mark.parametrize("bad", [math.inf, -math.inf, math.nan, [1, 2]])
