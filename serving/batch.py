@@ -2,7 +2,8 @@
 
 Every CTR model, cluster model and router takes `(dense, sparse)`:
   dense   float32 [B, n_numerical], the numerical values as dense inputs (`numerical_dense`:
-          log-scaled, or standardised for fields encoded "raw") in `spec.numerical` order;
+          log-scaled, or standardised for fields encoded "raw" / "autodis"; NaN marks a
+          missing "autodis" value) in `spec.numerical` order;
   sparse  a KeyedJaggedTensor whose keys are all spec fields in spec order, int64 values,
           int32 lengths (1 per row for categorical and numerical fields, the bag size for
           bags) and no weights or offsets.
@@ -26,14 +27,23 @@ VALUES_DTYPE = np.int64
 LENGTHS_DTYPE = np.int32
 
 
+def signed_log(x: np.ndarray) -> np.ndarray:
+    """sign(x)·ln(1 + |x|): what an "autodis" field standardises (heavy-tailed counts would
+    otherwise leave nearly every standardised value in a sliver around the mean)."""
+    return np.sign(x) * np.log1p(np.abs(x))
+
+
 def dense_column(x: np.ndarray, encoding: Encoding) -> np.ndarray:
     """One numerical field's dense input as float32, NaN (missing) → 0: (x - mean) / std
-    for a "raw" field, else log(1 + max(x, 0)).
+    for a "raw" field, else log(1 + max(x, 0)); for an "autodis" field (signed_log(x) -
+    mean) / std with missing kept as NaN, which the model maps to its missing embedding.
 
     The trainer's cache builder calls this very function on its float64 columns, so a
     served row sees the same float32 as training did.
     """
     x = np.ascontiguousarray(x, dtype=np.float64)
+    if encoding.name == "autodis":
+        return ((signed_log(x) - encoding.mean) / encoding.std).astype(np.float32)
     if encoding.name == "raw":
         # missing → 0 after standardising: the train mean, which the token marks as missing
         return np.nan_to_num((x - encoding.mean) / encoding.std, nan=0.0).astype(np.float32)

@@ -9,9 +9,16 @@ request value through the same rule, with the same parameters, as the training c
             fitted on the train values (tied values cannot be split, so ties merge bins).
   raw       the value reaches the model through the dense input, standardised with the
             train mean and std; its token only says whether the value is missing.
+  autodis   the model embeds the value itself (AutoDis: soft discretization over learned
+            meta-embeddings). Its dense input is signed_log(x) = sign(x)·ln(1 + |x|)
+            standardised with the train mean and std of signed_log, and missing stays NaN
+            there, so the exported program picks the field's learned missing embedding.
+            Its token is the Criteo bucket (as "log"), so a model that does not embed the
+            value (the bucketized baseline) trains on the very same cache.
 
 Missing ("" / None) is always its own token "", so "missing" can carry signal. The dense
 input (`serving.batch.dense_column`) of a log or quantile field is log(1 + max(x, 0)).
+A request's NaN or infinite number is refused for every encoding; missing is "" / None.
 
 Standard library only, like the rest of the spec: it is the training/serving contract.
 """
@@ -23,7 +30,8 @@ from bisect import bisect_right
 from dataclasses import dataclass
 
 MISSING = ""
-ENCODINGS = ("log", "quantile", "raw")
+ENCODINGS = ("log", "quantile", "raw", "autodis")
+STANDARDISED = ("raw", "autodis")  # encodings fitted with a train mean and std
 DEFAULT_BINS = 16
 # Each bin is an embedding row; a field wanting more is better served by "log" or as a
 # categorical field of its own.
@@ -72,12 +80,12 @@ class Encoding:
     builder fits it on the train split and stores the result in the spec.
 
     Args:
-        name: "log", "quantile" or "raw".
+        name: "log", "quantile", "raw" or "autodis".
         bins: quantile: bins asked for (the fit may keep fewer).
         edges: quantile: fitted, strictly increasing bin edges; bin i holds
             edges[i-1] <= x < edges[i], so there are len(edges) + 1 bins.
-        mean: raw: train mean (missing values excluded).
-        std: raw: train standard deviation (1 when the values do not vary).
+        mean: raw / autodis: train mean of the dense transform's input (missing excluded).
+        std: raw / autodis: its train standard deviation (1 when the values do not vary).
     """
 
     name: str = "log"
@@ -106,14 +114,14 @@ class Encoding:
             return "bins and edges belong to 'quantile'"
         if not (math.isfinite(self.mean) and math.isfinite(self.std) and self.std > 0):
             return f"need a finite mean and a finite std > 0, got {self.mean}, {self.std}"
-        if self.name != "raw" and (self.mean, self.std) != (0.0, 1.0):
-            return "mean and std belong to 'raw'"
+        if self.name not in STANDARDISED and (self.mean, self.std) != (0.0, 1.0):
+            return "mean and std belong to 'raw' and 'autodis'"
         return ""
 
     @classmethod
     def parse(cls, text: str) -> "Encoding":
-        """The unfitted encoding of a config value: "log", "raw", "quantile" (DEFAULT_BINS
-        bins) or "quantile:N"."""
+        """The unfitted encoding of a config value: "log", "raw", "autodis", "quantile"
+        (DEFAULT_BINS bins) or "quantile:N"."""
         name, sep, bins = text.partition(":")
         if name == "quantile":
             if not sep:
@@ -122,16 +130,16 @@ class Encoding:
                 raise FeatureSpecError(f"numerical encoding {text!r}: the bin count must be an integer, e.g. 'quantile:16'")
             return cls("quantile", int(bins))
         if sep or name not in ENCODINGS:
-            raise FeatureSpecError(f"numerical encoding {text!r} is not one of log, quantile, quantile:N, raw")
+            raise FeatureSpecError(f"numerical encoding {text!r} is not one of log, quantile, quantile:N, raw, autodis")
         return cls(name)
 
     def __str__(self) -> str:
-        """The config form ("log", "raw", "quantile:16"): what a cache is keyed on."""
+        """The config form ("log", "raw", "autodis", "quantile:16"): what a cache is keyed on."""
         return f"quantile:{self.bins}" if self.name == "quantile" else self.name
 
     def token(self, raw: str | float | None) -> str:
         """The token of a raw value ("" = missing): what the field's vocabulary maps to an id."""
-        if self.name == "log":
+        if self.name in ("log", "autodis"):
             return bucket_token(raw)
         x = finite_or_none(raw)
         if x is None:
@@ -143,7 +151,7 @@ class Encoding:
         d = {"name": self.name}
         if self.name == "quantile":
             d |= {"bins": self.bins, "edges": list(self.edges)}
-        elif self.name == "raw":
+        elif self.name in STANDARDISED:
             d |= {"mean": self.mean, "std": self.std}
         return d
 

@@ -7,8 +7,9 @@ k-means steps) goes into `details`, which retrain and export ignore.
 
 Per cluster and per field: the dim, the kept columns of the searched full-width embedding
 (iHAS; None = the first `dim` columns) and how the field's ids are stored. Kept feature
-interactions carry their interaction function; numerical fields carry their encoding;
-clustered decisions carry the router's parameters.
+interactions carry their interaction function; numerical fields carry how the model embeds
+them (and AutoDis fields the AutoDis settings); clustered decisions carry the router's
+parameters.
 """
 
 from __future__ import annotations
@@ -16,12 +17,20 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, replace
 
-VERSION = 1
+# Version 2 added the numerical embeddings "autodis" / "scalar" and the AutoDis settings,
+# interactions of orders 3-4 with their functions, and the interaction model; a version-1
+# record reads as the same decisions (numerical fields bucketized, the base model's pairs).
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
 STORAGE_KINDS = ("full", "others", "dpq")
 INTERACTION_FUNCTIONS = ("inner", "vector_kernel", "scalar_kernel", "outer")
 INTERACTION_MODELS = ("base", "aim")
 MAX_ORDER = 4  # highest interaction order a model computes
-NUMERICAL_ENCODINGS = ("bucketized",)
+# bucketized: the field's table row of its Criteo bucket token; autodis: AutoDis over the
+# value (trainer.models.autodis); scalar: the standardised value times one learned vector
+NUMERICAL_ENCODINGS = ("bucketized", "autodis", "scalar")
+AGGREGATIONS = ("max", "topk", "weighted")
+PROJECTIONS = ("linear", "leaky_skip")
 QUANTIZATIONS = ("none", "int8", "fp16")
 SERVED_BY = ("self", "base")
 
@@ -144,6 +153,43 @@ class RouterDecision:
 
 
 @dataclass(frozen=True)
+class AutoDisSettings:
+    """How every "autodis" field is embedded (trainer.models.autodis).
+
+    Args:
+        buckets: H, meta-embeddings per field.
+        temperature: τ of the softmax over the H discretization logits.
+        aggregation: "max" (the most likely meta-embedding), "topk" (sum of the top_k most
+            likely) or "weighted" (probability-weighted average of all H).
+        top_k: K of "topk".
+        projection: "linear" (logit_h = w_h·x) or "leaky_skip" (the paper's network:
+            h = LeakyReLU(w·x), logits = W h + skip·h).
+        skip: the skip-connection factor of "leaky_skip".
+    """
+
+    buckets: int = 20
+    temperature: float = 1.0
+    aggregation: str = "weighted"
+    top_k: int = 3
+    projection: str = "linear"
+    skip: float = 0.1
+
+    def problems(self) -> list[str]:
+        p = []
+        if self.buckets < 2:
+            p.append(f"buckets: need H >= 2, got {self.buckets}")
+        if not self.temperature > 0:
+            p.append(f"temperature: must be > 0, got {self.temperature}")
+        if self.aggregation not in AGGREGATIONS:
+            p.append(f"aggregation: {self.aggregation!r} is not one of {AGGREGATIONS}")
+        if not 1 <= self.top_k <= self.buckets:
+            p.append(f"top_k: must be in [1, buckets = {self.buckets}], got {self.top_k}")
+        if self.projection not in PROJECTIONS:
+            p.append(f"projection: {self.projection!r} is not one of {PROJECTIONS}")
+        return p
+
+
+@dataclass(frozen=True)
 class Decisions:
     """The whole outcome of a search (see the module docstring).
 
@@ -155,7 +201,9 @@ class Decisions:
             interactions) or "aim" (trainer.models.aim: each interaction with its function,
             kept dims placed at their positions).
         function_wise: with "aim", one embedding set per interaction function instead of one shared set.
-        numerical: numerical field → encoding.
+        numerical: numerical field → how the model embeds it (NUMERICAL_ENCODINGS); a
+            field not named is bucketized.
+        autodis: the AutoDis settings; required when a field is "autodis".
         router: routing parameters; None for one cluster.
         quantize: storage of the exported tables ("none", "int8", "fp16").
         details: method diagnostics, never read by retrain or export.
@@ -172,6 +220,7 @@ class Decisions:
     quantize: str = "none"
     details: dict = field(default_factory=dict)
     version: int = VERSION
+    autodis: AutoDisSettings | None = None
 
     def __post_init__(self) -> None:
         if [c.id for c in self.clusters] != list(range(len(self.clusters))):
@@ -189,17 +238,28 @@ class Decisions:
         bad = sorted({e for e in self.numerical.values() if e not in NUMERICAL_ENCODINGS})
         if bad:
             raise DecisionsError(f"numerical encodings {bad} are not one of {NUMERICAL_ENCODINGS}")
+        if "autodis" in self.numerical.values() and self.autodis is None:
+            raise DecisionsError("numerical fields encoded 'autodis' need the autodis settings")
+        if self.autodis is not None and self.autodis.problems():
+            raise DecisionsError(f"autodis settings: {'; '.join(self.autodis.problems())}")
         for i in self.interactions or ():
             if i.function not in INTERACTION_FUNCTIONS or not 2 <= len(i.fields) <= MAX_ORDER:
                 raise DecisionsError(f"interaction {i}: orders 2..{MAX_ORDER} with {INTERACTION_FUNCTIONS} are supported")
 
     def model_options(self) -> dict:
         """The build_model keywords every cluster model of these decisions shares."""
-        return {"interactions": self.interactions, "interaction_model": self.interaction_model,
-                "function_wise": self.function_wise}
+        options = {"interactions": self.interactions, "interaction_model": self.interaction_model,
+                   "function_wise": self.function_wise}
+        embedded = self.embedded_numerical
+        return options | ({"numerical": embedded, "autodis": self.autodis} if embedded else {})
 
     def replace(self, **changes) -> "Decisions":
         return replace(self, **changes)
+
+    @property
+    def embedded_numerical(self) -> dict[str, str]:
+        """Numerical fields the model embeds from their value (not bucketized)."""
+        return {n: e for n, e in self.numerical.items() if e != "bucketized"}
 
     def check_fields(self, names: list[str]) -> None:
         """Raise DecisionsError unless every cluster decides exactly these fields."""
@@ -214,8 +274,8 @@ class Decisions:
     @classmethod
     def from_json(cls, obj: dict) -> "Decisions":
         try:
-            if obj.get("version") != VERSION:
-                raise DecisionsError(f"decisions version {obj.get('version')!r}, this trainer reads version {VERSION}")
+            if obj.get("version") not in READABLE_VERSIONS:
+                raise DecisionsError(f"decisions version {obj.get('version')!r}, this trainer reads versions {READABLE_VERSIONS}")
             clusters = tuple(
                 ClusterDecision(
                     int(c["id"]),
@@ -231,20 +291,22 @@ class Decisions:
                 method=obj["method"],
                 clusters=clusters,
                 interactions=None if inter is None else tuple(Interaction(tuple(i["fields"]), i["function"]) for i in inter),
-                interaction_model=obj.get("interaction_model", "base"),  # records from before AIM lack both
+                interaction_model=obj.get("interaction_model", "base"),  # version 1 lacks both
                 function_wise=bool(obj.get("function_wise", False)),
                 numerical=dict(obj["numerical"]),
                 router=None if obj["router"] is None else RouterDecision(**obj["router"]),
                 quantize=obj["quantize"],
                 details=dict(obj["details"]),
+                autodis=None if obj.get("autodis") is None else AutoDisSettings(**obj["autodis"]),
             )
         except (KeyError, TypeError) as e:
             raise DecisionsError(f"decisions record is missing or mistypes {e}") from None
 
 
 def uniform(method: str, names: list[str], dims: dict[str, int], train_rows: int,
-            storage: dict[str, Storage] | None = None, numerical: dict[str, str] | None = None) -> Decisions:
+            storage: dict[str, Storage] | None = None, numerical: dict[str, str] | None = None,
+            autodis: AutoDisSettings | None = None) -> Decisions:
     """One cluster with the given dims (and storage) for every field: Base, FE, Others, a fixed grid."""
     storage = storage or {}
     fields = {n: FieldDecision(dims[n], None, storage.get(n, FULL)) for n in names}
-    return Decisions(method, (ClusterDecision(0, fields, train_rows),), numerical=dict(numerical or {}))
+    return Decisions(method, (ClusterDecision(0, fields, train_rows),), numerical=dict(numerical or {}), autodis=autodis)

@@ -94,7 +94,24 @@ def test_raw_is_standardised_with_train_moments_and_its_token_marks_missing(tmp_
     assert ds.dense[:, ds.spec.numerical.index("p")].tolist() == pytest.approx([math.log1p(i % 4) for i in range(400)])
 
 
-@pytest.mark.parametrize("encoding", ["quantile:8", "raw", "log"])
+def test_autodis_tokens_are_criteo_buckets_and_its_dense_input_keeps_missing_as_nan(tmp_path):
+    raw = _write(tmp_path / "t.csv")
+    ds = load_dataset(_cfg(tmp_path, {"x": "autodis"}), **QUIET)
+    log = load_dataset(_cfg(tmp_path, {}), **QUIET)
+    f = ds.spec.field("x")
+    assert f.vocab == log.spec.field("x").vocab and np.array_equal(ds.ids["x"], log.ids["x"])  # the bucketized row's cache
+    enc = f.encoding
+    x = _floats(raw)
+    s = np.sign(x) * np.log1p(np.abs(x))
+    train = s[ds.indices("train")]
+    train = train[~np.isnan(train)]
+    assert enc.name == "autodis" and enc.mean == pytest.approx(train.mean(), rel=1e-12) and enc.std == pytest.approx(train.std(), rel=1e-12)
+    want = ((s - enc.mean) / enc.std).astype(np.float32)
+    assert np.array_equal(ds.dense[:, ds.spec.numerical.index("x")], want, equal_nan=True) and np.isnan(want[0])
+    assert Encoding.from_dict(enc.to_dict()) == enc and str(Encoding.parse("autodis")) == "autodis"
+
+
+@pytest.mark.parametrize("encoding", ["quantile:8", "raw", "log", "autodis"])
 def test_served_encoding_equals_training_encoding(tmp_path, encoding):
     raw = _write(tmp_path / "t.csv")
     ds = load_dataset(_cfg(tmp_path, {"x": encoding, "p": "quantile:3"}), **QUIET)
@@ -108,7 +125,7 @@ def test_served_encoding_equals_training_encoding(tmp_path, encoding):
     for batch in (by_rows, by_columns):
         assert batch.ids[spec.names.index("x")].tolist() == ds.ids["x"].tolist()
         assert batch.ids[spec.names.index("p")].tolist() == ds.ids["p"].tolist()
-        assert np.array_equal(batch.dense, ds.dense)  # bit for bit
+        assert np.array_equal(batch.dense, ds.dense, equal_nan=True)  # bit for bit (NaN: a missing autodis value)
 
 
 def test_the_cache_fingerprint_follows_the_encoding(tmp_path):

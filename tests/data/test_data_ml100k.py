@@ -83,3 +83,17 @@ def test_real_wheel_has_100k_ratings():
         assert all(chunk.columns["genres"])  # every item has at least one genre ("unknown")
     assert n == 100_000 and r.bad_lines == 0
     assert 0.5 < pos / n < 0.6  # ML-100K: 55% of ratings are 4 or 5
+
+
+def test_age_and_release_year_as_numbers(tmp_path):
+    item = ITEM + "303\tOdd\tunkonwn\tDrama\n"
+    inter = INTER + "22\t303\t4\t878887117\n"
+    wheel = fake_wheel(tmp_path / "w.whl", inter=inter, item=item)
+    plain, numbers = MovieLens100KReader(wheel), MovieLens100KReader(wheel, numerical=("release_year", "age"))
+    kinds = {f.name: f.kind for f in numbers.fields()}
+    assert kinds["age"] == kinds["release_year"] == "numerical" and kinds["gender"] == "categorical"
+    assert plain.fingerprint() != numbers.fingerprint()
+    _, cols = read_all(numbers)
+    assert cols["age"] == ["49", "39", "25", "25"] and cols["release_year"] == ["1996", "1997", "1996", ""]  # not a year → missing
+    with pytest.raises(ValueError, match="cannot be read as numbers"):
+        MovieLens100KReader(wheel, numerical=("gender",))

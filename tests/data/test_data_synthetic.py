@@ -132,3 +132,24 @@ def test_planted_interactions_are_recorded_and_carry_signal():
 def test_too_many_planted_interactions_are_refused():
     text = " ".join(SyntheticParams(n_categorical=3, interactions_2=4, interactions_3=-1).problems())
     assert "interactions_2" in text and "interactions_3" in text
+
+
+def test_numerical_signal_is_off_by_default_and_only_moves_the_labels():
+    p = SyntheticParams(rows=20000, n_categorical=4, n_numerical=3, signal_fields_per_group=2, seed=3)
+    off = concat(SyntheticReader(p, threads=1), 20000)
+    on_params = SyntheticParams(**{**p.__dict__, "numerical_signal": 1.5})
+    on, again = (concat(SyntheticReader(on_params, threads=t), 20000) for t in (1, 2))
+    # off: the fingerprint (hence every cache key and resume check) reads as before the option existed
+    assert "numerical_signal" not in SyntheticReader(p).fingerprint()
+    assert SyntheticReader(on_params).fingerprint() != SyntheticReader(p).fingerprint()
+    assert all(off[1][k].tobytes() == on[1][k].tobytes() for k in off[1]) and off[2].tobytes() == on[2].tobytes()
+    assert on[0].tobytes() == again[0].tobytes() and on[0].tobytes() != off[0].tobytes()
+    # the clicks follow the planted effect of the values: rows with a high total effect click more
+    reader = SyntheticReader(on_params)
+    effect = sum(reader.numerical_effect(i, on[1][f"I{i + 1}"]) for i in range(3))
+    high = effect > np.median(effect)
+    assert on[0][high].mean() > on[0][~high].mean() + 0.1
+    # non-linear: the effect of one field is not monotone in its value
+    x = np.arange(0, 2000, dtype=np.float32)
+    steps = np.sign(np.diff(reader.numerical_effect(0, x)))
+    assert (steps > 0).any() and (steps < 0).any()

@@ -22,7 +22,7 @@ from trainer.data.readers.base import KINDS, NAME_RE, Head, Reader
 from trainer.data.readers.criteo import CriteoReader
 from trainer.data.readers.encoded import EVERY, Encoded
 from trainer.data.readers.ml1m import MovieLens1MReader
-from trainer.data.readers.ml100k import MovieLens100KReader
+from trainer.data.readers.ml100k import NUMERIC_ATTRIBUTES, MovieLens100KReader
 from trainer.data.readers.synthetic import SyntheticParams, SyntheticReader
 from trainer.data.readers.table import TableReader
 
@@ -57,8 +57,11 @@ class DataConfig:
         numerical: numerical field → encoding, for any source with numerical fields:
             "log" (the default: floor(ln(x)^2) buckets), "quantile" / "quantile:N" (N
             equal-count bins fitted on the train split; 16 when N is left out) or "raw"
-            (the standardised value as dense input; needs model.dense_input). The key
-            "*" sets every numerical field not named.
+            (the standardised value as dense input; needs model.dense_input) or
+            "autodis" (the model embeds the value: the AutoDis method; tokens stay
+            Criteo buckets). The key "*" sets every numerical field not named.
+        as_numbers: movielens100k: attributes read as numerical fields instead of
+            tokens (any of "age", "release_year"; the AutoDis variant).
         delimiter: table: cell separator (one character, "\\t" for TSV).
         label: table: name of the label column.
         label_positive: table: label values that count as a click (e.g. ["yes"]); any
@@ -75,6 +78,8 @@ class DataConfig:
         signal_fields_per_group: synthetic: fields that drive each group's clicks.
         interactions_2: synthetic: planted field pairs carrying signal (0 = none).
         interactions_3: synthetic: planted field triples carrying signal (0 = none).
+        numerical_signal: synthetic: std scale of a non-linear click signal in the
+            numerical fields' values (0 = none, the default; see readers/synthetic.py).
     """
 
     source: str = "movielens100k"
@@ -87,6 +92,7 @@ class DataConfig:
     split: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
     chunk_rows: int = CHUNK_ROWS
     numerical: dict[str, str] = field(default_factory=dict)
+    as_numbers: list[str] = field(default_factory=list)
     delimiter: str = ","
     label: str = "label"
     label_positive: list[str] = field(default_factory=list)
@@ -102,6 +108,7 @@ class DataConfig:
     signal_fields_per_group: int = SyntheticParams.signal_fields_per_group
     interactions_2: int = SyntheticParams.interactions_2
     interactions_3: int = SyntheticParams.interactions_3
+    numerical_signal: float = SyntheticParams.numerical_signal
 
     def __post_init__(self) -> None:
         if self.min_count is None:
@@ -139,6 +146,11 @@ class DataConfig:
         if len(self.split) != 3 or min(self.split, default=0) < 0 or not sum(self.split) > 0:
             p.append(f"data.split: need 3 non-negative train/val/test proportions, got {self.split}")
         p += self._numerical_problems()
+        if self.as_numbers and self.source != "movielens100k":
+            p.append("data.as_numbers: only used by source 'movielens100k'")
+        bad = sorted(set(self.as_numbers) - set(NUMERIC_ATTRIBUTES))
+        if bad:
+            p.append(f"data.as_numbers: {bad} are not among the attributes readable as numbers {list(NUMERIC_ATTRIBUTES)}")
         defaults = DataConfig()
         if self.source == "table":
             p += self._table_problems()
@@ -199,7 +211,7 @@ class DataConfig:
 
 
 READERS: dict[str, Callable[[DataConfig], Reader]] = {
-    "movielens100k": lambda c: MovieLens100KReader(c.path or None, c.max_bad_lines),
+    "movielens100k": lambda c: MovieLens100KReader(c.path or None, c.max_bad_lines, tuple(c.as_numbers)),
     "movielens1m": lambda c: MovieLens1MReader(c.path, c.max_bad_lines),
     "criteo": lambda c: CriteoReader(c.path, c.max_bad_lines),
     "avazu": lambda c: AvazuReader(c.path, c.max_bad_lines),

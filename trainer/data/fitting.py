@@ -2,8 +2,9 @@
 
 Quantile edges are exact: the distinct train values are kept with their counts (memory
 grows with the number of distinct values, not rows: integer counts and prices repeat a
-lot; a continuous column of N train rows costs about 16 bytes a row). "raw" keeps only
-count, mean and the sum of squared deviations, merged chunk by chunk.
+lot; a continuous column of N train rows costs about 16 bytes a row). "raw" and "autodis"
+keep only count, mean and the sum of squared deviations (of x, resp. signed_log(x)),
+merged chunk by chunk.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import math
 
 import numpy as np
 
-from serving.encodings import Encoding
+from serving.batch import signed_log
+from serving.encodings import STANDARDISED, Encoding
 from trainer.data.numerical import MISSING_BUCKET, bin_codes
 
 
@@ -36,13 +38,13 @@ class TrainValues:
     """The train values of one numerical field, kept as far as its encoding's fit needs.
 
     Args:
-        encoding: the unfitted encoding ("quantile" or "raw").
+        encoding: the unfitted encoding ("quantile", "raw" or "autodis").
     """
 
     MERGE_AT = 1 << 20  # distinct values pending before they are merged into the sorted set
 
     def __init__(self, encoding: Encoding):
-        if encoding.name not in ("quantile", "raw"):
+        if encoding.name not in ("quantile", *STANDARDISED):
             raise ValueError(f"nothing to fit for encoding {encoding.name!r}")
         self.encoding = encoding
         self.missing = 0
@@ -59,6 +61,9 @@ class TrainValues:
             return
         if self.encoding.name == "raw":
             self._add_moments(present)
+            return
+        if self.encoding.name == "autodis":
+            self._add_moments(signed_log(present))
             return
         self._pending.append(np.unique(present, return_counts=True))
         self._pending_size += len(self._pending[-1][0])
@@ -87,9 +92,9 @@ class TrainValues:
     def fit(self) -> Encoding:
         """The fitted encoding: quantile edges, or the mean and std of the present values
         (std 1 when they do not vary, so standardising never divides by zero)."""
-        if self.encoding.name == "raw":
+        if self.encoding.name in STANDARDISED:
             std = math.sqrt(self.m2 / self.n) if self.n else 0.0
-            return Encoding("raw", mean=self.mean, std=std if std > 0 else 1.0)
+            return Encoding(self.encoding.name, mean=self.mean, std=std if std > 0 else 1.0)
         self._merge()
         return Encoding("quantile", self.encoding.bins, quantile_edges(self.values, self.counts, self.encoding.bins))
 

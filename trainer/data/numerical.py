@@ -63,4 +63,5 @@ def bin_codes(x: np.ndarray, edges: tuple[float, ...]) -> np.ndarray:
 
 def codes(x: np.ndarray, encoding: Encoding) -> np.ndarray:
     """The int64 codes of a float64 column under a fitted encoding (str(code) = token)."""
-    return bucketize(x) if encoding.name == "log" else bin_codes(x, encoding.edges)
+    # an autodis field's token is its Criteo bucket (see serving.encodings)
+    return bucketize(x) if encoding.name in ("log", "autodis") else bin_codes(x, encoding.edges)

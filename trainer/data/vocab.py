@@ -112,6 +112,7 @@ class NumberVocab:
     "log" codes are Criteo buckets, counted as the rows stream by. "quantile" and "raw"
     must see every train value before a code exists, so pass 1 only collects what their
     fit needs (`TrainValues`) and `build` fits the encoding, then counts its codes.
+    "autodis" does both: its codes are Criteo buckets, its dense input is fitted.
 
     Codes are small integers in practice (floor(ln(x)^2) <= 503,000 for any float;
     integer-valued columns below 2 rarely span far; bins are few), so counting and
@@ -134,7 +135,8 @@ class NumberVocab:
     def count(self, x: np.ndarray, train: np.ndarray) -> None:
         if self.train_values is not None:
             self.train_values.add(x[train])
-            return
+            if self.encoding.name != "autodis":
+                return
         b = bucketize(x[train])
         n_missing = int(np.count_nonzero(b == MISSING_BUCKET))
         if n_missing:
@@ -154,7 +156,8 @@ class NumberVocab:
     def build(self, min_count: int) -> Field:
         if self.train_values is not None:
             self.encoding = self.train_values.fit()
-            self.counts = Counter(self.train_values.code_counts(self.encoding))
+            if self.encoding.name != "autodis":  # its bucket codes were counted in pass 1
+                self.counts = Counter(self.train_values.code_counts(self.encoding))
             self.train_values = None  # pass 2 needs only the fitted encoding and the index
         tokens = {(MISSING if b == MISSING_BUCKET else str(b)): c for b, c in self.counts.items()}
         kept = _ranked(tokens, min_count)

@@ -2,9 +2,10 @@
 (plus, for a clustered method, the row as served after the export guard: kind "served").
 
 Every row has at least: method (the row's key), label, kind, test_auc, test_logloss,
-val_auc, val_logloss, embedding_params (scoring models' tables + first-order weights,
-router excluded, as the papers count), embedding_bytes (stored embedding tables and
-codes of the scoring models), served_bytes (every tensor the served modules hold to
+val_auc, val_logloss, embedding_params (scoring models' tables + first-order weights +
+the meta-, scalar and missing embeddings of fields embedded from their value, router
+excluded, as the papers count), embedding_bytes (stored embedding tables, codes and
+those embeddings of the scoring models), served_bytes (every tensor the served modules hold to
 score a row: router tables and gates, cluster models' tables, codes, centroids,
 first-order weights, padding and dense layers), served_table_bytes (the part of
 served_bytes that is not dense layers), infer_s_per_10k (one thread), clusters and the
@@ -25,8 +26,10 @@ from trainer.jobs.retrain import Trained
 from trainer.models.build import served_form
 
 # state-dict names of per-id storage: TorchRec tables (embeddings, first-order weights,
-# DPQ centroids), DPQ codes, and the training form's raw rows and codebooks
-TABLE_MARKERS = ("embedding_bags.", "codes_", ".raw.", "codebooks.")
+# DPQ centroids), DPQ codes, the training form's raw rows and codebooks, and the stored
+# embeddings of numerical fields embedded from their value (AutoDis meta-embeddings, ...)
+TABLE_MARKERS = ("embedding_bags.", "codes_", ".raw.", "codebooks.", "numerical.missing", "numerical.scalar",
+                 "numerical.auto.meta")
 
 
 def tensor_bytes(modules: list[nn.Module]) -> dict[str, int]:
@@ -73,8 +76,10 @@ def trained_row(name: str, label: str, kind: str, trained: Trained, router, assi
     return {
         "method": name, "label": label, "kind": kind, **trained.metrics,
         # of the models that score (Base's where the export guard routed a cluster to Base)
-        "embedding_params": sum(m.embeddings.layout.embedding_params + m.first_order_params for m in trained.models),
-        "embedding_bytes": sum(m.embeddings.layout.embedding_bytes for m in trained.models),
+        "embedding_params": sum(m.embeddings.layout.embedding_params + m.first_order_params + m.value_embedding_params
+                                for m in trained.models),
+        # value embeddings (AutoDis meta-embeddings, ...) are float32 parameters
+        "embedding_bytes": sum(m.embeddings.layout.embedding_bytes + 4 * m.value_embedding_params for m in trained.models),
         "served_bytes": size["total"], "served_table_bytes": size["tables"],
         "router_bytes": tensor_bytes([routed])["total"] if routed is not None else 0,
         "infer_s_per_10k": seconds_per_10k(stages, len(ds.indices("test"))),

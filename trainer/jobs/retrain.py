@@ -126,8 +126,8 @@ def retrain(ds, decisions: Decisions, assign: dict, model_cfg: ModelConfig, tcfg
         if not (assign["train"] == c.id).any() or not any(c.dims.values()):
             raise RuntimeError(f"{decisions.method}: cluster {c.id} is empty or keeps no dims (lower search.clusters or search.l0)")
         log(f"retrain {model_cfg.name} for {decisions.method} cluster {c.id} ({int((assign['train'] == c.id).sum())} train rows) → {out}")
-        plain, val, test, metrics = train_cluster(ds, assign, c, model_cfg, tcfg, env, out / f"cluster_{c.id}", resume, log, init, options,
-                                                     decisions.model_options())
+        plain, val, test, metrics = train_cluster(ds, assign, c, model_cfg, tcfg, env, out / f"cluster_{c.id}", resume, log, init,
+                                                     options, decisions.model_options())
         merged["val"][assign["val"] == c.id] = val
         merged["test"][assign["test"] == c.id] = test
         models.append(plain)

@@ -7,7 +7,8 @@ output is complete is loaded instead of rerun:
   OUT/run.json, OUT/run.log      the run record (config, command, commit, versions) and its log
   OUT/rows/base/cluster_0/       Base: every field at the configured dim, all rows (also the
                                  trained model a method may start from)
-  OUT/search/                    supernet.pt + search.json (history, seconds)
+  OUT/search/                    supernet.pt + search.json (history, seconds); absent for a
+                                 method that searches nothing (`searches = False`, AutoDis)
   OUT/decisions.json             the typed decisions (trainer.decisions)
   OUT/rows/<name>/cluster_<c>/   every retrained row: the method, its ablations, baselines,
                                  labelled variants (a row with its own search keeps it there too)
@@ -128,7 +129,11 @@ def run(exp: SearchExperiment, out: str | Path, *, resume: bool = False, overwri
 
     ctx = SearchContext.of(ds, exp.model, tcfg, base.models[0], env, log)
     method = cls(exp.search, ctx)
-    search = search_stage(method, ds, exp.search, tcfg, env, out, resume, log)
+    if getattr(method, "searches", True):  # a method without the attribute searches
+        search = search_stage(method, ds, exp.search, tcfg, env, out, resume, log)
+    else:
+        search = {"best_epoch": None, "best_val_auc": None, "seconds": 0.0}
+        log("== no search stage: the method trains end to end in its rows")
     decisions = load_or_derive(method, ctx, out, resume, exp.search.method)
     router = method.router(decisions)
     assign = route(router, ds, tcfg.eval_batch_size)

@@ -4,7 +4,9 @@ Every model maps (dense [B, n_numerical], sparse KJT) → logits [B]. Numerical 
 always reach the model as embeddings of their tokens (log or quantile buckets; for a "raw"
 field only missing / present); `dense_input` additionally feeds their dense values
 (log-scaled, or standardised for "raw") to the MLP (DLRM always uses them for its bottom
-MLP), so a model with a "raw" field must read the dense input.
+MLP), so a model with a "raw" field must read the dense input. A model given a
+`numerical` module (trainer.models.autodis: AutoDis or raw scalar) embeds those fields from
+their dense value instead of a table; they then have no table and no first-order weight.
 Interactions that need equal dims (FM, IPNN, DLRM dot products) zero-pad shorter
 embeddings to the widest kept dim (`blocks.stack_zero_padded`); the MLP and the cross
 network consume the plain concatenation, which needs no padding.
@@ -90,35 +92,44 @@ class CTRModel(nn.Module):
             above 2 the product of p embeddings summed over dims) of a model with pairwise
             interactions (`prunes_pairs`); None = every pair. Tuples with a dropped field
             are dropped.
+        numerical: embeds numerical fields from the dense input (`names`, `dims`,
+            forward(dense) → per-field embeddings); their embeddings follow the tables'.
     """
 
     uses_linear = False
     prunes_pairs = False  # its head sums or concatenates <e_i, e_j> over field pairs (and higher orders)
 
     def __init__(self, spec: FeatureSpec, cfg: ModelConfig, embeddings: nn.Module, device=None,
-                 interactions: list[tuple[str, ...]] | None = None):
+                 interactions: list[tuple[str, ...]] | None = None, numerical: nn.Module | None = None):
         super().__init__()
         in_column = self.uses_linear and embeddings.first_order_in_column
         self.embeddings = embeddings
+        self.numerical = numerical
         layout = self.embeddings.layout
-        if not layout.fields:
+        fields = list(layout.fields) + (numerical.names if numerical is not None else [])
+        dims = list(layout.dims) + (numerical.dims if numerical is not None else [])
+        if not fields:
             raise ValueError("every field has dim 0: the model would have no input")
-        self.concat_dim = sum(layout.dims)
-        self.max_dim = max(layout.dims)
-        self.n_fields = len(layout.fields)
+        self.concat_dim = sum(dims)
+        self.max_dim = max(dims)
+        self.n_fields = len(fields)
         self.n_dense = len(spec.numerical) if cfg.dense_input else 0
+        # an "autodis" field's missing value is NaN in the dense input; the MLP must not see it
+        self.dense_has_nan = self.n_dense > 0 and any(f.encoding.name == "autodis" for f in spec.fields)
         raw = [f.name for f in spec.fields if f.encoding.name == "raw"]
         if raw and not cfg.dense_input:
             raise ValueError(f"fields {raw} are encoded 'raw': their values reach a model only as dense input; "
                              "set model.dense_input = true")
-        self.linear = LinearWeights(spec, tuple(spec.names), device) if self.uses_linear and not in_column else None
-        self.first_order_params = sum(f.num_embeddings for f in spec.fields) if self.uses_linear else 0
+        embedded = set(numerical.names) if numerical is not None else set()
+        linear_fields = tuple(n for n in spec.names if n not in embedded)
+        self.linear = LinearWeights(spec, linear_fields, device) if self.uses_linear and not in_column else None
+        self.first_order_params = sum(spec.field(n).num_embeddings for n in linear_fields) if self.uses_linear else 0
         self.bias = nn.Parameter(torch.zeros(1))
         index, self.high_orders = None, ()
         if interactions is not None:
             if not self.prunes_pairs:
                 raise ValueError(f"model {cfg.name!r} has no pairwise interactions to keep or drop")
-            pos = {f: i for i, f in enumerate(layout.fields)}
+            pos = {f: i for i, f in enumerate(fields)}
             by_order: dict[int, set] = {}
             for t in interactions:
                 if all(f in pos for f in t) and len(set(t)) == len(t) >= 2:
@@ -131,8 +142,17 @@ class CTRModel(nn.Module):
         self.register_buffer("pair_index", index, persistent=False)
         self.n_higher = sum(getattr(self, f"order{p}_index").shape[1] for p in self.high_orders)
 
+    @property
+    def value_embedding_params(self) -> int:
+        """Embedding parameters of the fields embedded from their value (0 without any)."""
+        return self.numerical.embedding_params if self.numerical is not None else 0
+
     def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:
         embs, first_order = self.embeddings.lookup(sparse)
+        if self.numerical is not None:
+            embs = list(embs) + self.numerical(dense)
+        if self.dense_has_nan:
+            dense = torch.nan_to_num(dense, nan=0.0)
         return self.score(dense, sparse, embs, first_order)
 
     def score(self, dense: torch.Tensor, sparse: KeyedJaggedTensor, embs: list[torch.Tensor],
@@ -175,8 +195,8 @@ class CTRModel(nn.Module):
 class MLPModel(CTRModel):
     """Concatenated embeddings → MLP (the iHAS paper's base network)."""
 
-    def __init__(self, spec, cfg, embeddings, device=None, interactions=None):
-        super().__init__(spec, cfg, embeddings, device, interactions)
+    def __init__(self, spec, cfg, embeddings, device=None, interactions=None, numerical=None):
+        super().__init__(spec, cfg, embeddings, device, interactions, numerical)
         self.deep = mlp(self.concat_dim + self.n_dense, cfg.mlp, cfg.dropout)
 
     def head(self, dense, embs):
@@ -208,8 +228,8 @@ class IPNN(CTRModel):
 
     prunes_pairs = True
 
-    def __init__(self, spec, cfg, embeddings, device=None, interactions=None):
-        super().__init__(spec, cfg, embeddings, device, interactions)
+    def __init__(self, spec, cfg, embeddings, device=None, interactions=None, numerical=None):
+        super().__init__(spec, cfg, embeddings, device, interactions, numerical)
         n_pairs = self.n_fields * (self.n_fields - 1) // 2 if self.pair_index is None else self.pair_index.shape[1]
         self.deep = mlp(self.concat_dim + self.n_dense + n_pairs + self.n_higher, cfg.mlp, cfg.dropout)
 
@@ -222,8 +242,8 @@ class IPNN(CTRModel):
 class DCN(CTRModel):
     """Deep & Cross: cross network and MLP side by side on the concatenation."""
 
-    def __init__(self, spec, cfg, embeddings, device=None, interactions=None):
-        super().__init__(spec, cfg, embeddings, device, interactions)
+    def __init__(self, spec, cfg, embeddings, device=None, interactions=None, numerical=None):
+        super().__init__(spec, cfg, embeddings, device, interactions, numerical)
         width = self.concat_dim + self.n_dense
         self.cross = CrossNetwork(width, cfg.cross_layers)
         self.deep = mlp(width, cfg.mlp, cfg.dropout, out_dim=None)
@@ -237,9 +257,9 @@ class DCN(CTRModel):
 class DLRM(CTRModel):
     """DLRM: bottom MLP on dense values to the widest embedding dim, pairwise dots, top MLP."""
 
-    def __init__(self, spec, cfg, embeddings, device=None, interactions=None):
+    def __init__(self, spec, cfg, embeddings, device=None, interactions=None, numerical=None):
         cfg = ModelConfig(**{**cfg.__dict__, "dense_input": True})
-        super().__init__(spec, cfg, embeddings, device, interactions)
+        super().__init__(spec, cfg, embeddings, device, interactions, numerical)
         self.bottom = mlp(self.n_dense, [max(self.max_dim, 4)], out_dim=self.max_dim) if self.n_dense else None
         n = self.n_fields + (1 if self.bottom is not None else 0)
         self.top = mlp(self.max_dim + n * (n - 1) // 2, cfg.mlp, cfg.dropout)

@@ -102,6 +102,9 @@ class SearchMethod(Protocol):
     Config: ClassVar[type]  # the [search] section dataclass (extends trainer.search.loop.SearchLoopConfig)
     Variants: ClassVar[type]  # the [variants] section dataclass: which extra rows to train
     supernet: nn.Module | None
+    # optional, default True: False makes the recipe skip the search stage (a method such as
+    # AutoDis that trains end to end in its rows; build() and the loop members are then unused)
+    searches: ClassVar[bool]
     phase: str
     retrain_options: dict  # extra build_model keywords for retrained models (e.g. the DPQ-SX temperature)
 

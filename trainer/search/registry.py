@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from trainer.search.aim.method import AIM
 from trainer.search.autodim.method import AutoDim
+from trainer.search.autodis.method import AutoDis
 from trainer.search.autodpq.method import AutoDPQ
 from trainer.search.autofis.method import AutoFIS
 from trainer.search.ihas.method import IHAS
@@ -18,4 +19,5 @@ METHODS = {
     "autofis": AutoFIS,
     "aim": AIM,
     "autodim": AutoDim,
+    "autodis": AutoDis,
 }

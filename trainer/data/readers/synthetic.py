@@ -16,7 +16,12 @@ The generating model (all drawn from the seed):
     fields from the shared, unpermuted Zipf, so the same id can mean "strong signal" for
     one group and "noise" for another.
   * numerical fields are heavy-tailed non-negative counts with a per-field missing rate;
-    they carry no signal.
+    by default they carry no signal. With `numerical_signal` = s > 0 (off by default, so
+    the data of every config without it is unchanged), each row's logit also gets
+    Σ_i a·sin(ω_i·ln(1 + x_i) + φ_i) over the numerical fields (a missing value adds its
+    field's constant c_i instead), a = s·sqrt(2 / n_numerical), ω_i ~ U(1, 3), φ_i ~
+    U(0, 2π), c_i ~ N(0, a²/2), all drawn from the seed on a stream of their own: a
+    smooth, non-monotone function of the value that a model must discretize well to use.
   * planted interactions (off by default): `interactions_2` field pairs and
     `interactions_3` field triples, distinct tuples of categorical fields drawn from the
     seed. Each field of a tuple gets its own factor u[id] ~ N(0, 1) per id, and every row
@@ -66,6 +71,7 @@ class SyntheticParams:
         interactions_2: planted field pairs (0 = none).
         interactions_3: planted field triples (0 = none).
         seed: everything is derived from it.
+        numerical_signal: s, the std scale of the logit the numerical fields add (0 = none).
     """
 
     rows: int = 100_000
@@ -79,6 +85,7 @@ class SyntheticParams:
     interactions_2: int = 0
     interactions_3: int = 0
     seed: int = 0
+    numerical_signal: float = 0.0
 
     # Ids are computed in float32, which holds every integer up to 2**24 exactly.
     MAX_VOCAB = 2**24
@@ -95,6 +102,8 @@ class SyntheticParams:
                 "vocab_min/vocab_max: need 1 <= vocab_min <= vocab_max <= 2**24, "
                 f"got {self.vocab_min}, {self.vocab_max}"
             )
+        if not self.numerical_signal >= 0:
+            p.append(f"numerical_signal: must be >= 0, got {self.numerical_signal}")
         if not self.zipf_a > 0:
             p.append(f"zipf_a: must be > 0, got {self.zipf_a}")
         if self.n_groups < 1 or self.signal_fields_per_group < 1:
@@ -187,13 +196,19 @@ class SyntheticReader:
         self._num_max = [float(x) for x in np.exp(rng.uniform(np.log(10), np.log(1e5), p.n_numerical))]
         self._num_a = [float(x) for x in rng.uniform(0.8, 1.8, p.n_numerical)]
         self._num_missing = [float(x) for x in rng.uniform(0.0, 0.3, p.n_numerical)]
+        # drawn on a stream of their own, so the draws above (and the data without it) stay as they were
+        num_rng = np.random.default_rng([p.seed, 2])
+        self._num_amp = p.numerical_signal * np.sqrt(2.0 / max(p.n_numerical, 1))
+        self._num_freq = num_rng.uniform(1.0, 3.0, p.n_numerical)
+        self._num_phase = num_rng.uniform(0.0, 2 * np.pi, p.n_numerical)
+        self._num_if_missing = num_rng.normal(0.0, self._num_amp / np.sqrt(2.0), p.n_numerical)
         self.interactions, self._factors = self._plant_interactions()
 
     def _plant_interactions(self) -> tuple[list[list[str]], list[list[np.ndarray]]]:
         """The planted tuples and one factor table per (tuple, field), from their own
         stream so that data without interactions is unchanged."""
         p = self.params
-        rng = np.random.default_rng([p.seed, 2])
+        rng = np.random.default_rng([p.seed, 3])
         tuples: list[tuple[int, ...]] = []
         for order in (2, 3):
             pool = list(itertools.combinations(range(p.n_categorical), order))
@@ -211,9 +226,15 @@ class SyntheticReader:
         return [FieldDecl(f"I{i + 1}", "numerical") for i in range(self.params.n_numerical)] + cats
 
     def fingerprint(self) -> str:
-        # interaction keys at 0 are left out: data without interactions keeps its fingerprint (and cache)
-        params = {k: v for k, v in asdict(self.params).items() if not (k.startswith("interactions_") and v == 0)}
+        # options at their default (off) are left out: data without them keeps its fingerprint (and cache)
+        params = {k: v for k, v in asdict(self.params).items()
+                  if not ((k.startswith("interactions_") or k == "numerical_signal") and not v)}
         return f"synthetic|v{GENERATOR_VERSION}|{json.dumps(params, sort_keys=True)}"
+
+    def numerical_effect(self, i: int, x: np.ndarray) -> np.ndarray:
+        """Logit added by numerical field i at raw values x (float32, NaN = missing)."""
+        effect = self._num_amp * np.sin(self._num_freq[i] * np.log1p(np.nan_to_num(x, nan=0.0)) + self._num_phase[i])
+        return np.where(np.isnan(x), self._num_if_missing[i], effect).astype(np.float32)
 
     def block(self, b: int) -> RawChunk:
         """Rows [b * BLOCK, min((b + 1) * BLOCK, rows)), always the same for a given seed."""
@@ -227,6 +248,8 @@ class SyntheticReader:
         columns: dict[str, np.ndarray] = {}
         for i in range(p.n_numerical):
             columns[f"I{i + 1}"] = _counts(u[2 + i], self._num_a[i], self._num_max[i], self._num_missing[i])
+            if p.numerical_signal:
+                logit += self.numerical_effect(i, columns[f"I{i + 1}"])
         for i, v in enumerate(self.vocab_sizes):
             ids = _zipf_ids(u[2 + p.n_numerical + i], v, p.zipf_a)
             g = self._owner[i]
