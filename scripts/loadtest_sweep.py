@@ -178,6 +178,16 @@ class Server:
         return self.proc.returncode
 
 
+def build_bundle(python: str, bundle: Path) -> None:
+    """scripts/make_deepfm_bundle.py → `bundle`, with this checkout first on the path (a
+    script's sys.path starts at scripts/, and the venv's editable install may point at
+    another checkout). Raises RuntimeError when it fails."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    built = subprocess.run([python, str(MAKE_BUNDLE), "--out", str(bundle)], cwd=ROOT, capture_output=True, text=True, env=env)
+    if built.returncode != 0:
+        raise RuntimeError(f"bundle build failed:\n{built.stderr[-3000:]}")
+
+
 def run_point(server: Server, qps: float, args: argparse.Namespace, python: str, tmp: Path) -> dict:
     """One open-loop run of serving.loadtest pinned to the client core → its report."""
     out = tmp / f"{server.name}-{qps:g}-{time.monotonic_ns()}.json"
@@ -275,10 +285,7 @@ def measure(args: argparse.Namespace) -> int:
 
     if args.rebuild or not (bundle / "manifest.json").exists():
         print(f"loadtest: building the DeepFM-sized 2-cluster bundle → {bundle}", flush=True)
-        built = subprocess.run([args.python, str(MAKE_BUNDLE), "--out", str(bundle)], cwd=ROOT, capture_output=True, text=True)
-        if built.returncode != 0:
-            print(f"loadtest: bundle build failed:\n{built.stderr[-3000:]}", file=sys.stderr)
-            return 1
+        build_bundle(args.python, bundle)
     os.sched_setaffinity(0, {args.client_core})  # this script's own (little) work stays off the server core
 
     extra = shlex.split(args.server_args)
