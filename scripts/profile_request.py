@@ -45,7 +45,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 # this checkout's serving, not whichever one the venv's editable install points at
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from loadtest_sweep import ROOT, Server, build_bundle, run_point  # noqa: E402  (scripts/ is sys.path[1])
+from loadtest_servers import ROOT, Server, build_bundle, run_point  # noqa: E402  (scripts/ is sys.path[1])
 from serving import wire
 from serving._proto.embstack.v1 import inference_pb2 as pb
 from serving.bundle import Bundle, load_bundle
@@ -109,9 +109,9 @@ def stages(predictor: Predictor, payload: bytes, reps: int) -> dict[str, float]:
         return timed(fns, reps)
 
 
-def scrape(port: int) -> dict[str, float]:
+def scrape(url: str) -> dict[str, float]:
     """Sum and count of the handler and queue-wait histograms from the server's /metrics."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+    with urllib.request.urlopen(url, timeout=5) as r:
         text = r.read().decode()
     out = {}
     for family in text_string_to_metric_families(text):
@@ -146,19 +146,17 @@ def sequential(port: int, payloads: list[bytes], n: int) -> dict:
 
 def through_server(mode: str, bundle: Path, payloads: list[bytes], args: argparse.Namespace, tmp: Path) -> dict:
     log = Path(tmp) / f"server-{mode}.log"
-    server = Server(mode, bundle, args.server_core, ["--batching", mode, "--metrics-port", "0", *args.server_args.split()],
-                    log, args.python)
+    server = Server(mode, bundle, args.server_core, ["--batching", mode, *args.server_args.split()], log, args.python)
     try:
         server.wait_ready(300)
-        metrics_port = int(server.ready["metrics_port"])
-        before = scrape(metrics_port)
+        before = scrape(server.metrics_url)
         seq = sequential(server.port, payloads, args.sequential)
-        after = scrape(metrics_port)
+        after = scrape(server.metrics_url)
         seq["handler_mean"] = mean_ms(before, after, "embstack_request_duration_seconds")
         seq["queue_wait_mean"] = mean_ms(before, after, "embstack_queue_wait_seconds")
-        before = scrape(metrics_port)
+        before = scrape(server.metrics_url)
         report = run_point(server, args.half_qps, args, args.python, Path(tmp))
-        after = scrape(metrics_port)
+        after = scrape(server.metrics_url)
         half = {"qps": args.half_qps, "p50": report["latency_ms"]["p50"], "p99": report["latency_ms"]["p99"],
                 "mean": report["latency_ms"].get("mean"), "errors": report["errors"],
                 "handler_mean": mean_ms(before, after, "embstack_request_duration_seconds"),
