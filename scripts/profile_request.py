@@ -10,8 +10,9 @@ threads 1 as the server runs): parse (bytes → ScoreRequest, what gRPC's deseri
 decode (`wire.decode`: validation and encoding), the predictor's work split into its
 parts (model inputs, router call, per-cluster split, each cluster model call, merge and
 sigmoid), `Predictor.predict` as one call, and the response (message + serialisation);
-then the program calls and predict again with torch.export's per-call checks kept (the
-programs as `torch.export.load` returns them, before `load_bundle` strips the checks).
+then the program calls and predict again with torch.export's per-call checks kept: the
+in-graph assertions only (as the loader left them before it removed them), and all of
+them, input hook included (the programs as `torch.export.load` returns them).
 
 Through a server (`python -m serving` under `taskset -c --server-core`, this process on
 --client-core): with batching on and off, --sequential requests one at a time (no
@@ -66,11 +67,16 @@ def timed(fns: dict[str, object], reps: int) -> dict[str, float]:
     return {k: round(statistics.median(v) * 1e3, 4) for k, v in times.items()}
 
 
-def with_export_checks(bundle: Bundle) -> Bundle:
-    """The bundle's programs as torch.export.load gives them, with its per-call input
-    hook and in-graph assertions (which `load_bundle` removes): the "before" of that cut."""
+def as_exported(bundle: Bundle, drop_hook: bool) -> Bundle:
+    """The bundle's programs as torch.export.load gives them: with the per-call input hook
+    and the in-graph assertions that `load_bundle` removes, or (drop_hook) with the
+    assertions only, as bundles loaded before the assertions were removed."""
     def raw(name: str):
-        return torch.export.load(str(bundle.path / name)).module()
+        module = torch.export.load(str(bundle.path / name)).module()
+        for key, hook in list(module._forward_pre_hooks.items()) if drop_hook else ():
+            if getattr(hook, "__name__", "") == "_check_input_constraints_pre_hook":
+                del module._forward_pre_hooks[key]
+        return module
 
     m = bundle.manifest
     router = raw(m.router) if m.router is not None else bundle.router
@@ -81,8 +87,8 @@ def stages(predictor: Predictor, payload: bytes, reps: int) -> dict[str, float]:
     """Median ms of each stage of one request, in request order; the program calls also
     with torch.export's checks kept."""
     bundle, keys = predictor.bundle, predictor.bundle.spec.names
-    checked = with_export_checks(bundle)
-    checked_predictor = Predictor(checked, predictor.encoder.limits)
+    checked = as_exported(bundle, drop_hook=False)
+    asserting = as_exported(bundle, drop_hook=True)
     request = pb.ScoreRequest.FromString(payload)
     batch = wire.decode(predictor, request)
     with torch.inference_mode():
@@ -102,10 +108,11 @@ def stages(predictor: Predictor, payload: bytes, reps: int) -> dict[str, float]:
             fns[f"cluster {c} call ({parts[c].num_rows} rows)"] = lambda m=bundle.models[c], p=p: m(*p)
         fns["predict, one call"] = lambda: predictor.predict(batch)
         fns["response (build + serialise)"] = lambda: wire.response(pred).SerializeToString()
-        fns["router call, export's checks kept"] = lambda: checked.router(*inputs)
-        for c, p in part_inputs.items():
-            fns[f"cluster {c} call, export's checks kept"] = lambda m=checked.models[c], p=p: m(*p)
-        fns["predict, export's checks kept"] = lambda: checked_predictor.predict(batch)
+        for what, b in (("in-graph assertions kept", asserting), ("export's checks all kept", checked)):
+            fns[f"router call, {what}"] = lambda b=b: b.router(*inputs)
+            for c, p in part_inputs.items():
+                fns[f"cluster {c} call, {what}"] = lambda m=b.models[c], p=p: m(*p)
+            fns[f"predict, {what}"] = lambda p=Predictor(b, predictor.encoder.limits): p.predict(batch)
         return timed(fns, reps)
 
 
@@ -166,6 +173,10 @@ def through_server(mode: str, bundle: Path, payloads: list[bytes], args: argpars
         server.stop()
 
 
+def _dash(x) -> str:
+    return "-" if x is None else str(x)
+
+
 def print_table(result: dict) -> None:
     st = result["stages_ms"]
     width = max(len(k) for k in st) + 2
@@ -182,8 +193,8 @@ def print_table(result: dict) -> None:
             h, q, m = row["handler_mean"], row["queue_wait_mean"], row["mean"]
             outside = f"{m - h:.3f}" if (h is not None and m is not None) else "-"
             rest = f"{h - inside:.3f}" if h is not None else "-"
-            print(f"  {mode:<9} {name:<16} {row['p50']:>10} {row['p99']:>10} {m if m is not None else '-':>11} "
-                  f"{h if h is not None else '-':>8} {q if q is not None else '-':>10} {outside:>15} {rest:>14}")
+            print(f"  {mode:<9} {name:<16} {_dash(row['p50']):>10} {_dash(row['p99']):>10} {_dash(m):>11} "
+                  f"{_dash(h):>8} {_dash(q):>10} {outside:>15} {rest:>14}")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
