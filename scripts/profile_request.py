@@ -3,7 +3,7 @@ then the same request through a real server (pinned to its own core) one at a ti
 at half load, with the server's own handler and queue-wait histograms scraped.
 
     .venv/bin/python scripts/profile_request.py                      # DeepFM-sized 2-cluster bundle
-    .venv/bin/python scripts/profile_request.py --half-qps 180 --out runs/profile/request.json
+    .venv/bin/python scripts/profile_request.py --half-qps 183,63 --out runs/profile/request.json
 
 Stages (median of --reps rounds that call every stage once, single thread, torch intra-op
 threads 1 as the server runs): parse (bytes → ScoreRequest, what gRPC's deserializer does before the handler),
@@ -162,9 +162,10 @@ def through_server(mode: str, bundle: Path, payloads: list[bytes], args: argpars
         seq["handler_mean"] = mean_ms(before, after, "embstack_request_duration_seconds")
         seq["queue_wait_mean"] = mean_ms(before, after, "embstack_queue_wait_seconds")
         before = scrape(server.metrics_url)
-        report = run_point(server, args.half_qps, args, args.python, Path(tmp))
+        qps = args.half_qps[mode]
+        report = run_point(server, qps, args, args.python, Path(tmp))
         after = scrape(server.metrics_url)
-        half = {"qps": args.half_qps, "p50": report["latency_ms"]["p50"], "p99": report["latency_ms"]["p99"],
+        half = {"qps": qps, "p50": report["latency_ms"]["p50"], "p99": report["latency_ms"]["p99"],
                 "mean": report["latency_ms"].get("mean"), "errors": report["errors"],
                 "handler_mean": mean_ms(before, after, "embstack_request_duration_seconds"),
                 "queue_wait_mean": mean_ms(before, after, "embstack_queue_wait_seconds")}
@@ -204,7 +205,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--rows-per-request", type=int, default=100)
     ap.add_argument("--reps", type=int, default=300, help="calls per in-process stage")
     ap.add_argument("--sequential", type=int, default=400, help="one-at-a-time requests per server")
-    ap.add_argument("--half-qps", type=float, default=180.0, help="open-loop rate of the loaded run (req/s)")
+    ap.add_argument("--half-qps", default="183,63",
+                    help="open-loop rate of the loaded run (req/s), one per --modes entry or one for all (default: "
+                         "half the best rates measured in docs/results.md, batching on and off)")
     ap.add_argument("--duration", type=float, default=8.0, help="seconds of the loaded run, warm-up included")
     ap.add_argument("--warmup", type=float, default=2.0)
     ap.add_argument("--timeout", type=float, default=1.0)
@@ -216,6 +219,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--python", default=sys.executable)
     args = ap.parse_args(argv)
     args.modes = [m for m in args.modes.split(",") if m]
+    try:
+        rates = [float(q) for q in args.half_qps.split(",")]
+    except ValueError:
+        ap.error(f"--half-qps {args.half_qps!r}: give req/s, comma-separated")
+    if len(rates) not in (1, len(args.modes)) and args.modes:
+        ap.error(f"--half-qps gives {len(rates)} rates for {len(args.modes)} modes")
+    args.half_qps = dict(zip(args.modes, rates * len(args.modes) if len(rates) == 1 else rates))
     return args
 
 
