@@ -3,7 +3,7 @@
     # open loop: requests leave on a fixed schedule whatever the server does
     .venv/bin/python -m serving.loadtest --target 127.0.0.1:50051 --rows-per-request 100 \\
         --qps 200 --duration 20 --out runs/loadtest/qps200.json
-    # a sweep: the most rows/s with p99 < 50 ms among several rates
+    # a sweep: the most rows/s with p99 < 25 ms among several rates
     .venv/bin/python -m serving.loadtest --target 127.0.0.1:50051 --rows-per-request 100 \\
         --qps 100,150,200,250 --duration 12 --out runs/loadtest/sweep.json
     # closed loop: C callers, each sending its next request when the last one returns
@@ -19,6 +19,9 @@ been sent, not from when the generator got round to sending it, so a server that
 is charged for the requests queued behind the stall (no coordinated omission).
 `send_lag_ms` reports how far behind schedule the generator itself ran; a large value
 means the generator, not the server, was the bottleneck.
+
+With --scrape URL the report adds what the server counted during the run (answers by
+code, refusals by code and reason; `serving.scrape`), scraped before, halfway and after.
 
 The first --warmup seconds are sent but left out of the figures. Latency percentiles are
 over successful requests; failed ones are counted by the status code the server answered
@@ -37,9 +40,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
-import re
 import sys
 import threading
 import time
@@ -53,69 +54,10 @@ from serving import channels
 from serving._proto.embstack.v1 import inference_pb2 as pb
 from serving._proto.embstack.v1 import inference_pb2_grpc as pb_grpc
 from serving.client import column_request, kinds_of, random_columns, read_rows
+from serving.outcomes import CONNECTION_ERROR, Backoff, outcome
+from serving.scrape import counted, scrape
 
 SCORE_METHOD = "/embstack.v1.Inference/Score"
-CONNECTION_ERROR = "connection"  # a call that got no status from the server
-# What gRPC's transport writes into UNAVAILABLE when no server answered; the server's own
-# UNAVAILABLE (not ready, draining) carries its message instead.
-_TRANSPORT_FAILURE = re.compile(
-    r"failed to connect|connection refused|connection reset|socket closed|broken pipe|goaway|endpoint closing|"
-    r"connections to all backends failing|transport closed|cancelling all calls|unavailable: end of tcp stream",
-    re.IGNORECASE,
-)
-
-
-def outcome(code: grpc.StatusCode | None, details: str | None) -> str:
-    """The status code's name, or CONNECTION_ERROR when the transport failed before the
-    server answered."""
-    if code is grpc.StatusCode.UNAVAILABLE and _TRANSPORT_FAILURE.search(details or ""):
-        return CONNECTION_ERROR
-    return code.name if code is not None else "UNKNOWN"
-
-
-class Backoff:
-    """The pause in sending after UNAVAILABLE (see the module docstring); perf_counter time.
-
-    Args:
-        base: the first pause, seconds.
-        cap: the longest pause, seconds.
-    """
-
-    def __init__(self, base: float = 0.05, cap: float = 2.0):
-        self.base, self.cap = base, cap
-        self.delay = 0.0
-        self.began = self.until = -math.inf
-        self.pauses, self.paused_s, self.skipped = 0, 0.0, 0
-        self._lock = threading.Lock()
-
-    def failed(self, sent: float, now: float) -> None:
-        """An UNAVAILABLE answer to a request sent at `sent`. Requests sent before the
-        current pause began failed for the same outage and do not lengthen it."""
-        with self._lock:
-            if sent < self.began:
-                return
-            self.delay = min(self.cap, 2 * self.delay if self.delay else self.base)
-            self.began, self.until = now, now + self.delay
-            self.pauses += 1
-            self.paused_s += self.delay
-
-    def succeeded(self) -> None:
-        with self._lock:
-            self.delay = 0.0
-
-    def remaining(self, now: float) -> float:
-        return max(0.0, self.until - now)
-
-    def report(self) -> dict:
-        return {"pauses": self.pauses, "paused_s": round(self.paused_s, 3), "skipped": self.skipped}
-
-    def observe(self, result: str, sent: float, now: float) -> None:
-        if result == "OK":
-            self.succeeded()
-        elif result in ("UNAVAILABLE", CONNECTION_ERROR):
-            self.failed(sent, now)
-
-
 @dataclass
 class Record:
     """What happened to the requests sent (appended from gRPC callback threads)."""
@@ -308,8 +250,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--backoff-ms", type=float, default=50.0, help="first pause in sending after UNAVAILABLE")
     ap.add_argument("--backoff-max-s", type=float, default=2.0, help="longest pause (each UNAVAILABLE doubles it up to this)")
-    ap.add_argument("--p99-target-ms", type=float, default=50.0,
+    ap.add_argument("--p99-target-ms", type=float, default=25.0,
                     help="a sweep reports the run with the most rows/s whose p99 is under this and that had no errors")
+    ap.add_argument("--scrape", default=None, metavar="URL",
+                    help="the server's Prometheus endpoint (http://HOST:PORT/metrics): report what it counted during the run")
     channels.add_arguments(ap)
     args = ap.parse_args(argv)
     if args.rows_per_request < 1 or args.duration <= args.warmup or args.distinct < 1:
@@ -327,15 +271,26 @@ def _rates(text: str) -> list[float]:
 
 
 def run_once(call, payloads: list[bytes], args: argparse.Namespace, qps: float | None, metadata=None) -> dict:
-    """One load run (open loop at `qps`, or closed loop) → its report."""
+    """One load run (open loop at `qps`, or closed loop) → its report; with --scrape, plus
+    what the server counted meanwhile (scraped before, halfway and after)."""
     t0 = time.perf_counter()
     backoff = Backoff(args.backoff_ms / 1e3, args.backoff_max_s)
+    scrapes = [scrape(args.scrape)] if args.scrape else []
+    halfway = threading.Timer(args.duration / 2, _scrape_into, (args.scrape, scrapes)) if args.scrape else None
+    if halfway is not None:
+        halfway.start()
     if qps:
         record, sent = open_loop(call, payloads, qps, args.duration, args.timeout, metadata, backoff)
     else:
         record, sent = closed_loop(call, payloads, args.concurrency, args.duration, args.timeout, metadata, backoff)
     start = min(record.scheduled) if record.scheduled else t0
     report = summarize(record, sent, args, start + args.warmup, args.duration - args.warmup)
+    if halfway is not None:
+        halfway.join()
+        scrapes.append(scrape(args.scrape))
+        # the whole run, warm-up included (the server's counters have no time window)
+        report["server_counted"] = counted(scrapes[0], scrapes[-1])
+        report["server_counted_halfway"] = counted(scrapes[0], scrapes[1]) if len(scrapes) == 3 else None
     report["qps_target"] = qps
     report["backoff"] = backoff.report()
     lat = report["latency_ms"]
@@ -346,6 +301,13 @@ def run_once(call, payloads: list[bytes], args: argparse.Namespace, qps: float |
         flush=True,
     )
     return report
+
+
+def _scrape_into(url: str, scrapes: list) -> None:
+    try:
+        scrapes.append(scrape(url))
+    except OSError:  # a server too busy to answer its scrape halfway: the run goes on
+        pass
 
 
 def best_under(reports: list[dict], p99_ms: float) -> dict | None:
@@ -370,6 +332,12 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         except (OSError, ValueError) as e:
             print(f"loadtest: {e}", file=sys.stderr)
+            return 2
+        try:
+            if args.scrape:
+                scrape(args.scrape)  # an endpoint that does not answer fails now, not after the run
+        except OSError as e:
+            print(f"loadtest: --scrape {args.scrape}: {e}", file=sys.stderr)
             return 2
         call = channel.unary_unary(SCORE_METHOD, request_serializer=None, response_deserializer=pb.ScoreResponse.FromString)
         reports = [run_once(call, payloads, args, q, metadata) for q in (args.qps or [None])]

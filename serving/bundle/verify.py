@@ -255,20 +255,38 @@ def _load_program(path: Path, sha256: str) -> Program:
         module = ep.module()
     except Exception as e:  # a corrupt or hostile archive can fail in many ways
         raise BundleError(f"{path}: cannot load the exported program: {type(e).__name__}: {first_line(e)}") from e
-    _drop_input_constraint_check(module)
+    _drop_runtime_checks(module)
     return module
 
 
-def _drop_input_constraint_check(module: nn.Module) -> None:
-    """Removes torch.export's per-call input check. It re-evaluates the program's shape
-    constraints with SymPy on every call: ~0.5 ms, 15-20% of scoring a 100-row request
-    (three program calls). Every input a loaded program sees is built by
-    `FeatureBatch.to_inputs`, which checks the same structure — and what that hook does
-    not: that the KJT lengths agree with the values — in microseconds, after the encoder
-    (or `read_golden`) range-checked every id."""
+# Graph nodes that only check, never compute: torch.export's runtime assertions on the
+# data-dependent sizes (each field's value count ≥ 0, the counts summing to the number of
+# values) and on tensor dtypes.
+_RUNTIME_CHECKS = ("aten._assert_scalar.default", "aten._assert_tensor_metadata.default")
+
+
+def _drop_runtime_checks(module: nn.Module) -> None:
+    """Removes torch.export's per-call checks from a loaded program: the input-constraint
+    hook, which re-evaluates the shape constraints with SymPy on every call (~0.5 ms a
+    request), and the assertion nodes in the graph with the arithmetic that only feeds
+    them (a third of a DeepFM cluster model's nodes; each costs a Python dispatch).
+    Every input a loaded program sees is built by `FeatureBatch.to_inputs`, which checks
+    the same structure (int64 values, int32 lengths, float32 dense rows, per field
+    non-negative lengths summing to its number of values) in microseconds, after the
+    encoder (or `read_golden`) range-checked every id. Only checks go: the golden rows
+    then run through the program as it will serve."""
     for key, hook in list(module._forward_pre_hooks.items()):
         if getattr(hook, "__name__", "") == "_check_input_constraints_pre_hook":
             del module._forward_pre_hooks[key]
+    for gm in module.modules():
+        if not isinstance(gm, torch.fx.GraphModule):
+            continue
+        checks = [n for n in gm.graph.nodes if n.op == "call_function" and str(n.target) in _RUNTIME_CHECKS and not n.users]
+        for node in checks:
+            gm.graph.erase_node(node)
+        if checks:
+            gm.graph.eliminate_dead_code()  # the size arithmetic that fed only the checks
+            gm.recompile()
 
 
 def first_line(e: Exception) -> str:

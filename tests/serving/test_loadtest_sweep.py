@@ -23,6 +23,7 @@ def sweep():
     spec.loader.exec_module(module)
     yield module
     sys.modules.pop("loadtest_sweep", None)
+    sys.modules.pop("loadtest_servers", None)
 
 
 def simulate(sweep, capacity: float, **kw) -> list[tuple[float, bool]]:
@@ -55,9 +56,19 @@ def test_verdict_and_best_and_table(sweep):
     assert "answered" in sweep.verdict(report(100, 10, achieved=90), 50)[1]
     points = [{"qps": q, "hit": sweep.verdict(report(q, p), 50)[0], "report": report(q, p)} for q, p in [(50, 10), (80, 30), (120, 70)]]
     assert sweep.best_point(points)["qps"] == 80 and sweep.best_point(points[2:]) is None
-    result = {"modes": {"on": {"best": points[1], "half_load": {"report": report(40, 8)}}, "off": {"best": None, "half_load": None}}}
+    overload = {"goodput_rows_per_s": 7300.0, "goodput_share": 0.9125, "accepted_p50_ms": 11.0, "accepted_p99_ms": 41.5,
+                "client_errors": {"RESOURCE_EXHAUSTED": 90},
+                "server_counted": {"refusals": {"Score RESOURCE_EXHAUSTED queue_full": 60, "Score DEADLINE_EXCEEDED deadline_unreachable": 30}}}
+    result = {"modes": {"on": {"best": points[1], "half_load": {"report": report(40, 8)}, "overload": overload, "sweep": points},
+                        "off": {"best": None, "half_load": None, "overload": None, "sweep": []}}}
     text = sweep.table(result)
-    assert "8000" in text and "4000" in text and "none" in text
+    on = next(line for line in text.splitlines() if line.lstrip().startswith("on"))
+    assert on.split() == ["on", "8000", "80", "15.00", "30.00", "4.00", "8.00", "7300", "91%", "11.00", "41.50", "90"]
+    assert "none" in text
+    summary = sweep.summary(result, 25)
+    assert summary["on"]["overload_goodput_share"] == 0.9125 and summary["on"]["half_load_p99_ms"] == 8
+    assert summary["on"]["overload_server_refusals"]["Score RESOURCE_EXHAUSTED queue_full"] == 60
+    assert summary["off"]["best_rows_per_s"] is None and summary["goals"]["p99_ms_of_best"] == 25
 
 
 def test_server_command_is_accepted_by_the_server(sweep, tmp_path, monkeypatch):
@@ -67,14 +78,18 @@ def test_server_command_is_accepted_by_the_server(sweep, tmp_path, monkeypatch):
         def __init__(self, command, **kwargs):
             started.update(command=command, kwargs=kwargs)
 
-    monkeypatch.setattr(sweep.subprocess, "Popen", FakePopen)
+    monkeypatch.setattr(sys.modules["loadtest_servers"].subprocess, "Popen", FakePopen)
     server = sweep.Server("on", tmp_path / "bundle", 0, ["--batching", "on", "--batch-max-wait-ms", "1"], tmp_path / "log", "python")
     command = started["command"]
     assert command[:6] == ["taskset", "-c", "0", "python", "-m", "serving"]
     args = serving_args(command[6:])
-    assert (args.port, args.host, args.batching, args.batch_max_wait_ms) == (0, "127.0.0.1", "on", 1.0)
-    assert started["kwargs"]["start_new_session"] is True
+    assert (args.port, args.host, args.batching, args.batch_max_wait_ms, args.metrics_port) == (0, "127.0.0.1", "on", 1.0, 0)
+    assert started["kwargs"]["start_new_session"] is True and started["kwargs"]["cwd"] == ROOT
     server._log_fh.close()
     assert sweep.parse_args(["--modes", "off"]).modes == ["off"]
+    assert sweep.parse_args([]).p99_ms == 25 and sweep.parse_args([]).overload == 2
+    assert sweep.parse_args(["--baseline", str(ROOT)]).baseline == str(ROOT)
+    with pytest.raises(SystemExit):
+        sweep.parse_args(["--baseline", str(tmp_path)])  # no serving/ there
     with pytest.raises(SystemExit):
         sweep.parse_args(["--duration", "2", "--warmup", "3"])

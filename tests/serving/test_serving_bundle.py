@@ -281,9 +281,13 @@ def test_hostile_golden_rows_are_refused_before_any_program_runs(copy, role, cha
         load_bundle(copy)
 
 
-def test_programs_run_without_torch_input_hook_but_batches_are_checked(bundle, spec):
+def test_programs_run_without_torch_runtime_checks_but_batches_are_checked(bundle_dir, bundle, spec):
+    # the programs as torch.export.load gives them carry the checks: what the loader removes
+    with zipfile.ZipFile(bundle_dir / "cluster_0.pt2") as z:
+        assert any(b"_assert_scalar" in z.read(n) for n in z.namelist() if n.endswith(".json"))
     for program in (bundle.router, *bundle.models):
         assert not [h for h in program._forward_pre_hooks.values() if "input_constraints" in getattr(h, "__name__", "")]
+        assert not [n for n in program.graph.nodes if "_assert_" in str(n.target)]
     batch = Encoder(spec).encode_rows(random_rows(spec, 4, seed=1))
     bag = spec.names.index("genres")
     lengths = list(batch.lengths)

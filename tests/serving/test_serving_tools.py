@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import threading
+import time
 
 import grpc
 import numpy as np
@@ -18,7 +19,10 @@ from serving import loadtest
 from serving._proto.embstack.v1 import inference_pb2 as pb
 from serving._proto.embstack.v1 import inference_pb2_grpc as pb_grpc
 from serving.loadtest import Backoff, best_under
+from serving.batcher import BatchConfig
 from serving.predictor import Predictor
+from serving.scrape import counted
+from serving.server import ServerConfig
 
 
 def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -127,3 +131,37 @@ def test_loadtest_backs_off_when_the_server_stops_mid_run(bundle_dir, start_serv
     assert report["sent"] + report["backoff"]["skipped"] == 300
     assert report["backoff"]["skipped"] >= 120 and failed <= 40, report
     assert report["backoff"]["paused_s"] <= 0.4 * report["backoff"]["pauses"]
+
+
+def test_loadtest_reports_what_the_server_counted(bundle_dir, start_server, tmp_path, monkeypatch):
+    """--scrape: the server's own counts of the run (answers by code, refusals by code and
+    reason) agree with what the client saw. Scoring is slowed to 10 ms and admission lets
+    one request in at a time, so a 200/s flood is refused in part (by the server, not by
+    gRPC's cap, which is set far above)."""
+    app = start_server(bundle_dir, ServerConfig(max_workers=8, batching=BatchConfig(enabled=False), metrics_port=0,
+                                                max_inflight=1, max_concurrent_rpcs=1000))
+    predictor = app.host.current()
+    real = predictor.predict
+    monkeypatch.setattr(predictor, "predict", lambda batch: (time.sleep(0.01), real(batch))[1])
+    out = tmp_path / "r.json"
+    proc = run("serving.loadtest", "--target", f"127.0.0.1:{app.port}", "--rows-per-request", "5", "--qps", "200",
+               "--duration", "1.5", "--warmup", "0", "--scrape", f"http://127.0.0.1:{app.metrics_port}/metrics", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(out.read_text())
+    counted = report["server_counted"]
+    assert report["errors"].get("RESOURCE_EXHAUSTED", 0) >= 1, report["errors"]
+    assert counted["refusals"] == {"Score RESOURCE_EXHAUSTED too_many_requests": report["errors"]["RESOURCE_EXHAUSTED"]}
+    assert counted["requests"]["Score OK"] == report["ok"]
+    assert counted["requests"]["Score RESOURCE_EXHAUSTED"] == report["errors"]["RESOURCE_EXHAUSTED"]
+    assert report["server_counted_halfway"]["requests"]["Score OK"] <= report["ok"]
+
+    dead = run("serving.loadtest", "--target", f"127.0.0.1:{app.port}", "--rows-per-request", "5", "--qps", "10", "--duration", "1", "--warmup", "0", "--scrape",
+               f"http://127.0.0.1:{free_port()}/metrics", "--out", str(tmp_path / "d.json"))
+    assert dead.returncode == 2 and dead.stderr.startswith("loadtest: --scrape") and "Traceback" not in dead.stderr
+
+
+def test_counted_is_the_difference_of_two_scrapes():
+    before = {("embstack_requests_total", "Score", "OK"): 5.0, ("embstack_refusals_total", "Score", "RESOURCE_EXHAUSTED", "queue_full"): 1.0}
+    after = {**before, ("embstack_requests_total", "Score", "OK"): 12.0,
+             ("embstack_refusals_total", "Score", "DEADLINE_EXCEEDED", "deadline_unreachable"): 3.0}
+    assert counted(before, after) == {"requests": {"Score OK": 7}, "refusals": {"Score DEADLINE_EXCEEDED deadline_unreachable": 3}}
