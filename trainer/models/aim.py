@@ -180,6 +180,7 @@ class AIMModel(nn.Module):
         self.n_terms = sum(len(idx) for idx in groups.values())
         self.beta = nn.Parameter(torch.full((len(fields), cfg.embedding_dim), float(beta_init))) if eds else None
         self.base = cfg.name
+        self.value_embedding_params = 0  # numerical fields are bucketized: every embedding is a table row
         self.uses_linear = cfg.name != "ipnn"
         self.linear = LinearWeights(spec, tuple(spec.names), device) if self.uses_linear else None
         self.first_order_params = sum(f.num_embeddings for f in spec.fields) if self.uses_linear else 0
