@@ -154,6 +154,10 @@ class Decisions:
         quantize: storage of the exported tables ("none", "int8", "fp16").
         details: method diagnostics, never read by retrain or export.
         version: schema version of this record.
+        shared_tables: the router and every cluster model read one set of tables (each
+            cluster its kept columns, with its own head), trained as one model and served
+            as one program; False = a model with its own tables per cluster beside the
+            router's (the paper's).
     """
 
     method: str
@@ -164,6 +168,7 @@ class Decisions:
     quantize: str = "none"
     details: dict = field(default_factory=dict)
     version: int = VERSION
+    shared_tables: bool = False
 
     def __post_init__(self) -> None:
         if [c.id for c in self.clusters] != list(range(len(self.clusters))):
@@ -172,6 +177,8 @@ class Decisions:
             raise DecisionsError(f"{len(self.clusters)} clusters need a router")
         if self.router is not None and len(self.router.centroids) != len(self.clusters):
             raise DecisionsError(f"router has {len(self.router.centroids)} centroids for {len(self.clusters)} clusters")
+        if self.shared_tables and (self.router is None or any(c.compressed or c.served_by != "self" for c in self.clusters)):
+            raise DecisionsError("shared tables need a router and plain tables served by the clusters' own heads")
         if self.quantize not in QUANTIZATIONS:
             raise DecisionsError(f"quantize {self.quantize!r} is not one of {QUANTIZATIONS}")
         bad = sorted({e for e in self.numerical.values() if e not in NUMERICAL_ENCODINGS})
@@ -218,6 +225,7 @@ class Decisions:
                 router=None if obj["router"] is None else RouterDecision(**obj["router"]),
                 quantize=obj["quantize"],
                 details=dict(obj["details"]),
+                shared_tables=bool(obj.get("shared_tables", False)),  # absent in records written before it existed
             )
         except (KeyError, TypeError) as e:
             raise DecisionsError(f"decisions record is missing or mistypes {e}") from None

@@ -1,0 +1,196 @@
+"""iHAS-shared (a labelled variant, not the paper's): the router and every cluster model read
+one set of tables.
+
+The paper serves the search-stage tables and gates as the router and, beside them, one
+model per cluster with its own tables, so a routed bundle stores every field's table
+K + 1 times. Here one module holds:
+
+* one TorchRec table per field with only the columns some cluster keeps (a column no
+  cluster keeps is dropped from the table);
+* the router: the trained gates with their input cut to those columns (a dropped column
+  reads as 0), the deterministic threshold and the K-means centroids;
+* one MLP head per cluster over its own kept columns.
+
+A row's embeddings are looked up once; the router picks the cluster and that cluster's head
+scores the row. Every head runs on every row and the row's own logit is gathered: with
+the paper's small heads this costs less than splitting the batch by cluster, and it keeps
+the program one straight-line graph for torch.export.
+
+Training: the tables start from the search-stage tables (the gates were trained on those
+embeddings; fresh tables would route rows at random), each head from the search-stage
+MLP cut to its cluster's columns; tables and heads then train jointly on every row, each
+row through its own cluster's head. The router's parameters stay frozen, but it reads the
+tables as they train, so a row may change cluster during training; what serves is the
+final routing, which is also what the offline scores use.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchrec import KeyedJaggedTensor
+
+from serving.features import FeatureSpec
+from trainer.decisions import Decisions
+from trainer.models.blocks import mlp
+from trainer.models.ctr import CTRModel, ModelConfig
+from trainer.models.tables import FieldEmbeddings
+from trainer.search.ihas.gates import GateMode, MLPGates, SharedGates, gate_mask
+from trainer.search.ihas.kmeans import sq_dists
+from trainer.search.ihas.warm_start import FIRST_LAYER, TABLE
+
+
+def union_columns(decisions: Decisions) -> dict[str, list[int]]:
+    """Field → the searched columns at least one cluster keeps (sorted)."""
+    out: dict[str, set] = {}
+    for c in decisions.clusters:
+        for f, cols in c.kept.items():
+            out.setdefault(f, set()).update(cols)
+    return {f: sorted(cols) for f, cols in out.items()}
+
+
+class CutGates(nn.Module):
+    """The trained gates of the search reading only the kept columns of E.
+
+    Args:
+        gates: InstanceGates, FieldGates, MLPGates or SharedGates of width N·d.
+        cols: positions in E (length N·d) of the columns the shared table keeps.
+    """
+
+    def __init__(self, gates: nn.Module, cols: list[int]):
+        super().__init__()
+        self.tau, self.threshold, self.dims_per_gate = gates.tau, gates.threshold, gates.dims_per_gate
+        self.first: nn.Linear | None = None
+        self.rest: nn.Module = nn.Identity()
+        if isinstance(gates, SharedGates):  # no input: one logit vector for every row
+            self.register_buffer("logit", gates.logit.detach().clone())
+            return
+        self.register_buffer("logit", None)
+        layer = gates.net[0] if isinstance(gates, MLPGates) else gates.fc
+        self.first = nn.Linear(len(cols), layer.out_features)
+        with torch.no_grad():
+            self.first.weight.copy_(layer.weight[:, cols])
+            self.first.bias.copy_(layer.bias)
+        if isinstance(gates, MLPGates):
+            self.rest = nn.Sequential(*[_frozen_copy(m) for m in list(gates.net)[1:]])
+        self.requires_grad_(False)
+
+    def forward(self, kept: torch.Tensor) -> dict[str, torch.Tensor]:
+        """{"mask", "prob", "logit"} per row, one entry per searched column (width N·d)."""
+        if self.first is None:
+            logits = self.logit.expand(kept.shape[0], -1)
+        else:
+            logits = self.rest(self.first(kept))
+        mask, p = gate_mask(logits, GateMode.DETERMINISTIC, self.tau, self.threshold)
+        n = self.dims_per_gate
+        return {"mask": mask.repeat_interleave(n, 1), "prob": p.repeat_interleave(n, 1), "logit": logits.repeat_interleave(n, 1)}
+
+
+def _frozen_copy(m: nn.Module) -> nn.Module:
+    import copy
+
+    return copy.deepcopy(m).requires_grad_(False)
+
+
+class SharedTablesModel(nn.Module):
+    """One table set, the router and K cluster heads (module docstring).
+
+    Args:
+        spec: the dataset's fields.
+        cfg: the model config (an MLP head: model.name "mlp").
+        decisions: clustered iHAS decisions (kept columns per cluster, router).
+        gates: the trained gates of the search.
+        device: "meta" when DistributedModelParallel will materialise the tables.
+    """
+
+    first_order_params = 0
+
+    def __init__(self, spec: FeatureSpec, cfg: ModelConfig, decisions: Decisions, gates: nn.Module, device=None):
+        super().__init__()
+        r, d = decisions.router, decisions.details["embedding_dim"]
+        self.union = union_columns(decisions)
+        self.embeddings = FieldEmbeddings(spec, {f: len(c) for f, c in self.union.items()}, cfg.init_scale, device)
+        fields = self.embeddings.layout.fields
+        position = {(f, j): i for i, (f, j) in enumerate((f, j) for f in fields for j in self.union[f])}
+        searched = [spec.names.index(f) * d + j for f in fields for j in self.union[f]]
+        self.width = len(spec.names) * d
+        self.gates = CutGates(gates, searched)
+        self.features = r.features
+        self.register_buffer("searched", torch.tensor(searched, dtype=torch.long))
+        self.register_buffer("centroids", torch.tensor(r.centroids, dtype=torch.float32))
+        self.register_buffer("scale", None if r.scale is None else torch.tensor(r.scale, dtype=torch.float32))
+        self.n_dense = len(spec.numerical) if cfg.dense_input else 0
+        self.heads = nn.ModuleList()
+        for k, c in enumerate(decisions.clusters):
+            cols = [position[(f, j)] for f in fields for j in c.kept[f]]
+            self.register_buffer(f"columns_{k}", torch.tensor(cols, dtype=torch.long))
+            self.heads.append(mlp(len(cols) + self.n_dense, cfg.mlp, cfg.dropout))
+
+    @torch.no_grad()
+    def route(self, kept: torch.Tensor) -> torch.Tensor:
+        """Cluster id per row from the kept-column embeddings [B, U] (as the search's Router
+        computes it, with the dropped columns read as 0)."""
+        feats = self.gates(kept)
+        if self.features == "masked":
+            full = kept.new_zeros(kept.shape[0], self.width).index_copy(1, self.searched, kept)
+            x = full * feats["mask"]
+        else:
+            x = feats[self.features]
+        if self.scale is not None:
+            x = x * self.scale
+        return sq_dists(x, self.centroids).argmin(dim=1)
+
+    def score_all(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits of every cluster's head [B, K], cluster id [B])."""
+        kept = torch.cat(self.embeddings(sparse), dim=1)
+        clusters = self.route(kept.detach())
+        logits = []
+        for k, head in enumerate(self.heads):
+            x = kept.index_select(1, getattr(self, f"columns_{k}"))
+            logits.append(head(torch.cat([x, dense], dim=1) if self.n_dense else x).squeeze(1))
+        return torch.stack(logits, dim=1), clusters
+
+    def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:
+        logits, clusters = self.score_all(dense, sparse)
+        return logits.gather(1, clusters[:, None]).squeeze(1)
+
+    def routed_program(self) -> nn.Module:
+        """What the bundle exports: (dense, sparse) → (logits [B, K], cluster ids [B])."""
+        return _ScoreAll(self)
+
+
+class _ScoreAll(nn.Module):
+    def __init__(self, model: SharedTablesModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.score_all(dense, sparse)
+
+
+@torch.no_grad()
+def shared_warm_state(searched: CTRModel, model: SharedTablesModel) -> dict[str, torch.Tensor]:
+    """`model`'s state with the tables cut from the search-stage tables and each head's
+    first layer cut from the search-stage MLP's (deeper layers copied)."""
+    source, state = searched.state_dict(), {}
+    b_lay = searched.embeddings.layout
+    start = dict(zip(b_lay.fields, torch.tensor((0,) + b_lay.dims[:-1]).cumsum(0).tolist()))
+    fields = model.embeddings.layout.fields
+    union_pos = [start[f] + j for f in fields for j in model.union[f]]
+    last = f"{len(model.heads[0]) - 1}.bias"  # the base model's separate output bias folds into it
+    for key, value in model.state_dict().items():
+        if key.startswith(TABLE):
+            f = key[len(TABLE):].rsplit(".", 1)[0]
+            w = torch.zeros_like(value)
+            w[:, : len(model.union[f])] = source[key][:, model.union[f]]
+            state[key] = w
+        elif key.startswith("heads."):
+            k, rest = key[len("heads."):].split(".", 1)
+            src = source["deep." + rest]
+            if "deep." + rest == FIRST_LAYER:
+                cols = [union_pos[i] for i in getattr(model, f"columns_{k}").tolist()]
+                src = src[:, cols + [searched.concat_dim + j for j in range(model.n_dense)]]
+            state[key] = src + source["bias"] if rest == last else src.clone()
+        else:
+            state[key] = value.clone()
+    return state
