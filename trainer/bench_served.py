@@ -86,13 +86,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[4096, 100])
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--out", help="JSON file for the figures")
+    ap.add_argument("overrides", nargs="*", help="section.key=value overrides of the config (e.g. data.cache_dir=...)")
     args = ap.parse_args(argv)
     try:
         bundles = parse_bundles(args.bundle)
         base = args.baseline or next(iter(bundles))
         if base not in bundles or args.repeats < 1 or min(args.batch_sizes) < 1:
             raise ValueError(f"--baseline {base!r} must name a --bundle, --repeats and --batch-sizes must be >= 1")
-        exp = load_experiment(args.config, [])
+        exp = load_experiment(args.config, args.overrides)
         ds = load_dataset(exp.data, log=lambda _: None)
         predictors = {n: Predictor(load_bundle(p, dataset=ds.spec.dataset)) for n, p in bundles.items()}
         batches = {s: test_batches(ds, s) for s in args.batch_sizes}

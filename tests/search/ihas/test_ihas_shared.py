@@ -106,3 +106,13 @@ def test_gates_are_put_in_deterministic_mode_by_the_router_only(toy_spec):
     supernet.gates.mode = GateMode.STOCHASTIC
     SharedTablesModel(toy_spec, ModelConfig(name="mlp", embedding_dim=D, mlp=[8, 4]), _decisions(), supernet.gates)
     assert supernet.gates.mode is GateMode.STOCHASTIC  # the search's gates are copied, never changed
+
+
+def test_heads_only_training_leaves_the_tables_and_the_routing_alone(toy_spec, toy_batch):
+    cfg, supernet = _supernet(toy_spec, InstanceGates)
+    model = SharedTablesModel(toy_spec, cfg, _decisions(), supernet.gates, train_tables=False)
+    model.load_state_dict(shared_warm_state(supernet.base, model))
+    model(toy_batch.dense_features, toy_batch.sparse_features).sum().backward()
+    tables = [p for n, p in model.named_parameters() if "embedding_bags" in n]
+    assert tables and all(p.grad is None for p in tables)
+    assert all(p.grad is not None for p in model.heads.parameters())

@@ -36,6 +36,7 @@ from trainer.search.ihas.threshold import HistogramThreshold
 GATES = ("instance", "field", "mlp")
 CLUSTER_ON = ("masked", "mask", "prob", "logit")
 CLUSTER_SCALE = ("none", "field", "column")
+SHARED_TRAIN = ("joint", "heads")
 PHASE_MODES = {"pretrain": GateMode.OPEN, "search": GateMode.STOCHASTIC, "eval": GateMode.DETERMINISTIC}
 
 
@@ -126,6 +127,8 @@ class IHASVariants:
             supernet's weights instead of from scratch (mlp / wide_deep heads only).
         shared: iHAS-shared: the same router, clusters and kept columns, but the router and
             every cluster head read one set of tables (trainer.search.ihas.shared; mlp heads).
+        shared_train: "joint" (tables and heads train together) or "heads" (the search's
+            tables stay as they are; only the heads train).
     """
 
     ablations: bool = True
@@ -133,10 +136,14 @@ class IHASVariants:
     warm: bool = False
     base_warm: bool = False
     shared: bool = False
+    shared_train: str = "joint"
 
     def validate(self) -> list[str]:
         unknown = [m for m in self.transfer_models if m not in MODELS]
-        return [f"variants.transfer_models: {unknown} not in {sorted(MODELS)}"] if unknown else []
+        p = [f"variants.transfer_models: {unknown} not in {sorted(MODELS)}"] if unknown else []
+        if self.shared_train not in SHARED_TRAIN:
+            p.append(f"variants.shared_train: must be one of {SHARED_TRAIN}, got {self.shared_train!r}")
+        return p
 
 
 class IHAS:
@@ -155,6 +162,7 @@ class IHAS:
         self.retrain_options: dict = {}
         self.supernet: GatedSupernet | None = None
         self.phase = "pretrain"
+        self.shared_train = "joint"
 
     @staticmethod
     def check_config(exp) -> list[str]:
@@ -267,6 +275,7 @@ class IHAS:
             rows.append(Variant("ihas_warm", "iHAS-warm (not in the paper)", "variant", (decisions,), init="method"))
         if wanted.base_warm:
             rows.append(Variant("ihas_base_warm", "iHAS-base-warm (not in the paper)", "variant", (decisions,), init="method"))
+        self.shared_train = wanted.shared_train
         if wanted.shared:
             own = tuple(replace(c, served_by="self") for c in decisions.clusters)  # the guard's record is not this row's
             rows.append(Variant("ihas_shared", "iHAS-shared (one table set, not in the paper)", "variant",
@@ -279,7 +288,8 @@ class IHAS:
 
     def build_shared(self, decisions: Decisions):
         """(device=None) → an untrained SharedTablesModel for `decisions` (shared_tables)."""
-        return lambda device=None: SharedTablesModel(self.spec, self.model_cfg, decisions, self.supernet.gates, device)
+        joint = self.shared_train == "joint"
+        return lambda device=None: SharedTablesModel(self.spec, self.model_cfg, decisions, self.supernet.gates, device, joint)
 
     def init_retrain(self, variant: Variant, cluster: ClusterDecision, model: CTRModel) -> None:
         if isinstance(model, SharedTablesModel):

@@ -18,10 +18,11 @@ the program one straight-line graph for torch.export.
 
 Training: the tables start from the search-stage tables (the gates were trained on those
 embeddings; fresh tables would route rows at random), each head from the search-stage
-MLP cut to its cluster's columns; tables and heads then train jointly on every row, each
-row through its own cluster's head. The router's parameters stay frozen, but it reads the
-tables as they train, so a row may change cluster during training; what serves is the
-final routing, which is also what the offline scores use.
+MLP cut to its cluster's columns. By default tables and heads then train jointly on every
+row, each row through its own cluster's head: the router's parameters stay frozen, but it
+reads the tables as they train, so a row may change cluster during training; what serves
+is the final routing, which is also what the offline scores use. `train_tables=False`
+trains the heads alone on the search's tables (the routing never moves).
 """
 
 from __future__ import annotations
@@ -35,8 +36,7 @@ from trainer.decisions import Decisions
 from trainer.models.blocks import mlp
 from trainer.models.ctr import CTRModel, ModelConfig
 from trainer.models.tables import FieldEmbeddings
-from trainer.search.ihas.gates import GateMode, MLPGates, SharedGates, gate_mask
-from trainer.search.ihas.kmeans import sq_dists
+from trainer.search.ihas.gates import MLPGates, SharedGates
 from trainer.search.ihas.warm_start import FIRST_LAYER, TABLE
 
 
@@ -75,15 +75,11 @@ class CutGates(nn.Module):
             self.rest = nn.Sequential(*[_frozen_copy(m) for m in list(gates.net)[1:]])
         self.requires_grad_(False)
 
-    def forward(self, kept: torch.Tensor) -> dict[str, torch.Tensor]:
-        """{"mask", "prob", "logit"} per row, one entry per searched column (width N·d)."""
+    def forward(self, kept: torch.Tensor) -> torch.Tensor:
+        """Pre-sigmoid gate logits [B, gates] (one gate per `dims_per_gate` searched columns)."""
         if self.first is None:
-            logits = self.logit.expand(kept.shape[0], -1)
-        else:
-            logits = self.rest(self.first(kept))
-        mask, p = gate_mask(logits, GateMode.DETERMINISTIC, self.tau, self.threshold)
-        n = self.dims_per_gate
-        return {"mask": mask.repeat_interleave(n, 1), "prob": p.repeat_interleave(n, 1), "logit": logits.repeat_interleave(n, 1)}
+            return self.logit.expand(kept.shape[0], -1)
+        return self.rest(self.first(kept))
 
 
 def _frozen_copy(m: nn.Module) -> nn.Module:
@@ -101,24 +97,32 @@ class SharedTablesModel(nn.Module):
         decisions: clustered iHAS decisions (kept columns per cluster, router).
         gates: the trained gates of the search.
         device: "meta" when DistributedModelParallel will materialise the tables.
+        train_tables: False = the tables stay as the search left them (no gradient reaches
+            them), so every row keeps the search's routing and only the heads train.
     """
 
     first_order_params = 0
 
-    def __init__(self, spec: FeatureSpec, cfg: ModelConfig, decisions: Decisions, gates: nn.Module, device=None):
+    def __init__(self, spec: FeatureSpec, cfg: ModelConfig, decisions: Decisions, gates: nn.Module, device=None,
+                 train_tables: bool = True):
         super().__init__()
+        self.train_tables = train_tables
         r, d = decisions.router, decisions.details["embedding_dim"]
         self.union = union_columns(decisions)
         self.embeddings = FieldEmbeddings(spec, {f: len(c) for f, c in self.union.items()}, cfg.init_scale, device)
         fields = self.embeddings.layout.fields
         position = {(f, j): i for i, (f, j) in enumerate((f, j) for f in fields for j in self.union[f])}
         searched = [spec.names.index(f) * d + j for f in fields for j in self.union[f]]
-        self.width = len(spec.names) * d
         self.gates = CutGates(gates, searched)
         self.features = r.features
-        self.register_buffer("searched", torch.tensor(searched, dtype=torch.long))
-        self.register_buffer("centroids", torch.tensor(r.centroids, dtype=torch.float32))
-        self.register_buffer("scale", None if r.scale is None else torch.tensor(r.scale, dtype=torch.float32))
+        # argmin_k |x·s − c_k|² = argmax_k (x·(s⊙c_k) − |c_k|²/2): the row's own |x|² drops
+        # out, and for E ⊙ m, zero outside the kept columns, only those columns of s⊙c_k count
+        c = torch.tensor(r.centroids, dtype=torch.float32)
+        w = c * (torch.tensor(r.scale, dtype=torch.float32) if r.scale is not None else 1.0)
+        masked = r.features == "masked"
+        self.register_buffer("gate_columns", torch.tensor(searched, dtype=torch.long) // self.gates.dims_per_gate if masked else None)
+        self.register_buffer("route_weight", (w[:, searched] if masked else w).T.contiguous())
+        self.register_buffer("route_bias", c.pow(2).sum(1) / 2)
         self.n_dense = len(spec.numerical) if cfg.dense_input else 0
         self.heads = nn.ModuleList()
         for k, c in enumerate(decisions.clusters):
@@ -128,21 +132,26 @@ class SharedTablesModel(nn.Module):
 
     @torch.no_grad()
     def route(self, kept: torch.Tensor) -> torch.Tensor:
-        """Cluster id per row from the kept-column embeddings [B, U] (as the search's Router
-        computes it, with the dropped columns read as 0)."""
-        feats = self.gates(kept)
-        if self.features == "masked":
-            full = kept.new_zeros(kept.shape[0], self.width).index_copy(1, self.searched, kept)
-            x = full * feats["mask"]
+        """Cluster id per row from the kept-column embeddings [B, U]: the search's Router
+        (deterministic gates, nearest centroid) with the dropped columns read as 0, computed
+        over the whole batch at once."""
+        logits = self.gates(kept)
+        n = self.gates.dims_per_gate
+        if self.features in ("masked", "mask"):
+            thresholds = self.gates.threshold.logit_thresholds(logits)[:, None]
+            if self.features == "masked":
+                x = kept * (logits.index_select(1, self.gate_columns) > thresholds).to(kept.dtype)
+            else:
+                x = (logits > thresholds).to(kept.dtype).repeat_interleave(n, 1)
         else:
-            x = feats[self.features]
-        if self.scale is not None:
-            x = x * self.scale
-        return sq_dists(x, self.centroids).argmin(dim=1)
+            x = (torch.sigmoid(logits) if self.features == "prob" else logits).repeat_interleave(n, 1)
+        return (x @ self.route_weight - self.route_bias).argmax(dim=1)
 
     def score_all(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits of every cluster's head [B, K], cluster id [B])."""
         kept = torch.cat(self.embeddings(sparse), dim=1)
+        if not self.train_tables:
+            kept = kept.detach()
         clusters = self.route(kept.detach())
         logits = []
         for k, head in enumerate(self.heads):
