@@ -56,6 +56,22 @@ def test_shared_tables_row_serves_one_table_set(tiny_run):
     assert all(v[1][1] == -(-len(kept[k.rsplit("t_", 1)[1].split(".")[0]]) // 4) * 4 for k, v in tables.items())
 
 
+def test_a_routed_manifest_that_also_names_a_router_is_refused(tiny_run, tmp_path):
+    import shutil
+
+    import pytest
+
+    from serving.bundle import BundleError, load_bundle
+
+    _, _, out, _ = tiny_run("ihas_synthetic")
+    copy = tmp_path / "b"
+    shutil.copytree(out / "bundles" / "ihas_shared", copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    (copy / "manifest.json").write_text(json.dumps(manifest | {"router": "routed.pt2"}))
+    with pytest.raises(BundleError, match="routed must be a file name that every cluster entry names"):
+        load_bundle(copy)
+
+
 def test_served_cost_benchmark_reads_bytes_from_the_bundles(tiny_run, tmp_path):
     import subprocess
     import sys

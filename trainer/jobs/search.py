@@ -168,11 +168,16 @@ def run(exp: SearchExperiment, out: str | Path, *, resume: bool = False, overwri
             where = rows_dir / v.name / (d.method if len(candidates) > 1 else "")
             if d.shared_tables:  # one model routes its rows itself
                 runs.append(retrain_shared(ds, d, method.build_shared(d), model_cfg, tcfg, env, where, resume, log, init))
+                own = route(lambda dense, sparse: runs[-1].models[0].score_all(dense, sparse)[1], ds, tcfg.eval_batch_size)
+                moved = float((own["test"] != v_assign["test"]).mean())
+                log(f"{v.label}: {moved:.1%} of test rows route to another cluster than the search's router sends them to")
                 v_router, v_assign = None, one
             else:
                 runs.append(retrain(ds, d, v_assign, model_cfg, tcfg, env, where, resume, log, init, method.retrain_options))
         best = max(runs, key=lambda t: t.metrics["val_auc"])
         row = trained_row(v.name, v.label, v.kind, best, v_router, v_assign, ds, v_search or search["seconds"])
+        if candidates[0].shared_tables:
+            row["test_rows_rerouted"] = moved
         if len(runs) > 1:
             row |= {"picked": best.decisions.method, "candidates": {t.decisions.method: t.metrics for t in runs},
                     "seconds": {"search": 0.0, "retrain": sum(t.seconds for t in runs)}}
