@@ -7,7 +7,7 @@ from trainer.decisions import ClusterDecision, Decisions, DecisionsError, FieldD
 from trainer.models.build import build_model
 from trainer.models.ctr import ModelConfig
 from trainer.search.ihas.gates import FieldGates, GateMode, InstanceGates, MLPGates, SharedGates
-from trainer.search.ihas.shared import SharedTablesModel, shared_warm_state, union_columns
+from trainer.search.ihas.shared import SharedTablesModel, column_means, shared_warm_state, union_columns
 from trainer.search.ihas.supernet import GatedSupernet, Router
 
 D = 4
@@ -37,26 +37,31 @@ def _supernet(toy_spec, gates_cls, dense_input=False):
     return cfg, GatedSupernet(base, gates)
 
 
-def _zero_dropped_columns(supernet, decisions):
-    """The search-stage tables with every column no cluster keeps set to 0."""
+def _fill_dropped_columns(supernet, decisions, fill):
+    """The search-stage tables with every column no cluster keeps set to its fill value."""
     union = union_columns(decisions)
     with torch.no_grad():
-        for f, t in supernet.base.embeddings.ebc.embedding_bags.items():
+        for i, (f, t) in enumerate(supernet.base.embeddings.ebc.embedding_bags.items()):
             keep = torch.zeros(t.weight.shape[1], dtype=torch.bool)
             keep[union[f.removeprefix("t_")]] = True
-            t.weight[:, ~keep] = 0
+            keep[D:] = True  # alignment padding
+            cols = torch.nonzero(~keep).flatten()
+            t.weight[:, cols] = fill[i * D + cols]
 
 
 @pytest.mark.parametrize("gates_cls", [InstanceGates, FieldGates, MLPGates, SharedGates])
 @pytest.mark.parametrize("features", ["masked", "mask", "prob"])
-def test_routes_like_the_search_router_and_scores_like_the_masked_supernet(gates_cls, features, toy_spec, toy_batch):
+@pytest.mark.parametrize("filled", [False, True])
+def test_routes_like_the_search_router_and_scores_like_the_masked_supernet(gates_cls, features, filled, toy_spec, toy_batch):
     cfg, supernet = _supernet(toy_spec, gates_cls)
     decisions = _decisions(features)
-    model = SharedTablesModel(toy_spec, cfg, decisions, supernet.gates)
+    # the bag field "g" keeps 0: an empty bag pools to 0 whatever its rows hold
+    fill = torch.linspace(-1, 1, 4 * D) * torch.tensor([1.0, 1.0, 0.0, 1.0]).repeat_interleave(D) if filled else None
+    model = SharedTablesModel(toy_spec, cfg, decisions, supernet.gates, fill=fill)
     model.load_state_dict(shared_warm_state(supernet.base, model), strict=True)
     # the router reads the cut table, so it equals the search's router on tables whose
-    # dropped columns are 0
-    _zero_dropped_columns(supernet, decisions)
+    # dropped columns hold their fill value (0 without one)
+    _fill_dropped_columns(supernet, decisions, fill if filled else torch.zeros(4 * D))
     router = Router(supernet, torch.tensor(decisions.router.centroids), features)
     dense, sparse = toy_batch.dense_features, toy_batch.sparse_features
     logits, clusters = model.score_all(dense, sparse)
@@ -116,3 +121,14 @@ def test_heads_only_training_leaves_the_tables_and_the_routing_alone(toy_spec, t
     tables = [p for n, p in model.named_parameters() if "embedding_bags" in n]
     assert tables and all(p.grad is None for p in tables)
     assert all(p.grad is not None for p in model.heads.parameters())
+
+
+def test_column_means_are_the_train_means_of_single_id_fields(toy_spec, toy_batch):
+    _, supernet = _supernet(toy_spec, InstanceGates)
+    sparse = toy_batch.sparse_features
+    ids = sparse["a"].values()
+    counts = {f.name: torch.zeros(f.num_embeddings) for f in toy_spec.fields}
+    counts["a"] = torch.bincount(ids, minlength=toy_spec.fields[0].num_embeddings).float()
+    got = column_means(supernet.base, {k: v.numpy() for k, v in counts.items()})
+    want = supernet.base.embeddings.lookup(sparse)[0][0].mean(dim=0)  # field "a": one id per row
+    assert got.shape == (4 * D,) and torch.allclose(got[:D], want, atol=1e-6)

@@ -29,7 +29,7 @@ from trainer.search.loop import SearchLoopConfig
 from trainer.search.ihas.gates import FieldGates, GateMode, InstanceGates, MLPGates, SharedGates
 from trainer.search.ihas.kmeans import MiniBatchKMeans, sq_dists
 from trainer.search.ihas.regularizer import ihas_regularizer
-from trainer.search.ihas.shared import SharedTablesModel, shared_warm_state
+from trainer.search.ihas.shared import SharedTablesModel, column_means, shared_warm_state
 from trainer.search.ihas.supernet import GatedSupernet, Router, gate_features
 from trainer.search.ihas.threshold import HistogramThreshold
 
@@ -158,7 +158,7 @@ class IHAS:
     Variants = IHASVariants
 
     def __init__(self, cfg: IHASConfig, ctx: SearchContext):
-        self.cfg, self.spec, self.model_cfg, self.base = cfg, ctx.spec, ctx.model, ctx.base
+        self.cfg, self.spec, self.model_cfg, self.base, self.counts = cfg, ctx.spec, ctx.model, ctx.base, ctx.counts
         self.retrain_options: dict = {}
         self.supernet: GatedSupernet | None = None
         self.phase = "pretrain"
@@ -289,7 +289,8 @@ class IHAS:
     def build_shared(self, decisions: Decisions):
         """(device=None) → an untrained SharedTablesModel for `decisions` (shared_tables)."""
         joint = self.shared_train == "joint"
-        return lambda device=None: SharedTablesModel(self.spec, self.model_cfg, decisions, self.supernet.gates, device, joint)
+        fill = column_means(self.supernet.base, self.counts)
+        return lambda device=None: SharedTablesModel(self.spec, self.model_cfg, decisions, self.supernet.gates, device, joint, fill)
 
     def init_retrain(self, variant: Variant, cluster: ClusterDecision, model: CTRModel) -> None:
         if isinstance(model, SharedTablesModel):

@@ -8,7 +8,8 @@ K + 1 times. Here one module holds:
 * one TorchRec table per field with only the columns some cluster keeps (a column no
   cluster keeps is dropped from the table);
 * the router: the trained gates with their input cut to those columns (a dropped column
-  reads as 0), the deterministic threshold and the K-means centroids;
+  reads as a constant, its train mean, folded into the gates' bias and the distances), the
+  deterministic threshold and the K-means centroids;
 * one MLP head per cluster over its own kept columns.
 
 A row's embeddings are looked up once; the router picks the cluster and that cluster's head
@@ -55,9 +56,10 @@ class CutGates(nn.Module):
     Args:
         gates: InstanceGates, FieldGates, MLPGates or SharedGates of width N·d.
         cols: positions in E (length N·d) of the columns the shared table keeps.
+        fill: [N·d] the value each dropped column reads as (folded into the first bias).
     """
 
-    def __init__(self, gates: nn.Module, cols: list[int]):
+    def __init__(self, gates: nn.Module, cols: list[int], fill: torch.Tensor):
         super().__init__()
         self.tau, self.threshold, self.dims_per_gate = gates.tau, gates.threshold, gates.dims_per_gate
         self.first: nn.Linear | None = None
@@ -68,9 +70,10 @@ class CutGates(nn.Module):
         self.register_buffer("logit", None)
         layer = gates.net[0] if isinstance(gates, MLPGates) else gates.fc
         self.first = nn.Linear(len(cols), layer.out_features)
+        dropped = sorted(set(range(layer.in_features)) - set(cols))
         with torch.no_grad():
             self.first.weight.copy_(layer.weight[:, cols])
-            self.first.bias.copy_(layer.bias)
+            self.first.bias.copy_(layer.bias + layer.weight[:, dropped] @ fill[dropped])
         if isinstance(gates, MLPGates):
             self.rest = nn.Sequential(*[_frozen_copy(m) for m in list(gates.net)[1:]])
         self.requires_grad_(False)
@@ -99,12 +102,14 @@ class SharedTablesModel(nn.Module):
         device: "meta" when DistributedModelParallel will materialise the tables.
         train_tables: False = the tables stay as the search left them (no gradient reaches
             them), so every row keeps the search's routing and only the heads train.
+        fill: [N·d] what the router reads for each dropped column (`column_means`: its
+            train mean, so the gates see what they saw on average); None = 0.
     """
 
     first_order_params = 0
 
     def __init__(self, spec: FeatureSpec, cfg: ModelConfig, decisions: Decisions, gates: nn.Module, device=None,
-                 train_tables: bool = True):
+                 train_tables: bool = True, fill: torch.Tensor | None = None):
         super().__init__()
         self.train_tables = train_tables
         r, d = decisions.router, decisions.details["embedding_dim"]
@@ -113,14 +118,21 @@ class SharedTablesModel(nn.Module):
         fields = self.embeddings.layout.fields
         position = {(f, j): i for i, (f, j) in enumerate((f, j) for f in fields for j in self.union[f])}
         searched = [spec.names.index(f) * d + j for f in fields for j in self.union[f]]
-        self.gates = CutGates(gates, searched)
+        width = len(spec.names) * d
+        fill = torch.zeros(width) if fill is None else fill.detach().float()
+        self.gates = CutGates(gates, searched, fill)
         self.features = r.features
         # argmin_k |x·s − c_k|² = argmax_k (x·(s⊙c_k) − |c_k|²/2): the row's own |x|² drops
-        # out, and for E ⊙ m, zero outside the kept columns, only those columns of s⊙c_k count
+        # out; for E ⊙ m the kept columns contribute (E ⊙ m)·(s⊙c_k) and a dropped column j,
+        # read as fill_j, contributes m_j · fill_j (s⊙c_k)_j
         c = torch.tensor(r.centroids, dtype=torch.float32)
         w = c * (torch.tensor(r.scale, dtype=torch.float32) if r.scale is not None else 1.0)
         masked = r.features == "masked"
-        self.register_buffer("gate_columns", torch.tensor(searched, dtype=torch.long) // self.gates.dims_per_gate if masked else None)
+        dropped = sorted(set(range(width)) - set(searched)) if masked else []
+        per_gate = self.gates.dims_per_gate
+        self.register_buffer("gate_columns", torch.tensor(searched, dtype=torch.long) // per_gate if masked else None)
+        self.register_buffer("dropped_gates", torch.tensor(dropped, dtype=torch.long) // per_gate if dropped else None)
+        self.register_buffer("dropped_weight", (fill[dropped, None] * w[:, dropped].T).contiguous() if dropped else None)
         self.register_buffer("route_weight", (w[:, searched] if masked else w).T.contiguous())
         self.register_buffer("route_bias", c.pow(2).sum(1) / 2)
         self.n_dense = len(spec.numerical) if cfg.dense_input else 0
@@ -133,14 +145,18 @@ class SharedTablesModel(nn.Module):
     @torch.no_grad()
     def route(self, kept: torch.Tensor) -> torch.Tensor:
         """Cluster id per row from the kept-column embeddings [B, U]: the search's Router
-        (deterministic gates, nearest centroid) with the dropped columns read as 0, computed
-        over the whole batch at once."""
+        (deterministic gates, nearest centroid) with each dropped column read as its fill
+        value, computed over the whole batch at once."""
         logits = self.gates(kept)
         n = self.gates.dims_per_gate
         if self.features in ("masked", "mask"):
             thresholds = self.gates.threshold.logit_thresholds(logits)[:, None]
             if self.features == "masked":
                 x = kept * (logits.index_select(1, self.gate_columns) > thresholds).to(kept.dtype)
+                score = x @ self.route_weight - self.route_bias
+                if self.dropped_gates is not None:
+                    score = score + (logits.index_select(1, self.dropped_gates) > thresholds).to(kept.dtype) @ self.dropped_weight
+                return score.argmax(dim=1)
             else:
                 x = (logits > thresholds).to(kept.dtype).repeat_interleave(n, 1)
         else:
@@ -175,6 +191,18 @@ class _ScoreAll(nn.Module):
 
     def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.model.score_all(dense, sparse)
+
+
+@torch.no_grad()
+def column_means(searched: CTRModel, counts: dict) -> torch.Tensor:
+    """[N·d] each searched column's mean over the training rows: the id-count-weighted mean of
+    its table column (exact for one id per row; for a mean-pooled bag, the mean over its ids)."""
+    out = []
+    for f, d in zip(searched.embeddings.layout.fields, searched.embeddings.layout.dims):
+        w = searched.embeddings.ebc.embedding_bags[f"t_{f}"].weight[:, :d]
+        n = torch.as_tensor(counts[f], dtype=w.dtype)
+        out.append(n @ w / n.sum().clamp(min=1))
+    return torch.cat(out)
 
 
 @torch.no_grad()
