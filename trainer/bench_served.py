@@ -11,7 +11,7 @@ each size (full batches only). Rows are encoded once beforehand, so the figure i
 work, not request decoding. Repeats are interleaved over bundles and batch sizes (bundle
 A, bundle B, A, B, ...) so load on a shared machine hits them alike; the median pass
 is reported, as milliseconds per batch, rows per second and the ratio to the first bundle
-(`--baseline` picks another). Bytes are `serving.bundle.served_bytes`: every tensor the
+(`--baseline` picks another), with the share of rows each bundle routes to each cluster. Bytes are `serving.bundle.served_bytes`: every tensor the
 bundle's programs hold to score a row.
 """
 
@@ -109,7 +109,10 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(threads)
     rows = []
     for n in bundles:
-        row = {"bundle": n, "path": str(bundles[n]), "served_bytes": sizes[n], "bytes_ratio": sizes[n] / sizes[base]}
+        routed = np.concatenate([predictors[n].predict(b).clusters for b in batches[args.batch_sizes[0]]])
+        shares = (np.bincount(routed, minlength=predictors[n].bundle.num_clusters) / len(routed)).round(4).tolist()
+        row = {"bundle": n, "path": str(bundles[n]), "served_bytes": sizes[n], "bytes_ratio": sizes[n] / sizes[base],
+               "cluster_shares": shares}
         for s, bs in batches.items():
             sec = medians[(n, s)]
             row[f"batch_{s}"] = {"ms_per_batch": 1e3 * sec / len(bs), "rows_per_s": s * len(bs) / sec,
@@ -123,12 +126,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def format_table(rows: list[dict], sizes: list[int], base: str) -> str:
-    head = f"{'bundle':16} {'served bytes':>13} {'× ' + base:>8}"
+    head = f"{'bundle':16} {'rows per cluster':>18} {'served bytes':>13} {'× ' + base:>8}"
     for s in sizes:
         head += f" {'ms/batch ' + str(s):>15} {'× ' + base:>8}"
     lines = [head]
     for r in rows:
-        line = f"{r['bundle'][:16]:16} {r['served_bytes']:13,} {r['bytes_ratio']:8.2f}"
+        shares = "/".join(f"{x:.2f}" for x in r["cluster_shares"])
+        line = f"{r['bundle'][:16]:16} {shares[:18]:>18} {r['served_bytes']:13,} {r['bytes_ratio']:8.2f}"
         for s in sizes:
             b = r[f"batch_{s}"]
             line += f" {b['ms_per_batch']:15.3f} {b['time_ratio']:8.2f}"
