@@ -28,6 +28,8 @@ trains the heads alone on the search's tables (the routing never moves).
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 from torchrec import KeyedJaggedTensor
@@ -61,7 +63,7 @@ class CutGates(nn.Module):
 
     def __init__(self, gates: nn.Module, cols: list[int], fill: torch.Tensor):
         super().__init__()
-        self.tau, self.threshold, self.dims_per_gate = gates.tau, gates.threshold, gates.dims_per_gate
+        self.threshold, self.dims_per_gate = gates.threshold, gates.dims_per_gate
         self.first: nn.Linear | None = None
         self.rest: nn.Module = nn.Identity()
         if isinstance(gates, SharedGates):  # no input: one logit vector for every row
@@ -75,7 +77,7 @@ class CutGates(nn.Module):
             self.first.weight.copy_(layer.weight[:, cols])
             self.first.bias.copy_(layer.bias + layer.weight[:, dropped] @ fill[dropped])
         if isinstance(gates, MLPGates):
-            self.rest = nn.Sequential(*[_frozen_copy(m) for m in list(gates.net)[1:]])
+            self.rest = copy.deepcopy(nn.Sequential(*list(gates.net)[1:]))
         self.requires_grad_(False)
 
     def forward(self, kept: torch.Tensor) -> torch.Tensor:
@@ -83,12 +85,6 @@ class CutGates(nn.Module):
         if self.first is None:
             return self.logit.expand(kept.shape[0], -1)
         return self.rest(self.first(kept))
-
-
-def _frozen_copy(m: nn.Module) -> nn.Module:
-    import copy
-
-    return copy.deepcopy(m).requires_grad_(False)
 
 
 class SharedTablesModel(nn.Module):
