@@ -66,6 +66,8 @@ class Predictor:
     def predict(self, batch: FeatureBatch) -> Prediction:
         """Scores an encoded batch: route, score each cluster's rows, merge in order."""
         n = batch.num_rows
+        if self.bundle.routed is not None:
+            return self._predict_routed(batch)
         with torch.inference_mode():
             clusters = self._route(batch)
             logits = np.empty(n, dtype=np.float32)
@@ -80,6 +82,16 @@ class Predictor:
                 else:
                     logits[rows] = out.numpy()
             probabilities = torch.sigmoid(torch.from_numpy(logits)).numpy()
+        return Prediction(probabilities, clusters, self.version)
+
+    def _predict_routed(self, batch: FeatureBatch) -> Prediction:
+        """One call of the routed program: the clusters share one table set, so every row's
+        embeddings are looked up once and scored by its cluster's head, in order."""
+        with torch.inference_mode():
+            logits, clusters = self.bundle.routed(*batch.to_inputs(self._keys))
+            clusters = self._checked(clusters.numpy().astype(np.int64, copy=False), batch.num_rows)
+            chosen = logits.gather(1, torch.from_numpy(clusters)[:, None]).squeeze(1)
+            probabilities = torch.sigmoid(chosen).numpy()
         return Prediction(probabilities, clusters, self.version)
 
     def warm_up(self) -> None:
@@ -100,8 +112,10 @@ class Predictor:
 
     def _route(self, batch: FeatureBatch) -> np.ndarray:
         out = self.bundle.router(*batch.to_inputs(self._keys))
-        clusters = out.numpy().astype(np.int64, copy=False)
+        return self._checked(out.numpy().astype(np.int64, copy=False), batch.num_rows)
+
+    def _checked(self, clusters: np.ndarray, n: int) -> np.ndarray:
         k = self.bundle.num_clusters
-        if clusters.shape != (batch.num_rows,) or (len(clusters) and (clusters.min() < 0 or clusters.max() >= k)):
+        if clusters.shape != (n,) or (len(clusters) and (clusters.min() < 0 or clusters.max() >= k)):
             raise RoutingError(f"router of bundle {self.version} returned {clusters.shape} ids outside [0, {k})")
         return clusters

@@ -18,7 +18,7 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 
 # Version 2 added the numerical embeddings "autodis" / "scalar" and the AutoDis settings,
-# interactions of orders 3-4 with their functions, and the interaction model; a version-1
+# interactions of orders 3-4 with their functions, the interaction model and shared tables; a version-1
 # record reads as the same decisions (numerical fields bucketized, the base model's pairs).
 VERSION = 2
 READABLE_VERSIONS = (1, 2)
@@ -208,6 +208,10 @@ class Decisions:
         quantize: storage of the exported tables ("none", "int8", "fp16").
         details: method diagnostics, never read by retrain or export.
         version: schema version of this record.
+        shared_tables: the router and every cluster model read one set of tables (each
+            cluster its kept columns, with its own head), trained as one model and served
+            as one program; False = a model with its own tables per cluster beside the
+            router's (the paper's).
     """
 
     method: str
@@ -221,6 +225,7 @@ class Decisions:
     details: dict = field(default_factory=dict)
     version: int = VERSION
     autodis: AutoDisSettings | None = None
+    shared_tables: bool = False
 
     def __post_init__(self) -> None:
         if [c.id for c in self.clusters] != list(range(len(self.clusters))):
@@ -233,6 +238,8 @@ class Decisions:
             raise DecisionsError(f"interaction_model {self.interaction_model!r} is not one of {INTERACTION_MODELS}")
         if self.interaction_model == "base" and any(i.function != "inner" for i in self.interactions or ()):
             raise DecisionsError("interaction functions other than 'inner' need interaction_model 'aim'")
+        if self.shared_tables and (self.router is None or any(c.compressed or c.served_by != "self" for c in self.clusters)):
+            raise DecisionsError("shared tables need a router and plain tables served by the clusters' own heads")
         if self.quantize not in QUANTIZATIONS:
             raise DecisionsError(f"quantize {self.quantize!r} is not one of {QUANTIZATIONS}")
         bad = sorted({e for e in self.numerical.values() if e not in NUMERICAL_ENCODINGS})
@@ -298,6 +305,7 @@ class Decisions:
                 quantize=obj["quantize"],
                 details=dict(obj["details"]),
                 autodis=None if obj.get("autodis") is None else AutoDisSettings(**obj["autodis"]),
+                shared_tables=bool(obj.get("shared_tables", False)),  # absent in records written before it existed
             )
         except (KeyError, TypeError) as e:
             raise DecisionsError(f"decisions record is missing or mistypes {e}") from None

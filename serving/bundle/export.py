@@ -32,6 +32,7 @@ from serving.bundle.manifest import (
     MANIFEST,
     QUANTIZATION_KINDS,
     QUANTIZATIONS,
+    ROUTED_FILE,
     ROUTER_FILE,
     SCHEMA_VERSION,
     SPEC_FILE,
@@ -41,7 +42,7 @@ from serving.bundle.manifest import (
     Manifest,
     cluster_file,
 )
-from serving.bundle.verify import SingleCluster, check_ids, check_table, first_line, load_bundle
+from serving.bundle.verify import RoutedOutput, SingleCluster, check_ids, check_table, first_line, load_bundle
 from serving.contract import DERIVED_SEP
 from serving.features import FeatureSpec
 
@@ -72,6 +73,7 @@ def write_bundle(
     dims: list[dict[str, int]] | None = None,
     overwrite: bool = False,
     quantize: str = "none",
+    routed: nn.Module | None = None,
 ) -> Path:
     """Exports models into a new bundle directory, verified, then renamed into place.
 
@@ -96,6 +98,10 @@ def write_bundle(
             float32, so rows route exactly as with float tables. The golden outputs are
             the quantized models', and metrics["quantization"] records how far their
             probabilities moved from the float models' on the example rows.
+        routed: instead of `router` and `cluster_models` (pass None and []): one module
+            (dense, sparse) → (logits [B, K], cluster ids [B]) whose router and K cluster
+            heads read one set of tables; `dims` (K entries) is then required. Exported as
+            one program, so the tables are stored once.
 
     Returns the bundle directory. Raises BundleError on bad arguments or a failed export.
     """
@@ -104,6 +110,12 @@ def write_bundle(
         raise BundleError(f"{out}: already exists; bundles are immutable, write a new directory (or overwrite=True)")
     if not isinstance(version, str) or not version:
         raise BundleError("version must be a non-empty string")
+    if routed is not None:
+        if cluster_models or router is not None or dims is None or quantize != "none":
+            raise BundleError("a routed program comes alone (no router, no cluster models), with dims per cluster and "
+                              "float tables")
+        cluster_models = [RoutedOutput(routed, k) for k in range(len(dims))]
+        router = RoutedOutput(routed, None)
     if not cluster_models:
         raise BundleError("need at least one cluster model")
     if router is None and len(cluster_models) != 1:
@@ -131,7 +143,8 @@ def write_bundle(
     entries = []
     for k, model in enumerate(cluster_models):
         tables = _tables(model, spec, f"cluster model {k}")
-        entries.append(ClusterEntry(cluster_file(k), _dims(spec, dims[k], k) if dims is not None else _stored_dims(spec, tables), tables))
+        file = ROUTED_FILE if routed is not None else cluster_file(k)
+        entries.append(ClusterEntry(file, _dims(spec, dims[k], k) if dims is not None else _stored_dims(spec, tables), tables))
     if router is not None:
         _tables(router, spec, "router")
     if quantize != "none":
@@ -145,15 +158,17 @@ def write_bundle(
         (tmp / "golden").mkdir()
         spec.save(str(tmp / SPEC_FILE))
         programs = [(cluster_file(k), m) for k, m in enumerate(cluster_models)]
-        if router is not None:
+        if routed is not None:
+            programs = [(ROUTED_FILE, routed)]
+        elif router is not None:
             programs.append((ROUTER_FILE, router))
         with torch.no_grad():
             g_inputs = golden.to_inputs(spec.names)
             for _, m in programs:
                 m.eval()
             logits = np.stack([_logits(m(*g_inputs), golden.num_rows, f"cluster model {k}") for k, m in enumerate(cluster_models)])
-            routed = (router if router is not None else SingleCluster())(*g_inputs)
-            clusters = _cluster_ids(routed, golden.num_rows, len(cluster_models), "router")
+            ids = (router if router is not None else SingleCluster())(*g_inputs)
+            clusters = _cluster_ids(ids, golden.num_rows, len(cluster_models), "router")
             for name, m in programs:
                 _export(m, example_inputs, len(spec.names), tmp / name)
         dense, sparse = g_inputs
@@ -168,7 +183,7 @@ def write_bundle(
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             dataset=spec.dataset,
             feature_spec=SPEC_FILE,
-            router=ROUTER_FILE if router is not None else None,
+            router=ROUTER_FILE if router is not None and routed is None else None,
             clusters=entries,
             golden=dict(GOLDEN_FILES),
             files=files,
@@ -176,6 +191,7 @@ def write_bundle(
             metadata=metadata,
             producer=_producer(),
             quantization=quantize,
+            routed=ROUTED_FILE if routed is not None else None,
         )
         with open(tmp / MANIFEST, "w") as fh:
             json.dump(manifest.to_dict(), fh, indent=1, sort_keys=True)

@@ -7,6 +7,9 @@ A bundle is a directory, immutable once written:
     router.pt2           torch.export program: (dense, sparse) → LongTensor[B] cluster ids
                          (absent for a method without clusters: one cluster scores every row)
     cluster_<k>.pt2      torch.export program per cluster: (dense, sparse) → logits [B]
+    routed.pt2           instead of router + cluster programs, when the clusters share one
+                         set of tables: (dense, sparse) → (logits [B, K], cluster ids [B]),
+                         every cluster entry names this one file
     golden/*.npy         up to 64 example rows and the exporter's in-memory outputs on them
 """
 
@@ -26,6 +29,7 @@ FORMAT = "embstack-bundle"
 MANIFEST = "manifest.json"
 SPEC_FILE = "feature_spec.json"
 ROUTER_FILE = "router.pt2"
+ROUTED_FILE = "routed.pt2"
 GOLDEN_FILES = {
     "dense": "golden/dense.npy",  # float32 [G, n_numerical]
     "values": "golden/values.npy",  # int64, the KJT values
@@ -109,6 +113,9 @@ class Manifest:
         format: always FORMAT, so a stray manifest.json is not mistaken for a bundle.
         quantization: storage of the cluster models' embedding tables: "none" (float32)
             or a key of QUANTIZATIONS (the router always stays float32).
+        routed: file of a program that routes and scores in one pass over one set of
+            tables shared by the router and every cluster (then router is None and every
+            cluster entry's model is this file); None = separate programs.
     """
 
     schema_version: int
@@ -125,6 +132,7 @@ class Manifest:
     producer: dict[str, str] = field(default_factory=dict)
     format: str = FORMAT
     quantization: str = "none"
+    routed: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -158,7 +166,12 @@ class Manifest:
             raise BundleError(f"{where}: invalid manifest: malformed files or clusters entry ({e!r})") from None
         if not clusters:
             raise BundleError(f"{where}: invalid manifest: no cluster models")
-        if d.get("router") is None and len(clusters) != 1:
+        routed = d.get("routed")  # absent in bundles written before it existed
+        if routed is not None and (not isinstance(routed, str) or d.get("router") is not None
+                                   or any(c.model != routed for c in clusters)):
+            raise BundleError(f"{where}: invalid manifest: routed must be a file name that every cluster entry names, "
+                              "with no separate router")
+        if d.get("router") is None and routed is None and len(clusters) != 1:
             raise BundleError(f"{where}: invalid manifest: {len(clusters)} clusters but no router")
         if set(d["golden"]) != set(GOLDEN_FILES):
             raise BundleError(f"{where}: invalid manifest: golden must name {sorted(GOLDEN_FILES)}")
@@ -166,7 +179,8 @@ class Manifest:
         if quantization not in QUANTIZATION_KINDS:
             raise BundleError(f"{where}: invalid manifest: quantization {quantization!r} is not one of {list(QUANTIZATION_KINDS)}")
         fields = {k: d[k] for k in expect if k not in ("files", "clusters")}
-        return cls(SCHEMA_VERSION, clusters=clusters, files=files, router=d.get("router"), quantization=quantization, **fields)
+        return cls(SCHEMA_VERSION, clusters=clusters, files=files, router=d.get("router"), quantization=quantization,
+                   routed=routed, **fields)
 
     def referenced_files(self) -> dict[str, str]:
         """file → what it is, for every file the loader reads (all must be in `files`)."""
@@ -174,6 +188,8 @@ class Manifest:
         if self.router is not None:
             refs[self.router] = "router"
         refs.update({c.model: f"cluster {k} model" for k, c in enumerate(self.clusters)})
+        if self.routed is not None:
+            refs[self.routed] = "routed program (router and every cluster)"
         refs.update({name: f"golden {role}" for role, name in self.golden.items()})
         return refs
 

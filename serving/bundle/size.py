@@ -23,9 +23,11 @@ def served_bytes(bundle_dir: str | os.PathLike) -> dict[str, Any]:
     packed copy of the same rows (which the .pt2 file stores too) and its offsets.
 
     Returns a JSON-serialisable dict:
-        total: router + clusters.
+        total: router + clusters, or the routed program's.
         router: bytes of the router program (0 for a bundle without one).
-        clusters: bytes per cluster model, index = cluster id.
+        clusters: bytes per cluster model, index = cluster id (empty for a routed bundle).
+        routed: bytes of the routed program (0 without one): the shared tables, gates,
+            centroids and every cluster's head, each tensor once.
         embedding: bytes of the embedding storage within total: tensors of torchrec
             EmbeddingBagCollection tables (a name component "embedding_bags", float or
             quantized) and integer tensors (a served model keeps integer state only to
@@ -50,6 +52,10 @@ def served_bytes(bundle_dir: str | os.PathLike) -> dict[str, Any]:
                 embedding += n
         return total
 
+    if bundle.routed is not None:  # one program: its tables serve the router and every cluster, counted once
+        routed = program_bytes(m.routed, bundle.routed)
+        return {"total": routed, "router": 0, "clusters": [], "routed": routed, "embedding": embedding, "tensors": tensors}
     clusters = [program_bytes(c.model, model) for c, model in zip(m.clusters, bundle.models)]
     router = program_bytes(m.router, bundle.router) if m.router is not None else 0
-    return {"total": router + sum(clusters), "router": router, "clusters": clusters, "embedding": embedding, "tensors": tensors}
+    return {"total": router + sum(clusters), "router": router, "clusters": clusters, "routed": 0, "embedding": embedding,
+            "tensors": tensors}

@@ -55,6 +55,25 @@ class SingleCluster(nn.Module):
 Program = Callable[[torch.Tensor, KeyedJaggedTensor], torch.Tensor]
 
 
+class RoutedOutput(nn.Module):
+    """One output of a routed program (router and clusters over one table set), so a routed
+    bundle offers the same `router` and `models` as one of separate programs: the cluster
+    ids (k None) or cluster k's logits. `Predictor` calls the routed program once instead.
+
+    Args:
+        program: (dense, sparse) → (logits [B, K], cluster ids [B]).
+        k: which output.
+    """
+
+    def __init__(self, program: Program, k: int | None):
+        super().__init__()
+        self.program, self.k = program, k
+
+    def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:
+        logits, clusters = self.program(dense, sparse)
+        return clusters if self.k is None else logits[:, self.k]
+
+
 @dataclass(frozen=True)
 class Bundle:
     """A loaded, verified bundle, ready to run.
@@ -66,6 +85,8 @@ class Bundle:
         router: (dense, sparse) → LongTensor[B] cluster ids (SingleCluster when the
             bundle has no router).
         models: one (dense, sparse) → logits [B] program per cluster.
+        routed: the routed program of a bundle whose clusters share one table set (router
+            and models then read its outputs), else None.
     """
 
     path: Path
@@ -73,6 +94,7 @@ class Bundle:
     spec: FeatureSpec
     router: Program
     models: tuple[Program, ...]
+    routed: Program | None = None
 
     @property
     def version(self) -> str:
@@ -97,6 +119,8 @@ class Bundle:
     def programs_by_sha256(self) -> dict[str, Program]:
         """sha256 of each program file → the loaded program (what `load_bundle` may reuse)."""
         files = self.manifest.files
+        if self.routed is not None:
+            return {files[self.manifest.routed].sha256: self.routed}
         out = {files[c.model].sha256: model for c, model in zip(self.manifest.clusters, self.models)}
         if self.manifest.router is not None:
             out[files[self.manifest.router].sha256] = self.router
@@ -199,9 +223,15 @@ def load_bundle(
         known = reuse.get(manifest.files[name].sha256)  # verify_files checked this digest
         return known if known is not None else _load_program(root / name, manifest.files[name].sha256)
 
-    models = tuple(program(c.model) for c in manifest.clusters)
-    router = program(manifest.router) if manifest.router is not None else SingleCluster()
-    bundle = Bundle(root, manifest, spec, router, models)
+    routed = None
+    if manifest.routed is not None:
+        routed = program(manifest.routed)
+        models = tuple(RoutedOutput(routed, k) for k in range(len(manifest.clusters)))
+        router = RoutedOutput(routed, None)
+    else:
+        models = tuple(program(c.model) for c in manifest.clusters)
+        router = program(manifest.router) if manifest.router is not None else SingleCluster()
+    bundle = Bundle(root, manifest, spec, router, models, routed)
     if verify_outputs:
         _verify_golden(bundle)
     return bundle
@@ -348,7 +378,7 @@ def _verify_golden(bundle: Bundle) -> None:
     except Exception as e:
         raise BundleError(f"{root}: a program failed on the golden rows: {type(e).__name__}: {first_line(e)}") from e
     if not np.array_equal(clusters.numpy(), golden.clusters):
-        raise BundleError(f"{root / (m.router or MANIFEST)}: routes the golden rows differently from the exporter's router")
+        raise BundleError(f"{root / (m.router or m.routed or MANIFEST)}: routes the golden rows differently from the exporter's router")
     for c, out in enumerate(outs):
         diff = float(np.max(np.abs(out.numpy() - golden.logits[c]))) if golden.batch.num_rows else 0.0
         if not diff <= GOLDEN_ATOL:

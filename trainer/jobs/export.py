@@ -22,8 +22,9 @@ from trainer.training import Log
 VERIFY_ROWS = 2000
 
 
-def export_bundle(ds, trained: Trained, row: dict, router, seed: int, out: Path, log: Log) -> dict:
-    """Write OUT/bundle from `trained` and check it; returns the check figures.
+def export_bundle(ds, trained: Trained, row: dict, router, seed: int, where: Path, log: Log) -> dict:
+    """Write the bundle directory `where` from `trained` and check it; returns the check figures.
+    Shared-table decisions export their one model as a routed program.
 
     Raises RuntimeError if a served probability differs from the offline one by more than
     1e-6 (batch-shape rounding is ~1e-7).
@@ -38,13 +39,16 @@ def export_bundle(ds, trained: Trained, row: dict, router, seed: int, out: Path,
     first = next(iterate_batches(ds, "test", 64, shuffle=False, seed=0, epoch=0))
     version = f"{decisions.method}-{ds.spec.dataset}-s{seed}-{time.strftime('%Y%m%dT%H%M%S')}"
     start = time.perf_counter()
+    programs = {"cluster_models": served, "router": routed,
+                "dims": [{n: 0 for n in ds.spec.names} | dict(zip(m.embeddings.layout.fields, m.embeddings.layout.dims)) for m in served]}
+    if decisions.shared_tables:
+        programs = {"cluster_models": [], "router": None, "routed": served[0].routed_program(),
+                    "dims": [c.dims for c in decisions.clusters]}
     path = write_bundle(
-        out / "bundle", spec=ds.spec, cluster_models=served, router=routed,
-        example=(first.dense_features, first.sparse_features), version=version,
+        where, spec=ds.spec, example=(first.dense_features, first.sparse_features), version=version,
         metadata={"method": decisions.method, "decisions": decisions.to_json()},
         metrics={k: row[k] for k in ("test_auc", "test_logloss", "embedding_params", "served_bytes")},
-        dims=[{n: 0 for n in ds.spec.names} | dict(zip(m.embeddings.layout.fields, m.embeddings.layout.dims)) for m in served],
-        overwrite=True, quantize=decisions.quantize,
+        overwrite=True, quantize=decisions.quantize, **programs,
     )
     bundle = load_bundle(path, dataset=ds.spec.dataset)
     predictor = Predictor(bundle)

@@ -32,6 +32,7 @@ from trainer.unshard import load_full_state, unshard_into
 
 SPLITS = ("train", "val", "test")
 Init = Callable[[ClusterDecision, CTRModel], None]
+Build = Callable[..., torch.nn.Module]  # (device=None) → a model
 
 
 @dataclass
@@ -61,18 +62,20 @@ def route(router, ds, batch_size: int) -> dict[str, np.ndarray]:
 
 def train_cluster(ds, assign: dict, cluster: ClusterDecision, model_cfg: ModelConfig, tcfg: TrainConfig, env: DistEnv,
                   out: Path, resume: bool, log: Log, init: Init | None = None, options: dict | None = None,
-                  shared: dict | None = None):
+                  shared: dict | None = None, build: Build | None = None):
     """Train one cluster's model on its rows; returns (plain model, val probs, test probs, metrics).
 
     Args:
         init: fills a fresh CPU model in place (a method's warm start) instead of a fresh draw.
         options: the method's extra `build_model` keywords (e.g. the DPQ-SX temperature).
         shared: the decisions' build_model keywords common to every cluster (`Decisions.model_options`).
+        build: builds the model on a device instead of `build_model` from the cluster's decisions.
     """
     kw = {"cluster": cluster, **(shared or {}), **(options or {})}
+    build = build or (lambda device=None: build_model(ds.spec, model_cfg, device=device, **kw))
     files = out / "model.pt", out / "val_probs.npy", out / "test_probs.npy", out / "metrics.json"
     if resume and all(f.exists() for f in files):
-        plain = build_model(ds.spec, model_cfg, **kw)
+        plain = build()
         plain.load_state_dict(torch.load(files[0], weights_only=True))
         log(f"retrain: reusing {out}")
         return plain.eval(), np.load(files[1]), np.load(files[2]), json.loads(files[3].read_text())
@@ -83,14 +86,14 @@ def train_cluster(ds, assign: dict, cluster: ClusterDecision, model_cfg: ModelCo
     start = time.perf_counter()
     state = None
     if init is None and sharded:
-        model = build_model(ds.spec, model_cfg, device=torch.device("meta"), **kw)
+        model = build(torch.device("meta"))
     else:
-        model = build_model(ds.spec, model_cfg, **kw)
+        model = build()
         if init is not None:
             init(cluster, model)
             if sharded:  # DMP draws fresh tables: the initial weights go back in after wrapping
                 state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                model = build_model(ds.spec, model_cfg, device=torch.device("meta"), **kw)
+                model = build(torch.device("meta"))
     stats = table_stats(model)
     train, opt = wrap(model, tcfg, env, log)
     if state is not None:
@@ -98,7 +101,7 @@ def train_cluster(ds, assign: dict, cluster: ClusterDecision, model_cfg: ModelCo
     result = fit(train, opt, view, tcfg, env, out / "checkpoints", log, resume=False)
     val_probs, _ = predict(train, view, "val", tcfg, env)
     test_probs, labels = predict(train, view, "test", tcfg, env)
-    plain = (unshard_into(train, build_model(ds.spec, model_cfg, **kw)) if sharded else model).eval()
+    plain = (unshard_into(train, build()) if sharded else model).eval()
     if sharded and env.world_size > 1:  # unshard_into fills rank 0's copy; every rank scores and warm-starts from it
         plain.load_state_dict(broadcast(plain.state_dict(), env))
     metrics = {"cluster": c, "model": model_cfg.name, "dims": cluster.dims, **stats,
@@ -138,3 +141,18 @@ def retrain(ds, decisions: Decisions, assign: dict, model_cfg: ModelConfig, tcfg
         labels = ds.labels[ds.indices(s)].astype(np.float32)
         m |= {f"{s}_{k}": v for k, v in summary(probs, labels).items()}
     return Trained(decisions, models, clusters, m, seconds, merged)
+
+
+def retrain_shared(ds, decisions: Decisions, build: Build, model_cfg: ModelConfig, tcfg: TrainConfig, env: DistEnv,
+                   out: Path, resume: bool, log: Log, init: Init) -> Trained:
+    """One model whose router and cluster heads share one table set (`decisions.shared_tables`),
+    trained on every row (OUT/shared/); it routes each row itself, so its scores are already
+    merged."""
+    decisions.check_fields(ds.spec.names)
+    every = {s: np.zeros(len(ds.indices(s)), dtype=np.int64) for s in SPLITS}
+    log(f"retrain {model_cfg.name} for {decisions.method}: {len(decisions.clusters)} cluster heads over one table set → {out}")
+    plain, val, test, metrics = train_cluster(ds, every, decisions.clusters[0], model_cfg, tcfg, env, out / "shared", resume, log,
+                                              init, build=build)
+    probs = {"val": val, "test": test}
+    m = {f"{s}_{k}": v for s, p in probs.items() for k, v in summary(p, ds.labels[ds.indices(s)].astype(np.float32)).items()}
+    return Trained(decisions, [plain], [metrics], m, metrics["seconds"], probs)

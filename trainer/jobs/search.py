@@ -40,7 +40,7 @@ from trainer.distributed import broadcast, init_distributed
 from trainer.jobs.export import export_bundle
 from trainer.jobs.guard import collapse, guard
 from trainer.jobs.report import cluster_purity, format_rows, supernet_row, trained_row
-from trainer.jobs.retrain import retrain, route
+from trainer.jobs.retrain import retrain, retrain_shared, route
 from trainer.jobs.search_stage import search_stage
 from trainer.jobs.rundir import check_data, open_run
 from trainer.jobs.train import prepare, quiet
@@ -59,10 +59,14 @@ class ReportConfig:
     Args:
         export: write and verify OUT/bundle from the method's row.
         plots: write the method's figures under OUT/plots.
+        export_rows: more rows to export and verify, each to OUT/bundles/<row> (e.g. "base",
+            the method's row as retrained, a labelled variant), for side-by-side serving
+            benchmarks.
     """
 
     export: bool = True
     plots: bool = True
+    export_rows: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -107,7 +111,7 @@ def load_or_derive(method, ctx: SearchContext, out: Path, resume: bool, name: st
     return decisions
 
 
-RUN_FILES = ("report.json", "decisions.json", "search", "rows", "bundle")
+RUN_FILES = ("report.json", "decisions.json", "search", "rows", "bundle", "bundles")
 
 
 def run(exp: SearchExperiment, out: str | Path, *, resume: bool = False, overwrite: bool = False, log=print) -> dict:
@@ -126,6 +130,7 @@ def run(exp: SearchExperiment, out: str | Path, *, resume: bool = False, overwri
     base_dec = uniform("base", ds.spec.names, exp.model.field_dims(ds.spec), len(ds.indices("train")))
     base = retrain(ds, base_dec, one, exp.model, tcfg, env, rows_dir / "base", resume, log)
     rows = [trained_row("base", "Base", "baseline", base, None, one, ds)]
+    exportable = {"base": (base, rows[0], None)}
 
     ctx = SearchContext.of(ds, exp.model, tcfg, base.models[0], env, log)
     method = cls(exp.search, ctx)
@@ -139,7 +144,12 @@ def run(exp: SearchExperiment, out: str | Path, *, resume: bool = False, overwri
     assign = route(router, ds, tcfg.eval_batch_size)
     searched = {exp.search.method: decisions}
     main = None
-    for v in broadcast(method.variants(ctx, decisions, exp.variants), env):
+    variants = broadcast(method.variants(ctx, decisions, exp.variants), env)
+    known = {"base"} | {v.name for v in variants if v.kind != "supernet"} | {f"{v.name}_served" for v in variants if v.kind == "method"}
+    unknown = sorted(set(exp.report.export_rows) - known)
+    if unknown:
+        raise ConfigError("report.export_rows", [f"rows {unknown} are not trained by this run; it trains {sorted(known)}"])
+    for v in variants:
         log(f"== {v.label}")
         if v.kind == "supernet":
             method.set_phase("eval")
@@ -161,13 +171,23 @@ def run(exp: SearchExperiment, out: str | Path, *, resume: bool = False, overwri
         runs = []
         for d in candidates:
             where = rows_dir / v.name / (d.method if len(candidates) > 1 else "")
-            runs.append(retrain(ds, d, v_assign, model_cfg, tcfg, env, where, resume, log, init, method.retrain_options))
+            if d.shared_tables:  # one model routes its rows itself
+                runs.append(retrain_shared(ds, d, method.build_shared(d), model_cfg, tcfg, env, where, resume, log, init))
+                own = route(lambda dense, sparse: runs[-1].models[0].score_all(dense, sparse)[1], ds, tcfg.eval_batch_size)
+                moved = float((own["test"] != v_assign["test"]).mean())
+                log(f"{v.label}: {moved:.1%} of test rows route to another cluster than the search's router sends them to")
+                v_router, v_assign = None, one
+            else:
+                runs.append(retrain(ds, d, v_assign, model_cfg, tcfg, env, where, resume, log, init, method.retrain_options))
         best = max(runs, key=lambda t: t.metrics["val_auc"])
         row = trained_row(v.name, v.label, v.kind, best, v_router, v_assign, ds, v_search or search["seconds"])
+        if candidates[0].shared_tables:
+            row["test_rows_rerouted"] = moved
         if len(runs) > 1:
             row |= {"picked": best.decisions.method, "candidates": {t.decisions.method: t.metrics for t in runs},
                     "seconds": {"search": 0.0, "retrain": sum(t.seconds for t in runs)}}
         rows.append(row)
+        exportable[v.name] = (best, row, v_router)
         if v.kind != "method":
             continue
         main = (best, row, v_router)
@@ -181,6 +201,7 @@ def run(exp: SearchExperiment, out: str | Path, *, resume: bool = False, overwri
                                 s_assign, ds, row["seconds"]["search"]) | {"guard": checks}
             rows.append(s_row)
             main = (served, s_row, s_router)
+            exportable[s_row["method"]] = main
 
     report = {
         "dataset": ds.spec.dataset, "method": exp.search.method, "model": exp.model.name, "seed": tcfg.seed,
@@ -193,7 +214,8 @@ def run(exp: SearchExperiment, out: str | Path, *, resume: bool = False, overwri
         log(f"cluster purity vs planted sub-populations (test rows): {report['cluster_purity']:.3f}")
     if env.is_main:
         if exp.report.export:
-            report["bundle"] = export_bundle(ds, *main, tcfg.seed, out, log)
+            report["bundle"] = export_bundle(ds, *main, tcfg.seed, out / "bundle", log)
+        report["bundles"] = {n: export_bundle(ds, *exportable[n], tcfg.seed, out / "bundles" / n, log) for n in exp.report.export_rows}
         report |= method.report(ctx, searched, out / "plots" if exp.report.plots else None)
         write_json(out / "report.json", report)
         log("\n" + format_rows(rows))

@@ -147,5 +147,9 @@ class SearchMethod(Protocol):
     def init_retrain(self, variant: Variant, cluster: ClusterDecision, model: CTRModel) -> None:
         """Fill `model` (plain, on CPU) in place before a variant with init "method" trains it."""
 
+    def build_shared(self, decisions: Decisions) -> Any:
+        """(device=None) → one model whose router and cluster heads read one table set; called
+        only for decisions with `shared_tables` (a method that never derives them may omit it)."""
+
     def report(self, ctx: SearchContext, decisions: Decisions, out: Any) -> dict:
         """Method-specific report entries (diagnostics, plots written under `out`)."""

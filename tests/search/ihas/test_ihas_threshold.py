@@ -122,3 +122,14 @@ def test_rejects_bad_config_and_shapes():
         HistogramThreshold(fallback=1.5)
     with pytest.raises(ValueError):
         HistogramThreshold().thresholds(torch.rand(5))
+
+
+def test_logit_thresholds_open_the_same_gates_as_the_probability_form():
+    torch.manual_seed(0)
+    # polarised rows, unimodal rows (fallback) and rows of equal logits
+    z = torch.cat([torch.randn(300, 64) * 4, torch.randn(100, 64) * 0.3 + 2, torch.zeros(5, 64)])
+    t = HistogramThreshold(10, 0.5)
+    want = t.mask(torch.sigmoid(z))
+    got = (z > t.logit_thresholds(z)[:, None]).to(want.dtype)
+    assert torch.equal(got, want)
+    assert torch.allclose(torch.sigmoid(t.logit_thresholds(z)), t.thresholds(torch.sigmoid(z)), atol=1e-6)

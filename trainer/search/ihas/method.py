@@ -6,13 +6,13 @@ deterministic gates + centroids) is built from the trained supernet by `router()
 Report rows: iHAS-1 (the search-stage network), iHAS, the paper's ablations (iHAS-2 one
 model from the same search, iHAS-3 a search without polarization, iHAS-4 a search with one
 probability vector shared by all rows, clustered as iHAS), iHAS-4 one model (shared gates
-and no clustering, an earlier reading of iHAS-4 kept for comparison), iHAS-warm (labelled,
-not in the paper) and the transfer table.
+and no clustering, an earlier reading of iHAS-4 kept for comparison), iHAS-warm and
+iHAS-shared (labelled, not in the paper) and the transfer table.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,12 +29,14 @@ from trainer.search.loop import SearchLoopConfig
 from trainer.search.ihas.gates import FieldGates, GateMode, InstanceGates, MLPGates, SharedGates
 from trainer.search.ihas.kmeans import MiniBatchKMeans, sq_dists
 from trainer.search.ihas.regularizer import ihas_regularizer
+from trainer.search.ihas.shared import SharedTablesModel, column_means, shared_warm_state
 from trainer.search.ihas.supernet import GatedSupernet, Router, gate_features
 from trainer.search.ihas.threshold import HistogramThreshold
 
 GATES = ("instance", "field", "mlp")
 CLUSTER_ON = ("masked", "mask", "prob", "logit")
 CLUSTER_SCALE = ("none", "field", "column")
+SHARED_TRAIN = ("joint", "heads")
 PHASE_MODES = {"pretrain": GateMode.OPEN, "search": GateMode.STOCHASTIC, "eval": GateMode.DETERMINISTIC}
 
 
@@ -123,16 +125,25 @@ class IHASVariants:
             Base stops early on clean validation data, the supernet's weights need not).
         warm: iHAS-warm: the same clusters and dims, each cluster model started from the
             supernet's weights instead of from scratch (mlp / wide_deep heads only).
+        shared: iHAS-shared: the same router, clusters and kept columns, but the router and
+            every cluster head read one set of tables (trainer.search.ihas.shared; mlp heads).
+        shared_train: "joint" (tables and heads train together) or "heads" (the search's
+            tables stay as they are; only the heads train).
     """
 
     ablations: bool = True
     transfer_models: list[str] = field(default_factory=list)
     warm: bool = False
     base_warm: bool = False
+    shared: bool = False
+    shared_train: str = "joint"
 
     def validate(self) -> list[str]:
         unknown = [m for m in self.transfer_models if m not in MODELS]
-        return [f"variants.transfer_models: {unknown} not in {sorted(MODELS)}"] if unknown else []
+        p = [f"variants.transfer_models: {unknown} not in {sorted(MODELS)}"] if unknown else []
+        if self.shared_train not in SHARED_TRAIN:
+            p.append(f"variants.shared_train: must be one of {SHARED_TRAIN}, got {self.shared_train!r}")
+        return p
 
 
 class IHAS:
@@ -147,10 +158,11 @@ class IHAS:
     Variants = IHASVariants
 
     def __init__(self, cfg: IHASConfig, ctx: SearchContext):
-        self.cfg, self.spec, self.model_cfg, self.base = cfg, ctx.spec, ctx.model, ctx.base
+        self.cfg, self.spec, self.model_cfg, self.base, self.counts = cfg, ctx.spec, ctx.model, ctx.base, ctx.counts
         self.retrain_options: dict = {}
         self.supernet: GatedSupernet | None = None
         self.phase = "pretrain"
+        self.shared_train = "joint"
 
     @staticmethod
     def check_config(exp) -> list[str]:
@@ -158,6 +170,9 @@ class IHAS:
         for key in ("warm", "base_warm"):
             if getattr(exp.variants, key) and exp.model.name not in WARM_MODELS:
                 p.append(f"variants.{key}: needs model.name in {list(WARM_MODELS)} (an MLP-only head), got {exp.model.name!r}")
+        if exp.variants.shared and (exp.model.name != "mlp" or exp.search.clusters < 2):
+            p.append(f"variants.shared: needs model.name = 'mlp' and search.clusters >= 2, got {exp.model.name!r} and "
+                     f"{exp.search.clusters}")
         if exp.model.dims:
             p.append("model.dims: iHAS searches from every field at model.embedding_dim; remove the per-field dims")
         return p
@@ -263,13 +278,27 @@ class IHAS:
             rows.append(Variant("ihas_warm", "iHAS-warm (not in the paper)", "variant", (decisions,), init="method"))
         if wanted.base_warm:
             rows.append(Variant("ihas_base_warm", "iHAS-base-warm (not in the paper)", "variant", (decisions,), init="method"))
+        self.shared_train = wanted.shared_train
+        if wanted.shared:
+            own = tuple(replace(c, served_by="self") for c in decisions.clusters)  # the guard's record is not this row's
+            rows.append(Variant("ihas_shared", "iHAS-shared (one table set, not in the paper)", "variant",
+                                (decisions.replace(method="ihas_shared", clusters=own, shared_tables=True),), init="method"))
         base = uniform("base", ctx.spec.names, {n: self.model_cfg.embedding_dim for n in ctx.spec.names}, ctx.train_rows)
         for m in wanted.transfer_models:
             rows += [Variant(f"transfer_{m}_base", f"transfer: Base ({m})", "transfer", (base,), model=m),
                      Variant(f"transfer_{m}", f"transfer: iHAS ({m})", "transfer", (decisions,), model=m)]
         return rows
 
+    def build_shared(self, decisions: Decisions):
+        """(device=None) → an untrained SharedTablesModel for `decisions` (shared_tables)."""
+        joint = self.shared_train == "joint"
+        fill = column_means(self.supernet.base, self.counts)
+        return lambda device=None: SharedTablesModel(self.spec, self.model_cfg, decisions, self.supernet.gates, device, joint, fill)
+
     def init_retrain(self, variant: Variant, cluster: ClusterDecision, model: CTRModel) -> None:
+        if isinstance(model, SharedTablesModel):
+            model.load_state_dict(shared_warm_state(self.supernet.base, model))
+            return
         source = self.base if variant.name == "ihas_base_warm" else self.supernet.base
         model.load_state_dict(warm_start_state(source, model, cluster.kept))
 

@@ -123,6 +123,27 @@ class HistogramThreshold:
         return torch.where(has, k.to(p.dtype) / self.bins, self.fallback)
 
     @torch.no_grad()
+    def logit_thresholds(self, z: torch.Tensor) -> torch.Tensor:
+        """`thresholds(sigmoid(z))` in logit space, computed from the logits z [B, M]: sigmoid is
+        monotone, so p falls in bin k iff z >= logit(k / bins), and one bucketize replaces the
+        sigmoid, the scaling and the cast (the serving path's router, where this runs on every
+        row). A gate opens iff z > the row's result. Equal to the probability form except
+        where rounding puts p on the other side of a bin edge than z.
+
+        Returns:
+            [B] thresholds in logit space, same dtype as z.
+        """
+        if z.dim() != 2:
+            raise ValueError(f"expected z of shape [B, M], got {tuple(z.shape)}")
+        edges = torch.logit(torch.arange(1, self.bins, dtype=z.dtype, device=z.device) / self.bins)
+        idx = torch.bucketize(z, edges, right=True)
+        ones = torch.ones((), dtype=torch.int32, device=z.device).expand(idx.shape)  # a view: nothing to fill
+        counts = torch.zeros(z.shape[0], self.bins, dtype=torch.int32, device=z.device).scatter_add_(1, idx, ones)
+        k, has = first_valley(counts)
+        fallback = torch.logit(torch.tensor(self.fallback, dtype=z.dtype, device=z.device))
+        return torch.where(has, edges[(k - 1).clamp(min=0)], fallback)
+
+    @torch.no_grad()
     def mask(self, p: torch.Tensor) -> torch.Tensor:
         """Deterministic 0/1 mask: 1 where p is strictly above its row's threshold.
 

@@ -1,0 +1,134 @@
+"""iHAS-shared: one table set for the router and every cluster head."""
+
+import pytest
+import torch
+
+from trainer.decisions import ClusterDecision, Decisions, DecisionsError, FieldDecision, RouterDecision
+from trainer.models.build import build_model
+from trainer.models.ctr import ModelConfig
+from trainer.search.ihas.gates import FieldGates, GateMode, InstanceGates, MLPGates, SharedGates
+from trainer.search.ihas.shared import SharedTablesModel, column_means, shared_warm_state, union_columns
+from trainer.search.ihas.supernet import GatedSupernet, Router
+
+D = 4
+# field "c" column 3 and all of "n" are kept by no cluster: they must leave the table
+KEPT = [{"a": [0, 2, 3], "n": [], "g": [1], "c": [0, 1]},
+        {"a": [1], "n": [], "g": [1, 2], "c": [0, 2]}]
+
+
+def _decisions(features="masked", k=2):
+    width = 4 * D
+    torch.manual_seed(1)
+    centroids = torch.randn(k, width).mul(0.05).tolist()
+    clusters = tuple(ClusterDecision(c, {f: FieldDecision(len(cols), tuple(cols)) for f, cols in KEPT[c].items()}) for c in range(k))
+    return Decisions("ihas_shared", clusters, router=RouterDecision(centroids, 10, 0.5, features), shared_tables=True,
+                     details={"embedding_dim": D})
+
+
+def _supernet(toy_spec, gates_cls, dense_input=False):
+    cfg = ModelConfig(name="mlp", embedding_dim=D, mlp=[8, 4], dense_input=dense_input)
+    torch.manual_seed(0)
+    base = build_model(toy_spec, cfg, dims={n: D for n in toy_spec.names})
+    kw = {"units": 4} if gates_cls in (FieldGates, MLPGates) else {}
+    gates = gates_cls(4 * D, init_prob=0.5, **kw)
+    with torch.no_grad():
+        for p in [*base.parameters(), *gates.parameters()]:
+            p.normal_(0, 0.5)
+    return cfg, GatedSupernet(base, gates)
+
+
+def _fill_dropped_columns(supernet, decisions, fill):
+    """The search-stage tables with every column no cluster keeps set to its fill value."""
+    union = union_columns(decisions)
+    with torch.no_grad():
+        for i, (f, t) in enumerate(supernet.base.embeddings.ebc.embedding_bags.items()):
+            keep = torch.zeros(t.weight.shape[1], dtype=torch.bool)
+            keep[union[f.removeprefix("t_")]] = True
+            keep[D:] = True  # alignment padding
+            cols = torch.nonzero(~keep).flatten()
+            t.weight[:, cols] = fill[i * D + cols]
+
+
+@pytest.mark.parametrize("gates_cls", [InstanceGates, FieldGates, MLPGates, SharedGates])
+@pytest.mark.parametrize("features", ["masked", "mask", "prob"])
+@pytest.mark.parametrize("filled", [False, True])
+def test_routes_like_the_search_router_and_scores_like_the_masked_supernet(gates_cls, features, filled, toy_spec, toy_batch):
+    cfg, supernet = _supernet(toy_spec, gates_cls)
+    decisions = _decisions(features)
+    # the bag field "g" keeps 0: an empty bag pools to 0 whatever its rows hold
+    fill = torch.linspace(-1, 1, 4 * D) * torch.tensor([1.0, 1.0, 0.0, 1.0]).repeat_interleave(D) if filled else None
+    model = SharedTablesModel(toy_spec, cfg, decisions, supernet.gates, fill=fill)
+    model.load_state_dict(shared_warm_state(supernet.base, model), strict=True)
+    # the router reads the cut table, so it equals the search's router on tables whose
+    # dropped columns hold their fill value (0 without one)
+    _fill_dropped_columns(supernet, decisions, fill if filled else torch.zeros(4 * D))
+    router = Router(supernet, torch.tensor(decisions.router.centroids), features)
+    dense, sparse = toy_batch.dense_features, toy_batch.sparse_features
+    logits, clusters = model.score_all(dense, sparse)
+    assert torch.equal(clusters, router(dense, sparse))
+    embs, _ = supernet.base.embeddings.lookup(sparse)
+    for c, kept in enumerate(KEPT):
+        masks = [torch.zeros(D).index_fill_(0, torch.tensor(kept[f], dtype=torch.long), 1.0) for f in toy_spec.names]
+        want = supernet.base.score(dense, sparse, [e * m for e, m in zip(embs, masks)])
+        assert torch.allclose(logits[:, c], want, atol=1e-5), (c, logits[:, c], want)  # float32 sums in another order
+    assert torch.equal(model(dense, sparse), logits.gather(1, clusters[:, None]).squeeze(1))
+
+
+def test_one_table_per_field_holds_only_the_columns_some_cluster_keeps(toy_spec):
+    cfg, supernet = _supernet(toy_spec, InstanceGates)
+    model = SharedTablesModel(toy_spec, cfg, _decisions(), supernet.gates)
+    widths = {c.name: c.embedding_dim for c in model.embeddings.ebc.embedding_bag_configs()}
+    assert widths == {"t_a": 4, "t_g": 4, "t_c": 4}  # a: 4 kept columns; g: 2 → padded to 4; c: 3 → 4; n: none
+    assert model.embeddings.layout.dims == (4, 2, 3)
+    assert model.gates.first.in_features == 9  # the gates read the kept columns only
+    tables = [n for n, _ in model.named_parameters() if "embedding_bags" in n]
+    assert len(tables) == 3  # one table set, whatever the number of clusters
+
+
+def test_tables_and_heads_train_the_router_stays(toy_spec, toy_batch):
+    cfg, supernet = _supernet(toy_spec, InstanceGates, dense_input=True)
+    model = SharedTablesModel(toy_spec, cfg, _decisions(), supernet.gates)
+    model.load_state_dict(shared_warm_state(supernet.base, model))
+    model(toy_batch.dense_features, toy_batch.sparse_features).sum().backward()
+    grads = {n: p.grad is not None and bool(p.grad.abs().sum() > 0) for n, p in model.named_parameters() if p.requires_grad}
+    assert all(grads[n] for n in grads if "embedding_bags" in n or n.startswith("heads.0.0"))
+    assert not any(p.requires_grad for p in model.gates.parameters())
+
+
+def test_shared_tables_round_trip_and_need_a_router():
+    d = _decisions()
+    back = Decisions.from_json(d.to_json())
+    assert back == d and back.shared_tables
+    old = d.to_json()
+    del old["shared_tables"]  # a record written before the flag existed
+    assert Decisions.from_json(old).shared_tables is False
+    with pytest.raises(DecisionsError, match="shared tables need a router"):
+        Decisions("x", d.clusters[:1], shared_tables=True)
+
+
+def test_gates_are_put_in_deterministic_mode_by_the_router_only(toy_spec):
+    _, supernet = _supernet(toy_spec, InstanceGates)
+    supernet.gates.mode = GateMode.STOCHASTIC
+    SharedTablesModel(toy_spec, ModelConfig(name="mlp", embedding_dim=D, mlp=[8, 4]), _decisions(), supernet.gates)
+    assert supernet.gates.mode is GateMode.STOCHASTIC  # the search's gates are copied, never changed
+
+
+def test_heads_only_training_leaves_the_tables_and_the_routing_alone(toy_spec, toy_batch):
+    cfg, supernet = _supernet(toy_spec, InstanceGates)
+    model = SharedTablesModel(toy_spec, cfg, _decisions(), supernet.gates, train_tables=False)
+    model.load_state_dict(shared_warm_state(supernet.base, model))
+    model(toy_batch.dense_features, toy_batch.sparse_features).sum().backward()
+    tables = [p for n, p in model.named_parameters() if "embedding_bags" in n]
+    assert tables and all(p.grad is None for p in tables)
+    assert all(p.grad is not None for p in model.heads.parameters())
+
+
+def test_column_means_are_the_train_means_of_single_id_fields(toy_spec, toy_batch):
+    _, supernet = _supernet(toy_spec, InstanceGates)
+    sparse = toy_batch.sparse_features
+    ids = sparse["a"].values()
+    counts = {f.name: torch.zeros(f.num_embeddings) for f in toy_spec.fields}
+    counts["a"] = torch.bincount(ids, minlength=toy_spec.fields[0].num_embeddings).float()
+    got = column_means(supernet.base, {k: v.numpy() for k, v in counts.items()})
+    want = supernet.base.embeddings.lookup(sparse)[0][0].mean(dim=0)  # field "a": one id per row
+    assert got.shape == (4 * D,) and torch.allclose(got[:D], want, atol=1e-6)
