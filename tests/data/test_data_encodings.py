@@ -243,3 +243,12 @@ def test_quantile_fit_is_exact_whatever_the_chunking():
     # ties merge bins: 70% zeros leave no edge at or below 0
     assert quantile_edges(np.array([0.0, 1.0, 2.0, 3.0]), np.array([7, 1, 1, 1]), 4) == (1.0,)
     assert quantile_edges(np.array([]), np.array([], dtype=np.int64), 4) == ()
+
+
+def test_criteo_files_take_the_autodis_encoding(tmp_path, fixtures):
+    cfg = dict(source="criteo", path=str(fixtures / "criteo_small.tsv"), min_count=1, cache_dir=str(tmp_path))
+    auto = load_dataset(DataConfig(**cfg, numerical={"*": "autodis"}), **QUIET)
+    log = load_dataset(DataConfig(**cfg), **QUIET)
+    assert {auto.spec.field(n).encoding.name for n in auto.spec.numerical} == {"autodis"} and len(auto.spec.numerical) == 13
+    assert all(np.array_equal(auto.ids[n], log.ids[n]) for n in auto.spec.numerical)  # tokens: the Criteo buckets
+    assert np.isnan(auto.dense).any() and not np.isnan(log.dense).any()  # empty cells: missing, NaN for AutoDis

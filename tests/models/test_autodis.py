@@ -86,7 +86,7 @@ def test_hard_aggregations_train_only_the_picked_meta_embeddings(aggregation):
     m(torch.tensor([[1.5]])).sum().backward()
     picked = (m.meta.grad[0].abs().sum(dim=1) > 0).sum().item()
     assert picked == (1 if aggregation == "max" else 2)
-    assert m.w.grad is None or m.w.grad.abs().sum() == 0
+    assert m.w.grad is None and not m.w.requires_grad  # frozen: DDP refuses parameters without gradients
 
 
 def _spec() -> FeatureSpec:

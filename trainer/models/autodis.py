@@ -11,7 +11,8 @@ signed log of the raw value):
       weighted:  Σ_h p_h ME_jh                   (weighted average)
 "max" and "topk" pick meta-embeddings by an argmax / top-K, which has no gradient: as in
 the paper, their projections never train and only the picked meta-embeddings learn; only
-"weighted" trains the discretization end to end.
+"weighted" trains the discretization end to end. Their projections are therefore frozen
+(requires_grad False) rather than left without gradients, which DDP would refuse.
 
 Raw scalar (the baseline): e = x · v_j, one learned vector per field scaled by the value.
 
@@ -102,12 +103,14 @@ class AutoDis(nn.Module):
         self.settings = settings
         self.meta = nn.Parameter(torch.empty(fields, h, dim).uniform_(-init_scale, init_scale))
         # slopes of unit scale: standardised inputs then spread the H logits over a few units
-        self.w = nn.Parameter(torch.randn(fields, h))
+        trains = settings.aggregation == "weighted"
+        self.w = nn.Parameter(torch.randn(fields, h), requires_grad=trains)
         self.mix = None
         if settings.projection == "leaky_skip":
-            self.mix = nn.Parameter(torch.empty(fields, h, h))
-            for m in self.mix:
-                nn.init.xavier_uniform_(m)
+            self.mix = nn.Parameter(torch.empty(fields, h, h), requires_grad=trains)
+            with torch.no_grad():
+                for m in self.mix:
+                    nn.init.xavier_uniform_(m)
 
     def probabilities(self, x: torch.Tensor) -> torch.Tensor:
         """x [B, F] (finite) → softmax(x̂ / τ) [B, F, H]."""
