@@ -37,3 +37,27 @@ def test_ihas_2_baseline_runs_an_ihas_search(tmp_path):
     assert set(rows) == {"base", "autodim_supernet", "ihas_2", "autodim"}
     ihas = rows["ihas_2"]
     assert ihas["clusters"] == 1 and all(0 <= d <= 8 for d in ihas["dims"][0].values())  # kept columns of dim-8 fields
+
+
+def test_aim_eds_baseline_retrains_the_dims_aim_keeps(tmp_path):
+    from trainer.jobs.search import load_experiment, run
+
+    aim = '{search_epochs=1, max_order=2, functions=["inner"], function_wise=false, grda_c=0.3, eds_c=0.01, arch_lr=0.05}'
+    overrides = ["variants.aim_eds=true", "variants.random=false", "report.export=false", "report.plots=false",
+                 f"variants.aim={aim}", f"data.cache_dir={tmp_path / 'cache'}"]
+    report = run(load_experiment(str(CONFIG), overrides), tmp_path / "run", log=lambda _: None)
+    rows = {r["method"]: r for r in report["rows"]}
+    assert set(rows) == {"base", "autodim_supernet", "aim_eds", "autodim"}
+    eds = rows["aim_eds"]["dims"][0]
+    assert any(d > 0 for d in eds.values()) and all(0 <= d <= 8 for d in eds.values())  # kept dims of dim-8 fields
+
+
+def test_unknown_aim_keys_are_refused(tmp_path):
+    import subprocess
+    import sys
+
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text(CONFIG.read_text().replace("[variants]", "[variants]\naim_eds = true\naim = {warm = true}"))
+    res = subprocess.run([sys.executable, "-m", "trainer", "search", "--config", str(cfg), "--out", str(tmp_path / "o")],
+                         capture_output=True, text=True)
+    assert res.returncode == 2 and "variants.aim: unknown AIM keys ['warm']" in res.stderr and "Traceback" not in res.stderr

@@ -31,6 +31,7 @@ from trainer.models.ctr import CTRModel
 from trainer.models.layout import layout_for
 from trainer.search.autodim.supernet import DimSearchEmbeddings
 from trainer.search.gumbel import GumbelClock, GumbelSchedule
+from trainer.search.aim.method import AIM, AIMConfig
 from trainer.search.ihas.method import IHAS, IHASConfig
 from trainer.search.interface import SearchContext, Variant
 from trainer.search.loop import SearchLoopConfig, run_search
@@ -108,6 +109,11 @@ class AutoDimVariants:
             inside `variants` and is not saved, so a resumed run searches again.
         ihas: iHAS settings (the [search] keys of an iHAS config) for that search; the
             defaults below put its gates on a gate split as well.
+        aim_eds: the AIM-EDS baseline: an AIM search (every stage, including its embedding
+            dimension search) from every field at model.embedding_dim, and the number of
+            dims EDS keeps per field, retrained as plain mixed-dim tables (not AIM's model:
+            the dims alone are compared). Not saved either.
+        aim: AIM settings (the [search] keys of an AIM config) for that search.
     """
 
     random: bool = True
@@ -117,6 +123,11 @@ class AutoDimVariants:
     paper_bn: bool = False
     ihas_2: bool = False
     ihas: dict = field(default_factory=dict)
+    aim_eds: bool = False
+    aim: dict = field(default_factory=dict)
+
+    def aim_config(self) -> AIMConfig:
+        return AIMConfig(**{**self.aim, "method": "aim", "eds": True})
 
     def ihas_config(self) -> IHASConfig:
         return IHASConfig(**{**IHAS_DEFAULTS, **self.ihas, "clusters": 1})
@@ -134,6 +145,11 @@ class AutoDimVariants:
             p.append(f"variants.ihas: unknown iHAS keys {unknown}")
         else:
             p += [x.replace("search.", "variants.ihas.", 1) for x in self.ihas_config().validate()]
+        unknown = sorted(set(self.aim) - {f.name for f in fields(AIMConfig)})
+        if unknown:
+            p.append(f"variants.aim: unknown AIM keys {unknown}")
+        else:
+            p += [x.replace("search.", "variants.aim.", 1) for x in self.aim_config().validate()]
         return p
 
 
@@ -165,6 +181,19 @@ def ihas_one_cluster(ctx: SearchContext, cfg: IHASConfig) -> Decisions:
     torch.manual_seed(ctx.train.seed)
     run_search(ihas, ctx.ds, cfg, ctx.train, ctx.env, ctx.log)
     return ihas.derive(ctx, clusters=1).replace(method="ihas_2")
+
+
+def aim_eds_dims(ctx: SearchContext, cfg: AIMConfig) -> Decisions:
+    """AIM-EDS's decisions: every stage of an AIM search, then the dims its dimension search
+    keeps per field as plain mixed-dim tables (one cluster)."""
+    aim = AIM(cfg, ctx)
+    torch.manual_seed(ctx.train.seed)
+    loop = cfg
+    while loop is not None:
+        run_search(aim, ctx.ds, loop, ctx.train, ctx.env, ctx.log)
+        loop = aim.next_stage(loop)
+    dims = aim.derive(ctx).clusters[0].dims
+    return uniform("aim_eds", ctx.spec.names, dims, ctx.train_rows)
 
 
 class AutoDim:
@@ -251,6 +280,10 @@ class AutoDim:
             ctx.log("== iHAS search for the iHAS-2 baseline")
             rows.append(Variant("ihas_2", "iHAS-2 (one-cluster iHAS dims)", "baseline",
                                 (ihas_one_cluster(ctx, wanted.ihas_config()),)))
+        if wanted.aim_eds:
+            ctx.log("== AIM search for the AIM-EDS dims baseline")
+            rows.append(Variant("aim_eds", "AIM-EDS dims (AIM's dimension search)", "baseline",
+                                (aim_eds_dims(ctx, wanted.aim_config()),)))
         if wanted.paper_bn and self.cfg.bn_scale != 1.0:
             rows.append(Variant("autodim_paper_bn", "AutoDim, BN scale 1 (the paper's)", "variant", search={"bn_scale": 1.0}))
         rows.append(Variant("autodim", "AutoDim", "method", (decisions,)))
