@@ -103,6 +103,7 @@ class SharedTablesModel(nn.Module):
     """
 
     first_order_params = 0
+    value_embedding_params = 0  # numerical fields are bucketized here: every embedding is a table row
 
     def __init__(self, spec: FeatureSpec, cfg: ModelConfig, decisions: Decisions, gates: nn.Module, device=None,
                  train_tables: bool = True, fill: torch.Tensor | None = None):
