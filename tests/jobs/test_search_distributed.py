@@ -27,10 +27,11 @@ def _rows(report: dict) -> dict:
 
 
 def _tolerance(row: dict) -> float:
-    """AUC gap allowed between the 1- and 2-process rows: 0.002 as for `trainer train`; AutoDim's
-    search-stage network batch-normalises each candidate over each rank's half batch
-    (torch's SyncBatchNorm is CUDA-only), which on the tiny run moved its AUC by 0.003."""
-    return 0.005 if row["method"] == "autodim_supernet" else 0.002
+    """AUC gap allowed between the 1- and 2-process rows: 0.002 as for `trainer train`; the
+    search-stage networks of AutoDim (each candidate) and AutoFIS / AIM (each interaction)
+    batch-normalise over each rank's half batch (torch's SyncBatchNorm is CUDA-only), which
+    on the tiny runs moved their AUC by 0.003-0.0035."""
+    return 0.005 if row["method"] in ("autodim_supernet", "autofis_supernet", "aim_supernet") else 0.002
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
@@ -45,6 +46,7 @@ def test_two_processes_reach_the_decisions_of_one(config, tiny_run, search_cmd, 
     d1, d2 = (Decisions.from_json(json.loads((o / "decisions.json").read_text())) for o in (one_out, out))
     assert [(c.dims, {n: f.storage for n, f in c.fields.items()}) for c in d1.clusters] == \
            [(c.dims, {n: f.storage for n, f in c.fields.items()}) for c in d2.clusters]
+    assert d1.interactions == d2.interactions  # the kept interactions (AutoFIS, AIM) too
     train_rows = sum(c.train_rows for c in d1.clusters)
     assert all(abs(a.train_rows - b.train_rows) <= 0.01 * train_rows for a, b in zip(d1.clusters, d2.clusters))
     r1, r2 = _rows(one), _rows(two)
