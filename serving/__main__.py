@@ -53,6 +53,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--max-workers", type=int, default=None, help="gRPC handler threads (default: sized for the cores available)")
     ap.add_argument("--max-inflight", type=int, default=64,
                     help="Score requests admitted at once; beyond → RESOURCE_EXHAUSTED, counted with its reason")
+    ap.add_argument("--latency-budget-ms", type=float, default=25.0,
+                    help="refuse (RESOURCE_EXHAUSTED, counted) a request the rows already admitted would keep longer; 0: no budget")
     ap.add_argument("--max-concurrent-rpcs", type=int, default=None,
                     help="gRPC's own last-resort cap, refused uncounted (default: 4 x --max-inflight)")
     ap.add_argument("--max-message-mb", type=float, default=16, help="largest request; beyond → RESOURCE_EXHAUSTED")
@@ -97,6 +99,7 @@ def build_config(args: argparse.Namespace) -> ServerConfig:
     return ServerConfig(
         max_workers=args.max_workers,
         max_inflight=args.max_inflight,
+        latency_budget_ms=args.latency_budget_ms or None,
         max_concurrent_rpcs=args.max_concurrent_rpcs,
         max_message_bytes=int(args.max_message_mb * 1024 * 1024),
         limits=Limits(max_rows=args.max_rows, max_bag=args.max_bag),

@@ -13,11 +13,20 @@ last resort only.
 Checks, cheapest first:
   deadline_expired      DEADLINE_EXCEEDED   the deadline passed before the handler ran
   queue_full            RESOURCE_EXHAUSTED  the batch queue has no room for these rows
-  deadline_unreachable  DEADLINE_EXCEEDED   the queue's expected wait outlasts the deadline
+  deadline_unreachable  DEADLINE_EXCEEDED   the expected wait outlasts the deadline
+  over_latency_budget   RESOURCE_EXHAUSTED  the rows already admitted would keep this one
+                                            longer than the server's latency budget
   too_many_requests     RESOURCE_EXHAUSTED  `max_inflight` Score requests already admitted
-The queue checks need the micro-batcher's queue; with batching off, handler threads score
-directly and only the first two apply. The batcher repeats the room check when the rows
-are queued, since other requests may have filled the queue while this one decoded.
+The expected wait is what the requests admitted and not yet answered (decoding, queued or
+being scored) cost to score, from the recent cost of a call and of a row (`serving.cost`),
+spread over the scoring workers; with batching on, their rows merge into calls of up to
+`call_rows` rows. It errs long by
+at most the batch being scored, so under overload the server answers what it takes within
+the budget and refuses the rest at once, instead of letting every answer grow late
+together. A request arriving at an idle server is always taken, however large: the
+request limits bound size, the budget bounds waiting. `queue_full` needs the
+micro-batcher's queue (batching on); the batcher repeats that check when the rows are
+queued, since other requests may have filled the queue while this one decoded.
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ from contextlib import contextmanager
 from typing import Iterator
 
 from serving.batcher import MicroBatcher
+from serving.cost import ScoringCost
 from serving.errors import DeadlineExceeded, Overloaded
 from serving.metrics import ServerMetrics
 
@@ -37,25 +47,63 @@ class Admission:
 
     Args:
         max_inflight: Score requests admitted at once; more → RESOURCE_EXHAUSTED.
-        batcher: the micro-batcher whose queue bounds admission (None with batching off).
+        cost: the recent scoring cost per row, recorded by whoever scores.
+        workers: model calls that run at once (batch workers, or scoring slots with
+            batching off): the rows in flight drain this many at a time.
+        call_rows: rows merged into one model call (batching on); None: each request
+            is its own call (batching off).
+        latency_budget_s: longest expected time in the server (wait + own scoring) a
+            request is admitted for; None admits regardless.
+        batcher: the micro-batcher whose queue room bounds admission (None with batching off).
         metrics: where the in-flight gauge lives (optional).
     """
 
-    def __init__(self, max_inflight: int, batcher: MicroBatcher | None = None, metrics: ServerMetrics | None = None):
+    def __init__(
+        self,
+        max_inflight: int,
+        cost: ScoringCost | None = None,
+        workers: int = 1,
+        call_rows: int | None = None,
+        latency_budget_s: float | None = None,
+        batcher: MicroBatcher | None = None,
+        metrics: ServerMetrics | None = None,
+    ):
         if max_inflight < 1:
             raise ValueError(f"max_inflight must be >= 1, got {max_inflight}")
-        self.max_inflight, self.batcher, self.metrics = max_inflight, batcher, metrics
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        if latency_budget_s is not None and not latency_budget_s > 0:
+            raise ValueError(f"latency budget must be > 0 seconds, got {latency_budget_s}")
+        self.max_inflight, self.workers, self.call_rows = max_inflight, workers, call_rows
+        self.latency_budget_s = latency_budget_s
+        self.cost = cost or ScoringCost()
+        self.batcher, self.metrics = batcher, metrics
         self._inflight = 0
+        self._inflight_rows = 0
         self._lock = threading.Lock()
 
     @property
     def inflight(self) -> int:
         return self._inflight
 
+    @property
+    def inflight_rows(self) -> int:
+        return self._inflight_rows
+
+    def expected_wait(self, rows: int = 0) -> float:
+        """Seconds until the requests in flight, plus one of `rows` rows, would be scored;
+        0 before anything was scored (no estimate, no refusals)."""
+        total = self._inflight_rows + rows
+        if self.call_rows is None:
+            calls = self._inflight + (1 if rows else 0)
+        else:
+            calls = -(-total // self.call_rows)
+        return self.cost.seconds(calls, total) / self.workers
+
     @contextmanager
     def admit(self, rows: int, deadline: float | None) -> Iterator[None]:
         """Raises DeadlineExceeded or Overloaded (with a reason) unless the request can be
-        taken; otherwise counts it in flight until the block ends.
+        taken; otherwise counts it (and its rows) in flight until the block ends.
 
         Args:
             rows: rows the request says it carries (not yet validated).
@@ -64,14 +112,17 @@ class Admission:
         now = time.monotonic()
         if deadline is not None and deadline <= now:
             raise DeadlineExceeded("deadline expired before the request was read; not scored", reason="deadline_expired")
-        self._check_queue(rows, None if deadline is None else deadline - now)
+        if self.batcher is not None:
+            self.batcher.check_room(rows)
         with self._lock:
+            self._check_wait(rows, None if deadline is None else deadline - now)
             if self._inflight >= self.max_inflight:
                 raise Overloaded(
                     f"server overloaded: {self._inflight} requests in flight (limit {self.max_inflight}); retry with backoff",
                     reason="too_many_requests",
                 )
             self._inflight += 1
+            self._inflight_rows += rows
         if self.metrics is not None:
             self.metrics.inflight.inc()
         try:
@@ -79,17 +130,25 @@ class Admission:
         finally:
             with self._lock:
                 self._inflight -= 1
+                self._inflight_rows -= rows
             if self.metrics is not None:
                 self.metrics.inflight.dec()
 
-    def _check_queue(self, rows: int, remaining: float | None) -> None:
-        if self.batcher is None:
-            return
-        self.batcher.check_room(rows)
-        wait = self.batcher.expected_wait()
+    def _check_wait(self, rows: int, remaining: float | None) -> None:
+        if not self._inflight_rows:
+            return  # an idle server takes any request the limits allow
+        wait = self.expected_wait()
         if remaining is not None and remaining < wait:
             raise DeadlineExceeded(
                 f"deadline in {remaining * 1e3:.1f} ms is shorter than the expected wait of {wait * 1e3:.1f} ms for the "
-                f"{self.batcher.queued_rows} rows queued ahead; not queued (retry later or with a longer deadline)",
+                f"{self._inflight_rows} rows admitted ahead; not queued (retry later or with a longer deadline)",
                 reason="deadline_unreachable",
             )
+        if self.latency_budget_s is not None:
+            total = self.expected_wait(rows)
+            if total > self.latency_budget_s:
+                raise Overloaded(
+                    f"server overloaded: {self._inflight_rows} rows admitted ahead would keep these {rows} rows "
+                    f"~{total * 1e3:.1f} ms, over the latency budget of {self.latency_budget_s * 1e3:.0f} ms; retry with backoff",
+                    reason="over_latency_budget",
+                )

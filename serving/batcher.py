@@ -14,9 +14,9 @@ each request its slice.
 Deadlines: a request whose deadline passes while it waits is dropped before any model
 work (its handler gets DeadlineExceeded). Overload: more than `max_queue_rows` rows
 waiting → Overloaded (RESOURCE_EXHAUSTED) at once, rather than an unbounded queue.
-`expected_wait` turns the queue into seconds (rows waiting × the recent scoring cost per
-row, shared by the workers) so that `serving.admission` can refuse, before decoding, a
-request whose deadline the queue would outlast.
+Each model call's cost is recorded in a `ScoringCost` that admission reads to turn the
+rows in flight into seconds. With batching off, `DirectScorer` scores each request on
+its handler thread, at most one per worker at once, and records the same cost.
 A hot reload may swap predictors while requests wait: a merged batch only ever holds
 requests encoded by one predictor, so each is scored by the bundle that validated it.
 """
@@ -30,6 +30,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from serving.batch import FeatureBatch
+from serving.cost import ScoringCost
 from serving.errors import DeadlineExceeded, NotReady, Overloaded
 from serving.metrics import ServerMetrics
 from serving.predictor import Prediction, Predictor
@@ -95,20 +96,17 @@ class MicroBatcher:
     Args:
         config: batching settings (`enabled` is ignored: construct one only when on).
         metrics: where batch sizes and queue waits are recorded (optional).
+        cost: where each batch's scoring time is recorded (optional).
     """
 
-    def __init__(self, config: BatchConfig, metrics: ServerMetrics | None = None):
+    def __init__(self, config: BatchConfig, metrics: ServerMetrics | None = None, cost: ScoringCost | None = None):
         self.config = config
         self.metrics = metrics
+        self.cost = cost or ScoringCost()
         self._queue: deque[_Pending] = deque()
         self._rows = 0
         self._cond = threading.Condition()
         self._closed = False
-        # Decayed sums of scoring seconds and rows: their ratio weighs big batches by
-        # their rows, so under load (long queues, big batches) the cost per row is that
-        # of big batches, not of the fixed per-call overhead of small ones.
-        self._cost_seconds = 0.0
-        self._cost_rows = 0.0
         self._threads = [
             threading.Thread(target=self._work, name=f"embstack-batch-{i}", daemon=True) for i in range(int(config.workers or 1))
         ]
@@ -120,19 +118,6 @@ class MicroBatcher:
     @property
     def queued_rows(self) -> int:
         return self._rows
-
-    def expected_wait(self) -> float:
-        """Seconds until the rows queued now would have been scored, from the recent cost
-        per row; 0 before anything was scored. Batches already being scored are left out,
-        so this errs short: admission refuses only what surely cannot finish in time."""
-        if self._cost_rows <= 0:
-            return 0.0
-        return self._rows * (self._cost_seconds / self._cost_rows) / max(1, len(self._threads))
-
-    def _record_cost(self, rows: int, seconds: float, decay: float = 0.9) -> None:
-        with self._cond:
-            self._cost_seconds = decay * self._cost_seconds + seconds
-            self._cost_rows = decay * self._cost_rows + rows
 
     def submit(self, predictor: Predictor, batch: FeatureBatch, deadline: float | None = None) -> Prediction:
         """Queues `batch` (encoded by `predictor`) and waits for its scores.
@@ -241,7 +226,7 @@ class MicroBatcher:
             for it in live:
                 it.finish(error=e)
             return
-        self._record_cost(merged.num_rows, time.monotonic() - now)
+        self.cost.record(merged.num_rows, time.monotonic() - now)
         if self.metrics is not None:
             self.metrics.batch_rows.observe(merged.num_rows)
             self.metrics.batch_requests.observe(len(live))
@@ -254,19 +239,45 @@ class MicroBatcher:
             start = stop
 
 
-def score_directly(
-    predictor: Predictor, batch: FeatureBatch, deadline: float | None = None, metrics: ServerMetrics | None = None
-) -> Prediction:
-    """Batching off: one model call per cluster for this request, on the caller's thread.
+class DirectScorer:
+    """Batching off: each request scored alone (one model call per cluster) on its own
+    handler thread, at most `workers` at once.
 
-    Takes `MicroBatcher.submit`'s arguments, so the server calls either one. A deadline
-    already past (the request took that long to decode) raises DeadlineExceeded unscored.
+    The slots keep model calls from time-slicing each other on the cores (each would take
+    `workers`× longer, and its recorded cost with it), so the requests waiting for a slot
+    are what admission weighs. Takes `MicroBatcher.submit`'s arguments.
+
+    Args:
+        workers: model calls at once (one per core).
+        metrics: where request sizes and slot waits are recorded (optional).
+        cost: where each call's scoring time is recorded (optional).
     """
-    if deadline is not None and deadline <= time.monotonic():
-        raise DeadlineExceeded("deadline expired before scoring; the rows were not scored")
-    pred = predictor.predict(batch)
-    if metrics is not None:
-        metrics.batch_rows.observe(batch.num_rows)
-        metrics.batch_requests.observe(1)
-    return pred
 
+    def __init__(self, workers: int, metrics: ServerMetrics | None = None, cost: ScoringCost | None = None):
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        self.workers, self.metrics = workers, metrics
+        self.cost = cost or ScoringCost()
+        self._slots = threading.BoundedSemaphore(workers)
+
+    def submit(self, predictor: Predictor, batch: FeatureBatch, deadline: float | None = None) -> Prediction:
+        """Scores `batch` once a slot is free. Raises DeadlineExceeded, unscored, when the
+        deadline passes first."""
+        enqueued = time.monotonic()
+        timeout = None if deadline is None else deadline - enqueued
+        if timeout is not None and timeout <= 0:
+            raise DeadlineExceeded("deadline expired before scoring; the rows were not scored", reason="expired_in_queue")
+        if not self._slots.acquire(timeout=timeout):
+            raise DeadlineExceeded("deadline expired while waiting for a scoring slot; the rows were not scored",
+                                   reason="expired_in_queue")
+        try:
+            start = time.monotonic()
+            pred = predictor.predict(batch)
+            self.cost.record(batch.num_rows, time.monotonic() - start)
+        finally:
+            self._slots.release()
+        if self.metrics is not None:
+            self.metrics.batch_rows.observe(batch.num_rows)
+            self.metrics.batch_requests.observe(1)
+            self.metrics.queue_wait.observe(start - enqueued)
+        return pred

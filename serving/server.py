@@ -32,7 +32,6 @@ import threading
 import time
 from concurrent import futures
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 
 import grpc
@@ -45,7 +44,8 @@ from serving._proto.embstack.v1 import admin_pb2, admin_pb2_grpc
 from serving._proto.embstack.v1 import inference_pb2 as pb
 from serving._proto.embstack.v1 import inference_pb2_grpc as pb_grpc
 from serving.admission import Admission
-from serving.batcher import BatchConfig, MicroBatcher, available_cores, score_directly
+from serving.batcher import BatchConfig, DirectScorer, MicroBatcher
+from serving.cost import ScoringCost
 from serving.bundle import BundleError, load_bundle
 from serving.encode import Limits
 from serving.errors import NotReady, PermissionDenied, Unauthenticated
@@ -92,11 +92,14 @@ class ServerConfig:
     """How the server runs.
 
     Args:
-        max_workers: gRPC handler threads; None sizes them for the machine (with
-            batching, handlers mostly wait for a batch worker, so there are more of them
-            than cores; without, one per core plus one decoding).
+        max_workers: gRPC handler threads; None sizes them for admission: admitted
+            requests mostly wait (for a batch worker, or for a scoring slot with batching
+            off), each on its own thread, where admission can see them.
         max_inflight: Score requests the server's admission control lets in at once
             (see `serving.admission`); more → RESOURCE_EXHAUSTED, counted with a reason.
+        latency_budget_ms: admission refuses (RESOURCE_EXHAUSTED, over_latency_budget) a
+            request that the rows already admitted would keep in the server longer than
+            this, from the recent cost per row; None: no budget.
         max_concurrent_rpcs: gRPC's own cap on RPCs (running + waiting for a handler
             thread); beyond it gRPC answers RESOURCE_EXHAUSTED before any handler runs, so
             those refusals are not counted. None: 4 × max_inflight, a last resort well
@@ -120,6 +123,7 @@ class ServerConfig:
 
     max_workers: int | None = None
     max_inflight: int = 64
+    latency_budget_ms: float | None = 25.0
     max_concurrent_rpcs: int | None = None
     max_message_bytes: int = 16 * 1024 * 1024
     limits: Limits = field(default_factory=Limits)
@@ -135,12 +139,10 @@ class ServerConfig:
     def handler_threads(self) -> int:
         if self.max_workers is not None:
             return self.max_workers
-        if self.batching.enabled:
-            # Admitted requests mostly wait for a batch worker, each on its own thread; the
-            # spare threads answer health checks and refuse a flood at once instead of
-            # leaving it queued in front of admission.
-            return self.max_inflight + _SPARE_THREADS
-        return available_cores() + 1
+        # Admitted requests mostly wait, each on its own thread; the spare threads answer
+        # health checks and refuse a flood at once instead of leaving it queued in front
+        # of admission, where no deadline or budget is checked.
+        return self.max_inflight + _SPARE_THREADS
 
     def concurrency_cap(self) -> int:
         return self.max_concurrent_rpcs if self.max_concurrent_rpcs is not None else 4 * self.max_inflight
@@ -361,9 +363,12 @@ def start_app(bundle_dir: str | Path, address: str = "127.0.0.1:0", config: Serv
         maximum_concurrent_rpcs=config.concurrency_cap(),
     )
     host = ModelHost(config)
-    batcher = MicroBatcher(config.batching, metrics) if config.batching.enabled else None
-    score = batcher.submit if batcher is not None else partial(score_directly, metrics=metrics)
-    admission = Admission(config.max_inflight, batcher, metrics)
+    cost = ScoringCost()
+    batcher = MicroBatcher(config.batching, metrics, cost) if config.batching.enabled else None
+    score = batcher.submit if batcher is not None else DirectScorer(config.batching.workers, metrics, cost).submit
+    budget = None if config.latency_budget_ms is None else config.latency_budget_ms / 1e3
+    call_rows = config.batching.max_rows if batcher is not None else None
+    admission = Admission(config.max_inflight, cost, config.batching.workers, call_rows, budget, batcher, metrics)
     pb_grpc.add_InferenceServicer_to_server(InferenceServicer(host, score, metrics, admission), server)
     health_servicer = health.HealthServicer(
         experimental_non_blocking=True, experimental_thread_pool=futures.ThreadPoolExecutor(max_workers=1)
@@ -384,7 +389,7 @@ def start_app(bundle_dir: str | Path, address: str = "127.0.0.1:0", config: Serv
         server.start()
         log_event(
             log, "listening", address=address, port=port, metrics_port=app.metrics_port, handler_threads=threads,
-            max_inflight=config.max_inflight, max_concurrent_rpcs=config.concurrency_cap(), torch_threads=torch.get_num_threads(),
+            max_inflight=config.max_inflight, latency_budget_ms=config.latency_budget_ms, max_concurrent_rpcs=config.concurrency_cap(), torch_threads=torch.get_num_threads(),
             batching=config.batching.enabled, batch_max_rows=config.batching.max_rows, batch_max_wait_ms=config.batching.max_wait_ms,
             batch_workers=config.batching.workers if config.batching.enabled else 0, admin=bool(config.admin_token),
             tls=bool(config.tls), mutual_tls=bool(config.tls and config.tls.client_ca), auth=bool(config.auth_token),

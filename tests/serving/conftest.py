@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import grpc
 import pytest
 import torch
@@ -75,7 +77,12 @@ def start_server(bundle, monkeypatch):
     apps = []
 
     def start(bundle_dir, config: ServerConfig | None = None, address: str = "127.0.0.1:0"):
-        app = server_mod.start_app(bundle_dir, address, config or ServerConfig(**SHARED_CONFIG))
+        config = config or ServerConfig(**SHARED_CONFIG)
+        if config.latency_budget_ms == ServerConfig.latency_budget_ms:
+            # These tests check answers, not the machine's speed: on a loaded CI machine
+            # the default budget would shed their bursts. Tests of the budget set their own.
+            config = replace(config, latency_budget_ms=None)
+        app = server_mod.start_app(bundle_dir, address, config)
         apps.append(app)
         return app
 

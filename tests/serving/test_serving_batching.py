@@ -13,7 +13,6 @@ from rpc_helpers import column_request, hold_predictor, row_request
 from serving_fixtures import random_rows
 
 import serving.batcher as batcher_mod
-import serving.server as server_mod
 from serving._proto.embstack.v1 import inference_pb2_grpc as pb_grpc
 from serving.batch import FeatureBatch
 from serving.batcher import BatchConfig, MicroBatcher
@@ -126,10 +125,9 @@ def test_a_batch_holds_requests_of_one_predictor_only():
         assert old.entered.wait(5)
         submits = [(old, 1), (old, 2), (new, 3), (new, 4), (old, 5)]
         threads = [threading.Thread(target=lambda p=p, r=r: out.append(b.submit(p, rows_batch(r))), daemon=True) for p, r in submits]
-        for t in threads:
+        for k, t in enumerate(threads, start=1):
             t.start()
-            time.sleep(0.02)  # keep submission order
-        assert wait_for(lambda: b.queued_rows == 5)
+            assert wait_for(lambda k=k: b.queued_rows == k)  # one row each, queued in submission order
         old.gate.set()
         for t in threads:
             t.join(5)
@@ -142,12 +140,10 @@ def test_a_batch_holds_requests_of_one_predictor_only():
 
 def test_thread_counts_follow_the_cores(monkeypatch):
     monkeypatch.setattr(batcher_mod, "available_cores", lambda: 1)
-    monkeypatch.setattr(server_mod, "available_cores", lambda: 1)
-    assert BatchConfig().workers == 1
+    assert BatchConfig().workers == 1 and BatchConfig(enabled=False).workers == 1  # scoring slots with batching off
     assert ServerConfig().handler_threads() == 64 + 16  # max_inflight + spare
-    assert ServerConfig(batching=BatchConfig(enabled=False)).handler_threads() == 2
+    assert ServerConfig(batching=BatchConfig(enabled=False)).handler_threads() == 64 + 16  # they wait for a slot
     monkeypatch.setattr(batcher_mod, "available_cores", lambda: 8)
-    monkeypatch.setattr(server_mod, "available_cores", lambda: 8)
     assert BatchConfig().workers == 8
     assert ServerConfig(max_inflight=8).handler_threads() == 8 + 16
     assert ServerConfig(max_inflight=8).concurrency_cap() == 32 and ServerConfig(max_concurrent_rpcs=5).concurrency_cap() == 5

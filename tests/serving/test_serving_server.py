@@ -154,8 +154,8 @@ def test_overload_and_internal_errors_keep_serving(bundle_dir, monkeypatch, star
 
 @pytest.mark.parametrize("batching", [True, False], ids=["batching-on", "batching-off"])
 def test_stop_finishes_every_in_flight_request(batching, bundle_dir, bundle, spec, start_server, monkeypatch):
-    """Requests in flight when the server starts draining (mid-model-call, or queued for
-    the batch worker) all complete with the right scores; health turns NOT_SERVING at once;
+    """Requests in flight when the server starts draining (mid-model-call, or waiting for
+    the one batch worker or scoring slot) all complete with the right scores; health turns NOT_SERVING at once;
     RPCs arriving after the stop are refused; the stop finishes once they are answered."""
     gate, scoring = threading.Event(), []
     real_predict = Predictor.predict
@@ -175,10 +175,10 @@ def test_stop_finishes_every_in_flight_request(batching, bundle_dir, bundle, spe
         pending = [stub.Score.future(row_request(rows), timeout=30) for rows in requests]
         deadline = time.monotonic() + 10
 
-        def all_arrived() -> bool:  # every request is in a model call or waits for the one worker
+        def all_arrived() -> bool:  # one request is in a model call, the others wait for the one worker
             if batching:
                 return len(scoring) == 1 and app.batcher.queued_rows == sum(map(len, requests)) - scoring[0]
-            return len(scoring) == len(requests)
+            return len(scoring) == 1 and app.metrics.value("embstack_inflight_requests") == len(requests)
 
         while not all_arrived() and time.monotonic() < deadline:
             time.sleep(0.01)
