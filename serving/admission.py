@@ -19,9 +19,9 @@ Checks, cheapest first:
   too_many_requests     RESOURCE_EXHAUSTED  `max_inflight` Score requests already admitted
 The expected wait is what the requests admitted and not yet answered (decoding, queued or
 being scored) cost to score, from the recent cost of a call and of a row (`serving.cost`),
-spread over the scoring workers; with batching on, their rows merge into calls of up to
-`call_rows` rows. It errs long by
-at most the batch being scored, so under overload the server answers what it takes within
+spread over the scoring workers: the calls in progress count for what they still need,
+the rest for their rows, merged into calls of up to `call_rows` rows with batching on.
+So under overload the server answers what it takes within
 the budget and refuses the rest at once, instead of letting every answer grow late
 together. A request arriving at an idle server is always taken, however large: the
 request limits bound size, the budget bounds waiting. `queue_full` needs the
@@ -91,14 +91,16 @@ class Admission:
         return self._inflight_rows
 
     def expected_wait(self, rows: int = 0) -> float:
-        """Seconds until the requests in flight, plus one of `rows` rows, would be scored;
-        0 before anything was scored (no estimate, no refusals)."""
-        total = self._inflight_rows + rows
+        """Seconds until the requests in flight, plus one of `rows` rows, would be scored:
+        what the calls in progress still need, then the rows not yet in a call; 0 before
+        anything was scored (no estimate, no refusals)."""
+        busy_calls, busy_rows = self.cost.in_progress()
+        waiting_rows = max(0, self._inflight_rows - busy_rows) + rows
         if self.call_rows is None:
-            calls = self._inflight + (1 if rows else 0)
+            calls = max(0, self._inflight - busy_calls) + (1 if rows else 0)
         else:
-            calls = -(-total // self.call_rows)
-        return self.cost.seconds(calls, total) / self.workers
+            calls = -(-waiting_rows // self.call_rows)
+        return (self.cost.remaining() + self.cost.seconds(calls, waiting_rows)) / self.workers
 
     @contextmanager
     def admit(self, rows: int, deadline: float | None) -> Iterator[None]:

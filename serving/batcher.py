@@ -221,12 +221,12 @@ class MicroBatcher:
         predictor = live[0].predictor
         try:
             merged = FeatureBatch.concat([it.batch for it in live])
-            pred = predictor.predict(merged)
+            with self.cost.call(merged.num_rows):
+                pred = predictor.predict(merged)
         except BaseException as e:  # hand the error to every waiting handler; the worker lives on
             for it in live:
                 it.finish(error=e)
             return
-        self.cost.record(merged.num_rows, time.monotonic() - now)
         if self.metrics is not None:
             self.metrics.batch_rows.observe(merged.num_rows)
             self.metrics.batch_requests.observe(len(live))
@@ -272,8 +272,8 @@ class DirectScorer:
                                    reason="expired_in_queue")
         try:
             start = time.monotonic()
-            pred = predictor.predict(batch)
-            self.cost.record(batch.num_rows, time.monotonic() - start)
+            with self.cost.call(batch.num_rows):
+                pred = predictor.predict(batch)
         finally:
             self._slots.release()
         if self.metrics is not None:

@@ -10,13 +10,22 @@ calls all had about the same size the two parts cannot be told apart, and the ra
 used: the right answer on average for that mix.
 
     cost = ScoringCost()
-    cost.record(rows=700, seconds=0.019)
+    with cost.call(rows=700):        # recorded when the block ends without an error
+        ...score...
     cost.seconds(calls=3, rows=300)   # 0.0 before anything was scored
+    cost.remaining()                  # what the calls in progress still need, summed
+
+The calls in progress are tracked as well, so that admission charges a batch that is
+nearly done only for what it still needs, not for all of its rows again.
 """
 
 from __future__ import annotations
 
+import itertools
 import threading
+import time
+from contextlib import contextmanager
+from typing import Iterator
 
 
 class ScoringCost:
@@ -33,6 +42,35 @@ class ScoringCost:
         self._w = self._r = self._rr = self._s = self._rs = 0.0
         self._fit = (0.0, 0.0)
         self._lock = threading.Lock()
+        self._busy: dict[int, tuple[int, float]] = {}  # call id → (rows, start)
+        self._ids = itertools.count()
+
+    @contextmanager
+    def call(self, rows: int) -> Iterator[None]:
+        """Marks a model call of `rows` rows in progress; records its seconds when the
+        block ends without an error."""
+        key, start = next(self._ids), time.monotonic()
+        with self._lock:
+            self._busy[key] = (rows, start)
+        try:
+            yield
+            self.record(rows, time.monotonic() - start)
+        finally:
+            with self._lock:
+                del self._busy[key]
+
+    def in_progress(self) -> tuple[int, int]:
+        """(calls, rows) being scored now."""
+        with self._lock:
+            return len(self._busy), sum(r for r, _ in self._busy.values())
+
+    def remaining(self) -> float:
+        """Seconds the calls in progress still need by the fitted cost, summed (a call
+        past its expected time counts 0)."""
+        now = time.monotonic()
+        with self._lock:
+            busy = list(self._busy.values())
+        return sum(max(0.0, self.seconds(1, rows) - (now - start)) for rows, start in busy)
 
     def record(self, rows: int, seconds: float) -> None:
         with self._lock:

@@ -143,6 +143,35 @@ def test_batching_merges_what_admission_charges_per_call():
         assert alone.expected_wait(50) == pytest.approx(3 * 0.010 + 200 * 0.0002)
 
 
+def test_a_call_in_progress_is_charged_only_what_it_still_needs():
+    """A 100-row call at 0.1 s per row (10 s expected) in progress: the rows it holds are
+    not charged again, its charge falls as it runs, and rows admitted behind it add their
+    own cost (5 s for 50 rows)."""
+    cost = cost_of(0.1)
+    admission = Admission(max_inflight=10, cost=cost, call_rows=1000)
+    release, started = threading.Event(), threading.Event()
+
+    def score() -> None:
+        with cost.call(100):
+            started.set()
+            release.wait(30)
+
+    with admission.admit(100, None):
+        worker = threading.Thread(target=score, daemon=True)
+        worker.start()
+        assert started.wait(5)
+        assert cost.in_progress() == (1, 100)
+        first = admission.expected_wait()
+        time.sleep(0.3)
+        later = admission.expected_wait()
+        assert first <= 10.0 and first - later >= 0.3 - 1e-6  # the same clock runs in both
+        with admission.admit(50, None):
+            assert admission.expected_wait() == pytest.approx(later + 5.0, abs=0.5)  # 0.5: time between the reads
+        release.set()
+        worker.join(5)
+    assert cost.in_progress() == (0, 0)
+
+
 def test_batch_workers_record_what_scoring_costs():
     cost = ScoringCost()
     b = MicroBatcher(BatchConfig(max_rows=100, workers=1), cost=cost)
