@@ -15,6 +15,7 @@ parameters.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, replace
 
 # Version 2 added the numerical embeddings "autodis" / "scalar" and the AutoDis settings,
@@ -127,10 +128,13 @@ class ClusterDecision:
 
 @dataclass(frozen=True)
 class Interaction:
-    """A kept feature interaction and the function that scores it."""
+    """A kept feature interaction, the function that scores it, and optionally the weight
+    a retrain starts it from (learned on: AutoFIS's retrain keeps its α as attention
+    units); None = unweighted."""
 
     fields: tuple[str, ...]
     function: str = "inner"
+    weight: float | None = None
 
 
 @dataclass(frozen=True)
@@ -252,6 +256,11 @@ class Decisions:
         for i in self.interactions or ():
             if i.function not in INTERACTION_FUNCTIONS or not 2 <= len(i.fields) <= MAX_ORDER:
                 raise DecisionsError(f"interaction {i}: orders 2..{MAX_ORDER} with {INTERACTION_FUNCTIONS} are supported")
+        weighted = [i for i in self.interactions or () if i.weight is not None]
+        if weighted and (self.interaction_model != "base" or len(weighted) != len(self.interactions)
+                         or any(len(i.fields) != 2 or not math.isfinite(i.weight) for i in weighted)):
+            raise DecisionsError("interaction weights need the base interaction model, a finite weight on every kept "
+                                 "interaction, and pairs only")
 
     def model_options(self) -> dict:
         """The build_model keywords every cluster model of these decisions shares."""
@@ -297,7 +306,7 @@ class Decisions:
             return cls(
                 method=obj["method"],
                 clusters=clusters,
-                interactions=None if inter is None else tuple(Interaction(tuple(i["fields"]), i["function"]) for i in inter),
+                interactions=None if inter is None else tuple(Interaction(tuple(i["fields"]), i["function"], i.get("weight")) for i in inter),
                 interaction_model=obj.get("interaction_model", "base"),  # version 1 lacks both
                 function_wise=bool(obj.get("function_wise", False)),
                 numerical=dict(obj["numerical"]),

@@ -46,7 +46,12 @@ def test_two_processes_reach_the_decisions_of_one(config, tiny_run, search_cmd, 
     d1, d2 = (Decisions.from_json(json.loads((o / "decisions.json").read_text())) for o in (one_out, out))
     assert [(c.dims, {n: f.storage for n, f in c.fields.items()}) for c in d1.clusters] == \
            [(c.dims, {n: f.storage for n, f in c.fields.items()}) for c in d2.clusters]
-    assert d1.interactions == d2.interactions  # the kept interactions (AutoFIS, AIM) too
+    strip = lambda d: [(i.fields, i.function) for i in d.interactions or ()]  # noqa: E731
+    assert strip(d1) == strip(d2)  # the kept interactions (AutoFIS, AIM) too
+    # AutoFIS's retrain weights are its α, learned on terms batch-normalised over each
+    # rank's half batch: close, not equal (0.0069 vs 0.0066 seen on the tiny run)
+    w1, w2 = ([i.weight or 0.0 for i in d.interactions or ()] for d in (d1, d2))
+    assert w2 == pytest.approx(w1, rel=0.15, abs=0.005)
     train_rows = sum(c.train_rows for c in d1.clusters)
     assert all(abs(a.train_rows - b.train_rows) <= 0.01 * train_rows for a, b in zip(d1.clusters, d2.clusters))
     r1, r2 = _rows(one), _rows(two)

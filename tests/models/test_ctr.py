@@ -193,6 +193,35 @@ def test_kept_pairs_prune_the_pairwise_interaction(name, toy_spec, toy_batch):
     assert "pair_index" not in pruned.state_dict()  # architecture, not a weight
 
 
+@pytest.mark.parametrize("name", ["fm", "deepfm", "ipnn"])
+def test_pair_weights_scale_each_kept_interaction(name, toy_spec, toy_batch):
+    """AutoFIS's retrain: each kept pair's inner product times its learned weight (in the FM
+    sum, or as the IPNN product fed to the MLP); weights round-trip through the decisions;
+    a kept pair without a weight is refused."""
+    from trainer.decisions import Decisions, DecisionsError, Interaction, uniform
+
+    cfg = ModelConfig(name=name, embedding_dim=4, mlp=[4])
+    names = toy_spec.names
+    kept = (Interaction((names[0], names[2]), weight=0.5), Interaction((names[1], names[3]), weight=-2.0))
+    torch.manual_seed(0)
+    model = build_model(toy_spec, cfg, interactions=kept).eval()
+    assert dict(model.named_parameters())["pair_weight"].tolist() == [0.5, -2.0]  # a trained weight, served with the model
+    with torch.no_grad():
+        embs, _ = model.embeddings.lookup(toy_batch.sparse_features)
+        products = torch.stack([0.5 * (embs[0] * embs[2]).sum(1), -2.0 * (embs[1] * embs[3]).sum(1)], dim=1)
+        if name == "ipnn":
+            x = torch.cat([torch.cat(embs, 1), products], dim=1)
+            assert torch.allclose(model.head(None, embs), model.deep(x).squeeze(1), atol=1e-6)  # float32 sum order
+        elif name == "fm":
+            assert torch.allclose(model.head(None, embs), products.sum(1), atol=1e-6)
+    d = uniform("w", names, {n: 4 for n in names}, 10).replace(interactions=kept)
+    assert Decisions.from_json(d.to_json()).interactions == kept
+    with pytest.raises(DecisionsError, match="interaction weights"):
+        d.replace(interactions=(kept[0], Interaction((names[1], names[3]))))
+    with pytest.raises(ValueError, match="no weight for kept pairs"):
+        build_model(toy_spec, cfg, interactions=(Interaction((names[0], names[2])),)).weight_pairs({})
+
+
 @pytest.mark.parametrize("name", ["fm", "ipnn"])
 def test_higher_order_interactions_are_products_summed_over_dims(name, toy_spec, toy_batch):
     from trainer.decisions import Interaction

@@ -66,8 +66,10 @@ def test_a_zero_gate_closes_its_interaction_and_derive_drops_it(toy_spec, toy_ba
     d = m.derive(ctx)
     assert [tuple(i.fields) for i in d.interactions] == [m.pair_names()[1]]
     assert d.details["kept"] == 1 and d.details["searched"] == 6
+    assert [i.weight for i in d.interactions] == [pytest.approx(0.7)]  # the paper's retrain starts from α
     retrained = build_model(toy_spec, m.model_cfg, interactions=d.interactions)
     assert retrained.pair_index.shape == (2, 1)
+    assert retrained.pair_weight.tolist() == [pytest.approx(0.7)] and retrained.pair_weight.requires_grad
 
 
 def test_planted_scores():

@@ -29,11 +29,13 @@ def stack_zero_padded(embs: list[torch.Tensor], width: int) -> torch.Tensor:
     return torch.stack([e if e.shape[1] == width else nn.functional.pad(e, (0, width - e.shape[1])) for e in embs], dim=1)
 
 
-def fm_interaction(stacked: torch.Tensor, pairs: torch.Tensor | None = None) -> torch.Tensor:
+def fm_interaction(stacked: torch.Tensor, pairs: torch.Tensor | None = None,
+                   weights: torch.Tensor | None = None) -> torch.Tensor:
     """Σ_{i<j} <e_i, e_j> per row: over every pair in O(N·d) as ½((Σe)² − Σe²), or over the
-    kept `pairs` ([2, P] field indices) only."""
+    kept `pairs` ([2, P] field indices) only, each times its entry of `weights` ([P]) if given."""
     if pairs is not None:
-        return pairwise_inner(stacked, pairs).sum(dim=1)
+        inner = pairwise_inner(stacked, pairs)
+        return (inner if weights is None else inner * weights).sum(dim=1)
     s = stacked.sum(dim=1)
     return 0.5 * (s.pow(2) - stacked.pow(2).sum(dim=1)).sum(dim=1)
 

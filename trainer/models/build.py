@@ -68,7 +68,11 @@ def build_model(spec: FeatureSpec, cfg: ModelConfig, dims: dict[str, int] | None
             layout = layout_for(spec, dims if dims is not None else cfg.field_dims(spec))
         embeddings = embeddings_for(spec, cfg, layout, device, tau_kd)
     kept = None if interactions is None else [tuple(i.fields) for i in interactions]
-    return MODELS[cfg.name](spec, cfg, embeddings, device, kept, module)
+    model = MODELS[cfg.name](spec, cfg, embeddings, device, kept, module)
+    weights = {frozenset(i.fields): i.weight for i in interactions or () if i.weight is not None}
+    if weights:
+        model.weight_pairs(weights)
+    return model
 
 
 def served_form(model: CTRModel) -> CTRModel:

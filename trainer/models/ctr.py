@@ -140,7 +140,21 @@ class CTRModel(nn.Module):
                 self.register_buffer(f"order{p}_index", torch.tensor(sorted(by_order[p])).T.contiguous(), persistent=False)
         # not persistent: the kept interactions are architecture (from the decisions), not trained weights
         self.register_buffer("pair_index", index, persistent=False)
+        self.field_names = fields
+        self.pair_weight: nn.Parameter | None = None
         self.n_higher = sum(getattr(self, f"order{p}_index").shape[1] for p in self.high_orders)
+
+    def weight_pairs(self, weights: dict[frozenset, float]) -> None:
+        """A learned weight on each kept pair, started from `weights` (keyed by the pair's
+        two field names): AutoFIS's retrain keeps the search's α as attention units."""
+        if self.pair_index is None:
+            raise ValueError("pair weights need the kept interactions")
+        names = [frozenset((self.field_names[i], self.field_names[j])) for i, j in self.pair_index.T.tolist()]
+        missing = [sorted(n) for n in names if n not in weights]
+        if missing:
+            raise ValueError(f"no weight for kept pairs {missing}")
+        device = self.bias.device
+        self.pair_weight = nn.Parameter(torch.tensor([weights[n] for n in names], dtype=torch.float32, device=device))
 
     @property
     def value_embedding_params(self) -> int:
@@ -181,7 +195,7 @@ class CTRModel(nn.Module):
     def interaction_sum(self, embs: list[torch.Tensor]) -> torch.Tensor:
         """The FM term: every kept interaction's value, summed, [B]."""
         stacked = stack_zero_padded(embs, self.max_dim)
-        total = fm_interaction(stacked, self.pair_index)
+        total = fm_interaction(stacked, self.pair_index, self.pair_weight)
         return total + self.higher_order(stacked).sum(dim=1) if self.high_orders else total
 
     def deep_input(self, dense: torch.Tensor, embs: list[torch.Tensor]) -> torch.Tensor:
@@ -235,7 +249,9 @@ class IPNN(CTRModel):
 
     def head(self, dense, embs):
         stacked = stack_zero_padded(embs, self.max_dim)
-        products = [pairwise_inner(stacked, self.pair_index)] + ([self.higher_order(stacked)] if self.high_orders else [])
+        inner = pairwise_inner(stacked, self.pair_index)
+        products = [inner if self.pair_weight is None else inner * self.pair_weight]
+        products += [self.higher_order(stacked)] if self.high_orders else []
         return self.deep(torch.cat([self.deep_input(dense, embs), *products], dim=1)).squeeze(1)
 
 

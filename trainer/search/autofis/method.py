@@ -3,10 +3,13 @@
 Search: the base model (FM, DeepFM or IPNN) with every second-order interaction gated by
 α and normalised by an affine-free batch norm (supernet.py); α and the weights learn
 together on training batches (one level), α by GRDA so unimportant interactions reach
-exactly zero, the weights by Adam. Decisions = the pairs with α ≠ 0. Retrain: the base
-model restricted to the kept pairs, from scratch, no gates or batch norm (the bundle's
-model computes only those pairs). Report rows: Base (every pair), the search-stage
-network, a random set of as many pairs (a baseline), and AutoFIS.
+exactly zero, the weights by Adam. Decisions = the pairs with α ≠ 0, each with its α.
+Retrain (the AutoFIS paper's): the base model restricted to the kept pairs, from scratch,
+with each pair's α kept as a learned weight on its interaction (an attention unit,
+trained by Adam with the rest), no batch norm; the bundle's model computes only those
+pairs. Report rows: Base (every pair), the search-stage network, a random set of as many
+pairs (a baseline), AutoFIS, and AutoFIS retrained without α (the plain pruned base
+model, a labelled variant: whether keeping α is what pays).
 Choices where the papers are vague: α starts at `alpha_init` for every pair; the search
 keeps the state of its best validation epoch, and a gate closed at that point stays closed.
 """
@@ -62,10 +65,13 @@ class AutoFISVariants:
             baseline that says whether the search picked better pairs than chance.
         gate_split: AutoFIS with α learning on a split carved from train instead of the
             training batches the weights fit (a labelled variant, not the paper's).
+        plain_retrain: AutoFIS's pairs retrained without their α (the pruned base model
+            alone; a labelled variant, not the paper's).
     """
 
     random: bool = True
     gate_split: bool = False
+    plain_retrain: bool = True
 
     def validate(self) -> list[str]:
         return []
@@ -123,10 +129,13 @@ class AutoFIS:
         i, j = self.supernet.pairs
         return [(self.fields[a], self.fields[b]) for a, b in zip(i.tolist(), j.tolist())]
 
-    def with_pairs(self, name: str, ctx: SearchContext, pairs: list[tuple[str, str]], details: dict | None = None) -> Decisions:
+    def with_pairs(self, name: str, ctx: SearchContext, pairs: list[tuple[str, str]], details: dict | None = None,
+                   weights: list[float] | None = None) -> Decisions:
+        """Decisions keeping `pairs` (each with its retrain weight if `weights` is given)."""
         dims = self.model_cfg.field_dims(ctx.spec)
         d = uniform(name, ctx.spec.names, dims, ctx.train_rows)
-        return d.replace(interactions=tuple(Interaction(p) for p in pairs), details=details or {})
+        kept = tuple(Interaction(p, weight=None if weights is None else w) for p, w in zip(pairs, weights or [None] * len(pairs)))
+        return d.replace(interactions=kept, details=details or {})
 
     def next_stage(self, loop: SearchLoopConfig) -> None:
         return None  # one search stage
@@ -134,12 +143,12 @@ class AutoFIS:
     def derive(self, ctx: SearchContext) -> Decisions:
         alpha = self.supernet.alpha.detach()
         names = self.pair_names()
-        kept = [p for p, a in zip(names, alpha.tolist()) if a != 0.0]
+        kept = [(p, a) for p, a in zip(names, alpha.tolist()) if a != 0.0]
         details = {"searched": len(names), "kept": len(kept), "share_kept": len(kept) / max(len(names), 1),
                    "alpha": {f"{a}*{b}": round(float(x), 6) for (a, b), x in zip(names, alpha.tolist())}}
         if self.planted:
-            details["planted"] = planted_scores(kept, self.planted.get("interactions", []))
-        return self.with_pairs("autofis", ctx, kept, details)
+            details["planted"] = planted_scores([p for p, _ in kept], self.planted.get("interactions", []))
+        return self.with_pairs("autofis", ctx, [p for p, _ in kept], details, weights=[a for _, a in kept])
 
     def router(self, decisions: Decisions) -> None:
         return None
@@ -154,6 +163,9 @@ class AutoFIS:
         if wanted.gate_split:
             rows.append(Variant("autofis_gate_split", "AutoFIS, α on a gate split (not the paper's)", "variant",
                                 search={"arch_split": "gate"}))
+        if wanted.plain_retrain:
+            plain = decisions.replace(method="autofis_plain", interactions=tuple(Interaction(i.fields) for i in decisions.interactions))
+            rows.append(Variant("autofis_plain", "AutoFIS pairs retrained without α (not the paper's)", "variant", (plain,)))
         rows.append(Variant("autofis", "AutoFIS", "method", (decisions,)))
         return rows
 
