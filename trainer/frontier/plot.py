@@ -5,15 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from trainer.figures import pyplot, save
+
 
 def plot_frontier(rows: list[dict], front: list[int], path: Path, title: str) -> None:
     """Write the figure for the grouped rows of trainer.frontier.table (front: their frontier indices by bytes)."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only; never a display
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 5.5))
+    fig, ax = pyplot().subplots(figsize=(8, 5.5))
     markers = "osD^v<>pXh*"
     schemes = list(dict.fromkeys(r["scheme"] for r in rows))
     for k, scheme in enumerate(schemes):
@@ -31,6 +28,4 @@ def plot_frontier(rows: list[dict], front: list[int], path: Path, title: str) ->
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save(fig, path)
