@@ -11,7 +11,7 @@ scoring time is measured as `trainer.bench_served` measures it (see `time_bundle
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -56,7 +56,6 @@ class Exported:
     seed: int
     bundle: Path
     train_seconds: float
-    extra: dict = field(default_factory=dict)
 
 
 class Bench:
