@@ -6,11 +6,15 @@ first-order weights, codes, centroids, projections, padding columns, dense layer
 test AUC and logloss come from scoring the whole test split through serving's
 `Predictor` over the loaded bundle (so quantized tables are scored as served); the
 scoring time is measured as `trainer.bench_served` measures it (see `time_bundles`).
+`stored_bytes` adds what the program files hold beyond that state: the constants the
+export lifts out of modules, which for quantized tables are FBGEMM's packed copy of the
+rows (the program reads that copy; the state's per-table views stay for the state dict).
 """
 
 from __future__ import annotations
 
 import json
+import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
@@ -131,7 +135,22 @@ def score_bundle(path: Path, ds, batch_size: int = 4096) -> dict:
     m = summary(np.concatenate(probs), labels)
     size = served_bytes(path)
     return {"test_auc": m["auc"], "test_logloss": m["logloss"], "served_bytes": size["total"],
-            "served_table_bytes": size["embedding"]}
+            "served_table_bytes": size["embedding"], "stored_bytes": archived_tensor_bytes(path)}
+
+
+def archived_tensor_bytes(path: Path) -> int:
+    """Bytes of every tensor file inside the bundle's program archives: the state that
+    `served_bytes` counts plus the constants torch.export lifts out of modules (for
+    quantized tables, FBGEMM's packed copy of the rows, which the program reads)."""
+    manifest = json.loads((Path(path) / "manifest.json").read_text())
+    programs = {c["model"] for c in manifest["clusters"]} | {manifest[k] for k in ("router", "routed") if manifest.get(k)}
+    total = 0
+    for name in programs:
+        with zipfile.ZipFile(Path(path) / name) as z:
+            total += sum(i.file_size for i in z.infolist()
+                         if ("/data/weights/" in i.filename or "/data/constants/" in i.filename)
+                         and not i.filename.endswith(".json"))
+    return total
 
 
 def time_bundles(paths: dict[str, Path], ds, batch_size: int, repeats: int) -> dict[str, float]:
