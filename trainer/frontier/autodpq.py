@@ -87,6 +87,6 @@ class AutoDPQ:
                 rows[name]["seconds"]["search"] if name == "autodpq" else 0.0)
             settings = {"threshold": bench.threshold, "chosen": chosen} | ({"picked": rows[name]["picked"]} if "picked" in rows[name] else {})
             scheme = "autodpq" if name == "autodpq" else f"autodpq_{name}"
-            label = {"autodpq": "AutoDPQ", "grid": f"Grid {rows[name].get('picked', '')}", "random": "Random"}[name]
+            label = {"autodpq": "AutoDPQ", "grid": "Grid", "random": "Random"}[name]
             out.append(Exported(scheme, settings, label, bench.seed, path, seconds))
         return out
