@@ -230,9 +230,11 @@ def _compact_buffers(model: nn.Module) -> None:
     """Give every buffer that is a view into a larger storage a storage of its own.
 
     A quantized EBC exposes each table as a buffer viewing FBGEMM's one packed buffer of
-    all its tables, and torch.export writes a tensor's whole storage: the .pt2 held the
-    packed buffer once per table (6 tables: 6 copies, besides the packed copy the program
-    reads as a constant). The values, and so the scores, do not change."""
+    all its tables, and torch.export stores a view as its whole storage: every table's
+    entry in the .pt2 pointed at that one packed file, so no stored tensor was a table by
+    itself. With a compact buffer per table the program's stored state is exactly the
+    tensors `served_bytes` counts. The program still reads its rows from FBGEMM's packed
+    copy, which the export lifts out as a constant; values and scores do not change."""
     for module in model.modules():
         for name, t in list(module._buffers.items()):
             if t is not None and type(t) is torch.Tensor and t.untyped_storage().nbytes() > t.numel() * t.element_size():

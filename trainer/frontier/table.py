@@ -22,7 +22,7 @@ def group_points(points: list[dict]) -> list[dict]:
     rows = []
     for (scheme, label), ps in groups.items():
         row = {"scheme": scheme, "label": label, "seeds": [p["seed"] for p in ps]}
-        for k in ("test_auc", "test_logloss", "served_bytes", "served_table_bytes", "infer_s_per_10k"):
+        for k in ("test_auc", "test_logloss", "served_bytes", "served_table_bytes", "stored_bytes", "infer_s_per_10k"):
             values = [p[k] for p in ps]
             row[k], row[f"{k}_std"] = float(np.mean(values)), _std(values)
         rows.append(row)
@@ -49,14 +49,14 @@ def best_shrunk(rows: list[dict]) -> dict | None:
 def markdown(rows: list[dict]) -> str:
     """The rows as a markdown table, ordered by bytes; frontier rows marked."""
     ref = next((r for r in rows if r["scheme"] == REFERENCE), None)
-    lines = ["| scheme | setting | served bytes | × fewer than FE fp32 | test AUC | logloss | s / 10k rows | frontier |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| scheme | setting | served bytes | × fewer than FE fp32 | stored bytes | test AUC | logloss | s / 10k rows | frontier |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: r["served_bytes"]):
         ratio = f"{ref['served_bytes'] / r['served_bytes']:.1f}" if ref else ""
         pm = len(r["seeds"]) > 1
         auc = f"{r['test_auc']:.4f}" + (f" ± {r['test_auc_std']:.4f}" if pm else "")
         ll = f"{r['test_logloss']:.4f}" + (f" ± {r['test_logloss_std']:.4f}" if pm else "")
-        lines.append(f"| {r['scheme']} | {r['label']} | {r['served_bytes']:,.0f} | {ratio} | {auc} | {ll} | "
+        lines.append(f"| {r['scheme']} | {r['label']} | {r['served_bytes']:,.0f} | {ratio} | {r['stored_bytes']:,.0f} | {auc} | {ll} | "
                      f"{r['infer_s_per_10k']:.4f} | {'yes' if r['on_frontier'] else ''} |")
     best = best_shrunk(rows)
     if ref is not None:
