@@ -132,3 +132,19 @@ def test_bad_config_is_one_error_and_exit_2(tmp_path):
     assert res.returncode == 2
     assert res.stderr.startswith("error: ") and "frontier.schemes.hash.buckets" in res.stderr
     assert "Traceback" not in res.stderr and not (tmp_path / "bad").exists()
+
+
+def test_autodpq_settings_are_checked_by_autodpq_itself():
+    """The AutoDPQ scheme's [search] keys are typed and cross-checked by the method's own rules, at load."""
+    from trainer.config import ConfigError
+    from trainer.frontier.job import load_experiment
+
+    config = str(ROOT / "configs" / "frontier_ml100k.toml")
+    exp = load_experiment(config, [])
+    assert exp.frontier.scheme_configs["autodpq"].baselines == ["grid", "random"]
+    with pytest.raises(ConfigError) as e:
+        load_experiment(config, ["frontier.schemes.autodpq.search.threshold=5", "frontier.schemes.autodpq.baselines=[\"others\"]"])
+    assert "search.threshold: set by the frontier" in str(e.value) and "['others']" in str(e.value)
+    with pytest.raises(ConfigError) as e:  # AutoDPQ's own cross-section rule: every D divides the dim
+        load_experiment(config, ["frontier.schemes.autodpq.search.ds=[3]"])
+    assert "D=3 vs dim 16" in str(e.value)
