@@ -3,6 +3,7 @@
     python -m trainer train --config configs/deepfm_ml100k.toml --out runs/x [section.key=value ...]
     python -m trainer train --config configs/deepfm_ml100k.toml --out runs/x --resume   # continue the run in OUT
     python -m trainer search --config configs/ihas_ml100k.toml --out runs/ihas_ml100k [--resume]
+    python -m trainer frontier --config configs/frontier_ml100k.toml --out runs/frontier_ml100k [--resume]
     torchrun --nproc_per_node 2 -m trainer train --config ... --out ...
 """
 
@@ -30,6 +31,9 @@ EXAMPLES = {
     "search": """examples:
   python -m trainer search --config configs/ihas_ml100k.toml --out runs/ihas_ml100k
   python -m trainer search --config configs/autodpq_ml100k.toml --out runs/autodpq variants.baselines='["others"]'""",
+    "frontier": """examples:
+  python -m trainer frontier --config configs/frontier_ml100k.toml --out runs/frontier_ml100k
+  python -m trainer frontier --config configs/tiny/frontier_synthetic.toml --out /tmp/frontier 'frontier.seeds=[0,1]'""",
 }
 # errors a user can fix from their side: one line (or one list for a config), exit code 2
 DISK_ERRORS = (errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT, errno.EPERM)
@@ -38,7 +42,8 @@ DISK_ERRORS = (errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT, errno.EPER
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m trainer", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    helps = {"train": "train one CTR model", "search": "run an architecture search end to end (method from [search] method)"}
+    helps = {"train": "train one CTR model", "search": "run an architecture search end to end (method from [search] method)",
+             "frontier": "test AUC vs served bytes of every embedding compression scheme, Pareto frontier drawn"}
     for name, text in helps.items():
         p = sub.add_parser(name, help=text, description=text, epilog=EXAMPLES[name],
                            formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -59,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "train":
             from trainer.jobs import train as job
+        elif args.command == "frontier":
+            from trainer.frontier import job
         else:
             from trainer.jobs import search as job
         exp = job.load_experiment(args.config, args.overrides)

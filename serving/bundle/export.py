@@ -217,12 +217,28 @@ def _quantized(models: list[nn.Module], kind: str, inputs: tuple[torch.Tensor, K
         for model in models:
             model.eval()
             q = quantize_embeddings(copy.deepcopy(model), dtype=QUANTIZATIONS[kind], inplace=True).eval()
+            _compact_buffers(q)
             diffs.append((torch.sigmoid(q(*inputs)) - torch.sigmoid(model(*inputs))).abs().double())
             out.append(q)
     every = torch.cat(diffs)
     report = {"dtype": kind, "rows": int(inputs[0].shape[0]), "max_abs_prob_change": float(every.max()),
               "mean_abs_prob_change": float(every.mean())}
     return out, report
+
+
+def _compact_buffers(model: nn.Module) -> None:
+    """Give every buffer that is a view into a larger storage a storage of its own.
+
+    A quantized EBC exposes each table as a buffer viewing FBGEMM's one packed buffer of
+    all its tables, and torch.export stores a view as its whole storage: every table's
+    entry in the .pt2 pointed at that one packed file, so no stored tensor was a table by
+    itself. With a compact buffer per table the program's stored state is exactly the
+    tensors `served_bytes` counts. The program still reads its rows from FBGEMM's packed
+    copy, which the export lifts out as a constant; values and scores do not change."""
+    for module in model.modules():
+        for name, t in list(module._buffers.items()):
+            if t is not None and type(t) is torch.Tensor and t.untyped_storage().nbytes() > t.numel() * t.element_size():
+                module._buffers[name] = t.clone()
 
 
 def _tables(model: nn.Module, spec: FeatureSpec, what: str) -> list[dict[str, Any]]:

@@ -1,0 +1,150 @@
+"""`python -m trainer frontier` end to end on configs/tiny/frontier_synthetic.toml.
+
+Every figure must come from the written bundles: the bytes are cross-checked here against
+the tensor files inside each bundle's .pt2 archives, independently of serving.bundle.
+"""
+
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from serving.features import FeatureSpec
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG = ROOT / "configs" / "tiny" / "frontier_synthetic.toml"
+KEYS = {"scheme", "settings", "seed", "test_auc", "test_logloss", "served_bytes", "infer_s_per_10k"}
+
+
+def frontier(out: Path, cache: Path, *overrides: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "trainer", "frontier", "--config", str(CONFIG), "--out", str(out),
+           f"data.cache_dir={cache}", *overrides]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("frontier")
+    res = frontier(tmp / "run", tmp / "cache")
+    assert res.returncode == 0, res.stderr[-4000:]
+    return tmp / "run", json.loads((tmp / "run" / "frontier.json").read_text())
+
+
+def archive_bytes(bundle: Path) -> tuple[int, int]:
+    """(every stored weight, the per-id tables' weights): sizes of the tensor files in the
+    bundle's program archives, found through each archive's own weights index."""
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    files = {c["model"] for c in manifest["clusters"]} | ({manifest["router"]} if manifest.get("router") else set())
+    total = tables = 0
+    for name in files:
+        with zipfile.ZipFile(bundle / name) as z:
+            index = next(n for n in z.namelist() if n.endswith("data/weights/model_weights_config.json"))
+            folder = index.rsplit("/", 1)[0]
+            for tensor, entry in json.loads(z.read(index))["config"].items():
+                size = z.getinfo(f"{folder}/{entry['path_name']}").file_size
+                total += size
+                tables += size if ".embedding_bags." in f".{tensor}" else 0
+    return total, tables
+
+
+def by(points, scheme, **settings):
+    return next(p for p in points if p["scheme"] == scheme and all(p["settings"][k] == v for k, v in settings.items()))
+
+
+def test_every_point_has_the_keys_and_its_bundle_bytes(run):
+    out, points = run
+    schemes = {p["scheme"] for p in points}
+    assert schemes == {"fe_fp32", "fe_fp16", "fe_int8", "dim", "others", "hash", "lowdim"}
+    for p in points:
+        assert KEYS <= set(p), p
+        assert p["seed"] == 0 and 0.0 <= p["test_auc"] <= 1.0 and p["test_logloss"] > 0 and p["infer_s_per_10k"] > 0
+        total, tables = archive_bytes(out / p["bundle"])
+        assert p["served_bytes"] == total, p["scheme"]
+        assert p["served_table_bytes"] == tables > 0, p["scheme"]
+        # what the archives hold beyond the state: nothing for float tables; for quantized
+        # ones FBGEMM's packed copy of the rows, which is what the program reads
+        if p["scheme"] in ("fe_fp16", "fe_int8"):
+            constants = p["stored_bytes"] - p["served_bytes"]
+            # the packed copy: every row again, each table's start aligned, plus small offset arrays
+            assert tables <= constants <= 1.2 * tables + 1024, p["scheme"]
+        else:
+            assert p["stored_bytes"] == p["served_bytes"], p["scheme"]
+
+
+def test_bytes_order_by_storage(run):
+    _, points = run
+    fp32, fp16, int8 = (by(points, f"fe_{q}") for q in ("fp32", "fp16", "int8"))
+    for key in ("served_bytes", "served_table_bytes"):
+        assert int8[key] < fp16[key] < fp32[key]
+    # FBGEMM's quantized rows: 2 bytes a value (fp16) or 1 byte a value + a 4-byte scale and
+    # bias (int8), each row padded to a multiple of 16 bytes; fp32 rows are 4 bytes a value
+    tables = json.loads((run[0] / fp32["bundle"] / "manifest.json").read_text())["clusters"][0]["tables"]
+    pad = lambda n: -(-n // 16) * 16  # noqa: E731
+    assert fp32["served_table_bytes"] == sum(t["num_embeddings"] * 4 * t["dim"] for t in tables)
+    assert fp16["served_table_bytes"] == sum(t["num_embeddings"] * pad(2 * t["dim"]) for t in tables)
+    assert int8["served_table_bytes"] == sum(t["num_embeddings"] * pad(t["dim"] + 4) for t in tables)
+    assert by(points, "hash", buckets=16)["served_bytes"] < by(points, "hash", buckets=64)["served_bytes"] < fp32["served_bytes"]
+    for scheme in ("others", "lowdim", "dim"):
+        assert by(points, scheme)["served_bytes"] < fp32["served_bytes"], scheme
+
+
+def test_tables_have_the_rows_the_scheme_promises(run):
+    out, points = run
+    spec = FeatureSpec.load(str(out / by(points, "fe_fp32")["bundle"] / "feature_spec.json"))
+    for b in (16, 64):
+        tables = json.loads((out / by(points, "hash", buckets=b)["bundle"] / "manifest.json").read_text())["clusters"][0]["tables"]
+        # one table per field: B rows, or the field's own ids where it has no more than B
+        assert sorted(t["feature"] for t in tables) == sorted(spec.names)
+        assert all(t["num_embeddings"] == min(b, spec.field(t["feature"]).num_embeddings) for t in tables)
+        assert any(t.get("derived", "").endswith(":hash") for t in tables)
+    # Others: a field with low-frequency ids keeps its frequent rows + one shared row
+    others = by(points, "others")
+    tables = json.loads((out / others["bundle"] / "manifest.json").read_text())["clusters"][0]["tables"]
+    shared = [t for t in tables if t.get("derived", "").endswith(":others")]
+    assert shared and all(t["num_embeddings"] < spec.field(t["feature"]).num_embeddings for t in shared)
+
+
+def test_quantized_tables_keep_the_scores(run):
+    _, points = run
+    fp32 = by(points, "fe_fp32")["test_auc"]
+    # the same trained model: fp16 rounds each table value by <= 2^-11 relative, int8 by <= 1/255
+    # of a row's range; either moves a probability by ~1e-3 at most on these tiny tables, which
+    # can swap only near-tied pairs (on ML-100K the shift measured 3e-6 AUC)
+    assert abs(by(points, "fe_fp16")["test_auc"] - fp32) < 2e-3
+    assert abs(by(points, "fe_int8")["test_auc"] - fp32) < 5e-3
+
+
+def test_frontier_files(run):
+    out, points = run
+    assert (out / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    on = [p for p in points if p["on_frontier"]]
+    assert on
+    for p in on:  # no point beats a frontier point on both axes
+        assert not any(q["served_bytes"] <= p["served_bytes"] and q["test_auc"] > p["test_auc"] for q in points)
+    assert "| scheme |" in (out / "frontier.md").read_text()
+
+
+def test_bad_config_is_one_error_and_exit_2(tmp_path):
+    res = frontier(tmp_path / "bad", tmp_path / "cache", "frontier.schemes.hash.buckets=[0]")
+    assert res.returncode == 2
+    assert res.stderr.startswith("error: ") and "frontier.schemes.hash.buckets" in res.stderr
+    assert "Traceback" not in res.stderr and not (tmp_path / "bad").exists()
+
+
+def test_autodpq_settings_are_checked_by_autodpq_itself():
+    """The AutoDPQ scheme's [search] keys are typed and cross-checked by the method's own rules, at load."""
+    from trainer.config import ConfigError
+    from trainer.frontier.job import load_experiment
+
+    config = str(ROOT / "configs" / "frontier_ml100k.toml")
+    exp = load_experiment(config, [])
+    assert exp.frontier.scheme_configs["autodpq"].baselines == ["grid", "random"]
+    with pytest.raises(ConfigError) as e:
+        load_experiment(config, ["frontier.schemes.autodpq.search.threshold=5", "frontier.schemes.autodpq.baselines=[\"others\"]"])
+    assert "search.threshold: set by the frontier" in str(e.value) and "['others']" in str(e.value)
+    with pytest.raises(ConfigError) as e:  # AutoDPQ's own cross-section rule: every D divides the dim
+        load_experiment(config, ["frontier.schemes.autodpq.search.ds=[3]"])
+    assert "D=3 vs dim 16" in str(e.value)

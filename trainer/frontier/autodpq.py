@@ -1,0 +1,92 @@
+"""AutoDPQ and its Grid / Random baselines as frontier points, produced by the search recipe itself.
+
+The scheme runs `trainer.jobs.search.run` with the AutoDPQ method on the frontier's data,
+model and training settings (the frontier's low-frequency threshold; first-order weights
+in their own tables, as AutoDPQ requires) under OUT/seed_<s>/autodpq/run/, and takes the
+bundles that run exports: OUT/…/run/bundle (AutoDPQ) and OUT/…/run/bundles/<baseline>.
+The recipe's own FE model is what every one of them starts from (its `Base` row); it is not
+a frontier point, the frontier's FE scheme trains its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from trainer.config import build_section
+from trainer.frontier.bundles import Bench, Exported, bundle_decisions
+from trainer.search.autodpq.method import AutoDPQ as Method
+from trainer.search.autodpq.method import AutoDPQConfig, AutoDPQVariants
+
+BASELINES = ("grid", "random")
+
+
+@dataclass
+class AutoDPQSchemeConfig:
+    """Args:
+        search: the AutoDPQ `[search]` keys (trainer.search.autodpq.method.AutoDPQConfig;
+            `method` and `threshold` are the frontier's).
+        baselines: AutoDPQ's baselines to take as points besides AutoDPQ: "grid", "random".
+        random_trials: draws of the Random baseline (the best on validation is kept).
+    """
+
+    search: dict = field(default_factory=dict)
+    baselines: list[str] = field(default_factory=lambda: list(BASELINES))
+    random_trials: int = 1
+
+    def validate(self) -> list[str]:
+        bad = sorted(set(self.baselines) - set(BASELINES))
+        p = [f"frontier.schemes.autodpq.baselines: {bad} not in {list(BASELINES)}"] if bad else []
+        p += [f"frontier.schemes.autodpq.search.{k}: set by the frontier, not here" for k in ("method", "threshold") if k in self.search]
+        return p + ([f"frontier.schemes.autodpq.random_trials: must be >= 1, got {self.random_trials}"] if self.random_trials < 1 else [])
+
+
+def search_config(cfg: AutoDPQSchemeConfig, threshold: int, problems: list[str]) -> AutoDPQConfig | None:
+    return build_section(AutoDPQConfig, {**cfg.search, "threshold": threshold}, "frontier.schemes.autodpq.search", problems)
+
+
+def experiment(frontier_exp, cfg: AutoDPQSchemeConfig, seed: int, problems: list[str]):
+    """The search recipe's experiment for one seed (None, with problems, if it does not load)."""
+    from trainer.jobs.search import ReportConfig, SearchExperiment
+
+    search = search_config(cfg, frontier_exp.frontier.threshold, problems)
+    if search is None:
+        return None
+    return SearchExperiment(
+        data=frontier_exp.data, model=replace(frontier_exp.model, first_order_column=False),
+        train=replace(frontier_exp.train, seed=seed), search=search,
+        variants=AutoDPQVariants(baselines=list(cfg.baselines), random_trials=cfg.random_trials),
+        report=ReportConfig(export=True, plots=False, export_rows=list(cfg.baselines)),
+    )
+
+
+class AutoDPQ:
+    Config = AutoDPQSchemeConfig
+
+    @staticmethod
+    def check(exp) -> list[str]:
+        problems: list[str] = []
+        sexp = experiment(exp, exp.frontier.scheme_configs["autodpq"], exp.train.seed, problems)
+        return problems + (Method.check_config(sexp) if sexp is not None else [])
+
+    @staticmethod
+    def points(cfg: AutoDPQSchemeConfig, bench: Bench) -> list[Exported]:
+        from trainer.jobs.search import run
+
+        sexp = experiment(bench.exp, cfg, bench.seed, [])
+        where = bench.out / "autodpq" / "run"
+        bench.log(f"== AutoDPQ search recipe (seed {bench.seed}) → {where}")
+        report = run(sexp, where, resume=bench.resume, log=bench.log)
+        rows = {r["method"]: r for r in report["rows"]}
+        out = []
+        for name, path in [("autodpq", where / "bundle")] + [(b, where / "bundles" / b) for b in cfg.baselines]:
+            fields = bundle_decisions(path)["clusters"][0]["fields"]
+            chosen = {n: f"K{f['storage']['k']}xD{f['storage']['d']}" for n, f in fields.items() if f["storage"]["kind"] == "dpq"}
+            # FE (every one of them starts from it) + its retraining; the search counts for AutoDPQ only
+            # (the recipe also books it on a baseline row trained from one candidate)
+            seconds = rows["base"]["seconds"]["retrain"] + rows[name]["seconds"]["retrain"] + (
+                rows[name]["seconds"]["search"] if name == "autodpq" else 0.0)
+            settings = {"threshold": bench.threshold, "chosen": chosen} | ({"picked": rows[name]["picked"]} if "picked" in rows[name] else {})
+            scheme = "autodpq" if name == "autodpq" else f"autodpq_{name}"
+            label = {"autodpq": "AutoDPQ", "grid": "Grid", "random": "Random"}[name]
+            out.append(Exported(scheme, settings, label, bench.seed, path, seconds))
+        return out

@@ -1,0 +1,205 @@
+"""The compression schemes of the frontier, one small plug-in each.
+
+A scheme has a `Config` dataclass (its `[frontier.schemes.<name>]` table, with
+`validate() -> list[str]`), `check(exp) -> list[str]` for rules that span sections, and
+`points(cfg, bench) -> [Exported]`: for one seed, train what it needs through `bench`
+and export every point as a bundle. Measuring the bundles is the harness's job
+(trainer.frontier.bundles), the same for every scheme.
+
+Every scheme trains from scratch with the frontier's model and training settings, every
+field at the model's dim unless the scheme is about the dim; only AutoDPQ and its
+baselines start from a trained FE model, as that method prescribes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from trainer.frontier.bundles import Bench, Exported
+from trainer.frontier.embeddings import MappedEmbeddings, TwoTierEmbeddings
+from trainer.models.build import build_model
+from trainer.models.ctr import MODELS
+
+QUANTIZE_LABELS = {"none": "fp32", "fp16": "fp16", "int8": "int8"}
+
+
+def _uses_first_order(bench: Bench) -> bool:
+    return MODELS[bench.model.name].uses_linear
+
+
+def _one_dim(exp) -> list[str]:
+    if exp.model.dims:
+        return [f"model.dims: the frontier compresses every field at model.embedding_dim; got per-field dims {exp.model.dims}"]
+    return []
+
+
+@dataclass
+class FEConfig:
+    """Full embeddings (every id its own fp32 row), exported with each table storage.
+
+    Args:
+        quantize: table storages of the bundle ("none" = fp32, "fp16", "int8": torchrec's
+            quantized tables, the bundle's own quantize path); one trained model, one point each.
+    """
+
+    quantize: list[str] = field(default_factory=lambda: ["none", "fp16", "int8"])
+
+    def validate(self) -> list[str]:
+        bad = sorted(set(self.quantize) - set(QUANTIZE_LABELS))
+        return [f"frontier.schemes.fe.quantize: {bad} not in {sorted(QUANTIZE_LABELS)}"] if bad or not self.quantize else []
+
+
+class FE:
+    Config = FEConfig
+
+    @staticmethod
+    def check(exp) -> list[str]:
+        return []
+
+    @staticmethod
+    def points(cfg: FEConfig, bench: Bench) -> list[Exported]:
+        trained = bench.train("fe", lambda device=None: build_model(bench.spec, bench.model, device=device))
+        out = []
+        for q in cfg.quantize:
+            label = QUANTIZE_LABELS[q]
+            path = bench.export(f"fe_{label}", trained, q)
+            out.append(Exported(f"fe_{label}", {"quantize": q, "dim": bench.model.embedding_dim}, label, bench.seed, path,
+                                trained.seconds))
+        return out
+
+
+@dataclass
+class DimConfig:
+    """Full embeddings at a smaller dim for every field (the head sized to it as usual).
+
+    Args:
+        dims: embedding dims, one point each.
+    """
+
+    dims: list[int] = field(default_factory=lambda: [4, 8])
+
+    def validate(self) -> list[str]:
+        return [f"frontier.schemes.dim.dims: need dims >= 1, got {self.dims}"] if not self.dims or min(self.dims) < 1 else []
+
+
+class Dim:
+    Config = DimConfig
+
+    @staticmethod
+    def check(exp) -> list[str]:
+        return _one_dim(exp)
+
+    @staticmethod
+    def points(cfg: DimConfig, bench: Bench) -> list[Exported]:
+        out = []
+        for d in cfg.dims:
+            model = replace(bench.model, embedding_dim=d)
+            trained = bench.train(f"dim_{d}", lambda device=None, m=model: build_model(bench.spec, m, device=device), model)
+            out.append(Exported("dim", {"dim": d}, f"d={d}", bench.seed, bench.export(f"dim_{d}", trained), trained.seconds))
+        return out
+
+
+@dataclass
+class OthersConfig:
+    """Every low-frequency id of a field (train count < frontier.threshold) shares one row,
+    first-order weight included. No settings: the threshold is the frontier's."""
+
+    def validate(self) -> list[str]:
+        return []
+
+
+class Others:
+    Config = OthersConfig
+
+    @staticmethod
+    def check(exp) -> list[str]:
+        return _one_dim(exp)
+
+    @staticmethod
+    def points(cfg: OthersConfig, bench: Bench) -> list[Exported]:
+        n_full = bench.n_full
+
+        def build(device=None):
+            emb = MappedEmbeddings(bench.spec, bench.model.embedding_dim, "others", n_full, _uses_first_order(bench),
+                                   bench.model.init_scale, device)
+            return build_model(bench.spec, bench.model, device=device, embeddings=emb)
+
+        trained = bench.train("others", build)
+        low = sum(f.num_embeddings - n_full[f.name] for f in bench.spec.fields)
+        return [Exported("others", {"threshold": bench.threshold, "low_frequency_ids": low}, f"t={bench.threshold}",
+                         bench.seed, bench.export("others", trained), trained.seconds)]
+
+
+@dataclass
+class HashConfig:
+    """The hashing trick: each field's ids hashed into B rows (fields with <= B ids keep theirs).
+
+    Args:
+        buckets: B per field, one point each.
+    """
+
+    buckets: list[int] = field(default_factory=lambda: [64, 256])
+
+    def validate(self) -> list[str]:
+        return [f"frontier.schemes.hash.buckets: need B >= 1, got {self.buckets}"] if not self.buckets or min(self.buckets) < 1 else []
+
+
+class Hash:
+    Config = HashConfig
+
+    @staticmethod
+    def check(exp) -> list[str]:
+        return _one_dim(exp)
+
+    @staticmethod
+    def points(cfg: HashConfig, bench: Bench) -> list[Exported]:
+        out = []
+        for b in cfg.buckets:
+            def build(device=None, b=b):
+                emb = MappedEmbeddings(bench.spec, bench.model.embedding_dim, "hash", b, _uses_first_order(bench),
+                                       bench.model.init_scale, device)
+                return build_model(bench.spec, bench.model, device=device, embeddings=emb)
+
+            trained = bench.train(f"hash_{b}", build)
+            out.append(Exported("hash", {"buckets": b}, f"B={b}", bench.seed, bench.export(f"hash_{b}", trained),
+                                trained.seconds))
+        return out
+
+
+@dataclass
+class LowDimConfig:
+    """Mixed dims by frequency: low-frequency ids (train count < frontier.threshold) get
+    rows of a smaller dim x, projected to the model's dim by a learned matrix per field.
+
+    Args:
+        low_dims: x, one point each (each < model.embedding_dim).
+    """
+
+    low_dims: list[int] = field(default_factory=lambda: [3])
+
+    def validate(self) -> list[str]:
+        return [f"frontier.schemes.lowdim.low_dims: need x >= 1, got {self.low_dims}"] if not self.low_dims or min(self.low_dims) < 1 else []
+
+
+class LowDim:
+    Config = LowDimConfig
+
+    @staticmethod
+    def check(exp) -> list[str]:
+        too_big = [x for x in exp.frontier.scheme_configs["lowdim"].low_dims if x >= exp.model.embedding_dim]
+        big = [f"frontier.schemes.lowdim.low_dims: {too_big} must be < model.embedding_dim {exp.model.embedding_dim}"]
+        return _one_dim(exp) + (big if too_big else [])
+
+    @staticmethod
+    def points(cfg: LowDimConfig, bench: Bench) -> list[Exported]:
+        n_full, out = bench.n_full, []
+        for x in cfg.low_dims:
+            def build(device=None, x=x):
+                emb = TwoTierEmbeddings(bench.spec, bench.model.embedding_dim, x, n_full, _uses_first_order(bench),
+                                        bench.model.init_scale, device)
+                return build_model(bench.spec, bench.model, device=device, embeddings=emb)
+
+            trained = bench.train(f"lowdim_{x}", build)
+            out.append(Exported("lowdim", {"low_dim": x, "threshold": bench.threshold}, f"x={x}", bench.seed,
+                                bench.export(f"lowdim_{x}", trained), trained.seconds))
+        return out
