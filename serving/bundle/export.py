@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 from torchrec import EmbeddingBagCollection, KeyedJaggedTensor
+from torchrec.quant.embedding_modules import EmbeddingBagCollection as QuantEmbeddingBagCollection
 
 from serving.batch import FeatureBatch
 from serving.bundle.manifest import (
@@ -217,7 +218,7 @@ def _quantized(models: list[nn.Module], kind: str, inputs: tuple[torch.Tensor, K
         for model in models:
             model.eval()
             q = quantize_embeddings(copy.deepcopy(model), dtype=QUANTIZATIONS[kind], inplace=True).eval()
-            _compact_buffers(q)
+            _drop_table_views(q)
             diffs.append((torch.sigmoid(q(*inputs)) - torch.sigmoid(model(*inputs))).abs().double())
             out.append(q)
     every = torch.cat(diffs)
@@ -226,19 +227,19 @@ def _quantized(models: list[nn.Module], kind: str, inputs: tuple[torch.Tensor, K
     return out, report
 
 
-def _compact_buffers(model: nn.Module) -> None:
-    """Give every buffer that is a view into a larger storage a storage of its own.
+def _drop_table_views(model: nn.Module) -> None:
+    """Remove each quantized table's state buffer, so the bundle stores the rows once.
 
-    A quantized EBC exposes each table as a buffer viewing FBGEMM's one packed buffer of
-    all its tables, and torch.export stores a view as its whole storage: every table's
-    entry in the .pt2 pointed at that one packed file, so no stored tensor was a table by
-    itself. With a compact buffer per table the program's stored state is exactly the
-    tensors `served_bytes` counts. The program still reads its rows from FBGEMM's packed
-    copy, which the export lifts out as a constant; values and scores do not change."""
+    A quantized EBC exposes each table as a buffer viewing FBGEMM's one packed buffer of all
+    its tables, but its forward reads the packed buffer itself, which torch.export lifts out
+    of the module as a constant. Exported as they are, the views would be stored as state
+    beside that constant: every row twice in the .pt2 and in the loaded program. No graph
+    node reads the views, so dropping them changes no score; the manifest's table list
+    comes from the float model, and `served_bytes` counts the lifted constant."""
     for module in model.modules():
-        for name, t in list(module._buffers.items()):
-            if t is not None and type(t) is torch.Tensor and t.untyped_storage().nbytes() > t.numel() * t.element_size():
-                module._buffers[name] = t.clone()
+        if isinstance(module, QuantEmbeddingBagCollection):
+            for table in module.embedding_bags.values():
+                table._buffers.pop("weight", None)
 
 
 def _tables(model: nn.Module, spec: FeatureSpec, what: str) -> list[dict[str, Any]]:

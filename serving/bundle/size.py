@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import torch
 from torch import nn
 
 from serving.bundle.verify import load_bundle
@@ -17,10 +18,10 @@ def served_bytes(bundle_dir: str | os.PathLike) -> dict[str, Any]:
     integer width.
 
     Each program is loaded from its own .pt2 file, so programs never share storage and each
-    counts in full; within a program each tensor object counts once (`named_parameters` /
-    `named_buffers` skip repeats). Tensor constants the export lifts out of
-    a module are not state and are not counted: for quantized tables these are FBGEMM's
-    packed copy of the same rows (which the .pt2 file stores too) and its offsets.
+    counts in full; within a program each tensor object counts once. Tensor constants the
+    export lifted out of a module count too (they are stored and held like state): for
+    quantized tables these are FBGEMM's packed rows, the only copy of them the bundle keeps,
+    with their offsets.
 
     Returns a JSON-serialisable dict:
         total: router + clusters, or the routed program's.
@@ -44,7 +45,7 @@ def served_bytes(bundle_dir: str | os.PathLike) -> dict[str, Any]:
     def program_bytes(file: str, program: nn.Module) -> int:
         nonlocal embedding
         total = 0
-        for name, t in (*program.named_parameters(), *program.named_buffers()):
+        for name, t in _held_tensors(program):
             n = t.numel() * t.element_size()
             tensors[f"{file}:{name}"] = [str(t.dtype).removeprefix("torch."), list(t.shape), n]
             total += n
@@ -59,3 +60,16 @@ def served_bytes(bundle_dir: str | os.PathLike) -> dict[str, Any]:
     router = program_bytes(m.router, bundle.router) if m.router is not None else 0
     return {"total": router + sum(clusters), "router": router, "clusters": clusters, "routed": 0, "embedding": embedding,
             "tensors": tensors}
+
+
+def _held_tensors(program: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """Parameters, buffers, then the tensor constants a loaded program keeps as plain module
+    attributes (torch.export's lifted constants), each tensor object once."""
+    held = list(program.named_parameters()) + list(program.named_buffers())
+    seen = {id(t) for _, t in held}
+    for prefix, module in program.named_modules():
+        for key, value in vars(module).items():
+            if isinstance(value, torch.Tensor) and id(value) not in seen:
+                seen.add(id(value))
+                held.append((f"{prefix}.{key}" if prefix else key, value))
+    return held

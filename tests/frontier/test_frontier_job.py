@@ -11,6 +11,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from torch._export.serde.schema import ScalarType
 
 from serving.features import FeatureSpec
 
@@ -34,19 +35,26 @@ def run(tmp_path_factory):
 
 
 def archive_bytes(bundle: Path) -> tuple[int, int]:
-    """(every stored weight, the per-id tables' weights): sizes of the tensor files in the
-    bundle's program archives, found through each archive's own weights index."""
+    """(every stored tensor, the per-id tables' rows): sizes of the tensor files in the
+    bundle's program archives, found through each archive's own weights and constants
+    indexes. Table rows are the float tables' state entries, or for quantized tables the
+    integer constants (FBGEMM's packed rows and their offsets)."""
     manifest = json.loads((bundle / "manifest.json").read_text())
     files = {c["model"] for c in manifest["clusters"]} | ({manifest["router"]} if manifest.get("router") else set())
     total = tables = 0
     for name in files:
         with zipfile.ZipFile(bundle / name) as z:
-            index = next(n for n in z.namelist() if n.endswith("data/weights/model_weights_config.json"))
-            folder = index.rsplit("/", 1)[0]
-            for tensor, entry in json.loads(z.read(index))["config"].items():
-                size = z.getinfo(f"{folder}/{entry['path_name']}").file_size
-                total += size
-                tables += size if ".embedding_bags." in f".{tensor}" else 0
+            for kind in ("weights/model_weights_config.json", "constants/model_constants_config.json"):
+                index = next((n for n in z.namelist() if n.endswith("data/" + kind)), None)
+                if index is None:
+                    continue
+                folder = index.rsplit("/", 1)[0]
+                for tensor, entry in json.loads(z.read(index))["config"].items():
+                    size = z.getinfo(f"{folder}/{entry['path_name']}").file_size
+                    total += size
+                    dtype = ScalarType(entry["tensor_meta"]["dtype"]).name
+                    integer = kind.startswith("constants") and dtype not in ("HALF", "FLOAT", "DOUBLE", "BFLOAT16")
+                    tables += size if ".embedding_bags." in f".{tensor}" or integer else 0
     return total, tables
 
 
@@ -62,16 +70,9 @@ def test_every_point_has_the_keys_and_its_bundle_bytes(run):
         assert KEYS <= set(p), p
         assert p["seed"] == 0 and 0.0 <= p["test_auc"] <= 1.0 and p["test_logloss"] > 0 and p["infer_s_per_10k"] > 0
         total, tables = archive_bytes(out / p["bundle"])
-        assert p["served_bytes"] == total, p["scheme"]
+        # every tensor the archives store is counted, and the rows are stored once
+        assert p["served_bytes"] == total == p["stored_bytes"], p["scheme"]
         assert p["served_table_bytes"] == tables > 0, p["scheme"]
-        # what the archives hold beyond the state: nothing for float tables; for quantized
-        # ones FBGEMM's packed copy of the rows, which is what the program reads
-        if p["scheme"] in ("fe_fp16", "fe_int8"):
-            constants = p["stored_bytes"] - p["served_bytes"]
-            # the packed copy: every row again, each table's start aligned, plus small offset arrays
-            assert tables <= constants <= 1.2 * tables + 1024, p["scheme"]
-        else:
-            assert p["stored_bytes"] == p["served_bytes"], p["scheme"]
 
 
 def test_bytes_order_by_storage(run):
@@ -84,8 +85,11 @@ def test_bytes_order_by_storage(run):
     tables = json.loads((run[0] / fp32["bundle"] / "manifest.json").read_text())["clusters"][0]["tables"]
     pad = lambda n: -(-n // 16) * 16  # noqa: E731
     assert fp32["served_table_bytes"] == sum(t["num_embeddings"] * 4 * t["dim"] for t in tables)
-    assert fp16["served_table_bytes"] == sum(t["num_embeddings"] * pad(2 * t["dim"]) for t in tables)
-    assert int8["served_table_bytes"] == sum(t["num_embeddings"] * pad(t["dim"] + 4) for t in tables)
+    # quantized rows live in FBGEMM's packed buffer: each table's start aligned, plus small offset arrays
+    rows16 = sum(t["num_embeddings"] * pad(2 * t["dim"]) for t in tables)
+    rows8 = sum(t["num_embeddings"] * pad(t["dim"] + 4) for t in tables)
+    assert rows16 <= fp16["served_table_bytes"] <= rows16 + 64 * len(tables) + 512
+    assert rows8 <= int8["served_table_bytes"] <= rows8 + 64 * len(tables) + 512
     assert by(points, "hash", buckets=16)["served_bytes"] < by(points, "hash", buckets=64)["served_bytes"] < fp32["served_bytes"]
     for scheme in ("others", "lowdim", "dim"):
         assert by(points, scheme)["served_bytes"] < fp32["served_bytes"], scheme

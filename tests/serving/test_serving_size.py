@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import zipfile
 
 import torch
 from serving_fixtures import random_rows
@@ -36,17 +37,32 @@ def test_router_bundle_counts_router_and_clusters(bundle_dir, models):
     assert json.loads(json.dumps(sizes)) == sizes  # ready for a report as it is
 
 
-def test_quantized_bundle_counts_the_stored_tables(tmp_path, spec, models):
+def archived_tensor_bytes(pt2) -> int:
+    """Bytes of every tensor file in a .pt2 archive (state and lifted constants)."""
+    with zipfile.ZipFile(pt2) as z:
+        return sum(i.file_size for i in z.infolist()
+                   if ("/data/weights/" in i.filename or "/data/constants/" in i.filename) and not i.filename.endswith(".json"))
+
+
+def test_quantized_bundle_stores_and_counts_its_rows_once(tmp_path, spec, models):
+    """int8 tables: the per-table views of FBGEMM's packed rows are not exported (no graph
+    node reads them), the packed rows are, once; served bytes = every tensor the .pt2
+    stores = the float model's non-table state + the packed rows + their offsets."""
     from torchrec.inference.modules import quantize_embeddings
 
     model = models[0][0]
     example = Encoder(spec).encode_rows(random_rows(spec, 16, seed=3)).to_inputs(spec.names)
     out = write_bundle(tmp_path / "int8", spec=spec, cluster_models=[model], router=None, example=example,
                        version="int8-1", quantize="int8")
-    quantized = state_bytes(quantize_embeddings(copy.deepcopy(model), dtype=torch.qint8, inplace=True), "cluster_0.pt2")
+    q = quantize_embeddings(copy.deepcopy(model), dtype=torch.qint8, inplace=True)
+    views = [t for name, t in q.state_dict().items() if ".embedding_bags." in name]
+    packed = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in views}  # one packed buffer per kernel
     sizes = served_bytes(out)
-    assert sizes["router"] == 0 and sizes["clusters"] == [sizes["total"]] == [sum(quantized.values())]
-    assert {name: entry[2] for name, entry in sizes["tensors"].items()} == quantized
-    tables = [entry for name, entry in sizes["tensors"].items() if ":ebc." in name]
-    assert tables and {dtype for dtype, _, _ in tables} == {"uint8"}  # int8 rows with their scale/bias columns
-    assert sizes["embedding"] == in_tables(quantized) < in_tables(state_bytes(model, "cluster_0.pt2"))
+    assert sizes["router"] == 0 and sizes["clusters"] == [sizes["total"]] == [archived_tensor_bytes(out / "cluster_0.pt2")]
+    assert not [name for name in sizes["tensors"] if ".embedding_bags." in name]  # no second copy of the rows
+    float_state = state_bytes(model, "cluster_0.pt2")
+    rest = sum(b for name, b in float_state.items() if ":ebc." not in name)
+    small = {name: b for name, (_, _, b) in sizes["tensors"].items() if b not in packed.values() and name not in float_state}
+    assert all(b <= 64 for b in small.values()), small  # FBGEMM's offsets and placements beside the rows
+    assert sizes["total"] == rest + sum(packed.values()) + sum(small.values())
+    assert sizes["embedding"] == sum(packed.values()) + sum(small.values()) < in_tables(float_state)

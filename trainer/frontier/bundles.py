@@ -2,13 +2,12 @@
 
 Every figure of a point is read from its written bundle, never from a config: the bytes
 are `serving.bundle.served_bytes` (every tensor the bundle's programs hold: tables,
-first-order weights, codes, centroids, projections, padding columns, dense layers); the
-test AUC and logloss come from scoring the whole test split through serving's
-`Predictor` over the loaded bundle (so quantized tables are scored as served); the
-scoring time is measured as `trainer.bench_served` measures it (see `time_bundles`).
-`stored_bytes` adds what the program files hold beyond that state: the constants the
-export lifts out of modules, which for quantized tables are FBGEMM's packed copy of the
-rows (the program reads that copy; the state's per-table views stay for the state dict).
+first-order weights, codes, centroids, projections, padding columns, dense layers, and the
+constants the export lifts out of modules, which for quantized tables are FBGEMM's packed
+rows); `stored_bytes`, a cross-check, is every tensor file in the program archives. The
+test AUC and logloss come from scoring the whole test split through serving's `Predictor`
+over the loaded bundle (so quantized tables are scored as served); the scoring time is
+measured as `trainer.bench_served` measures it (see `time_bundles`).
 """
 
 from __future__ import annotations
@@ -139,9 +138,8 @@ def score_bundle(path: Path, ds, batch_size: int = 4096) -> dict:
 
 
 def archived_tensor_bytes(path: Path) -> int:
-    """Bytes of every tensor file inside the bundle's program archives: the state that
-    `served_bytes` counts plus the constants torch.export lifts out of modules (for
-    quantized tables, FBGEMM's packed copy of the rows, which the program reads)."""
+    """Bytes of every tensor file inside the bundle's program archives (state and the
+    constants torch.export lifts out of modules): what `served_bytes` should equal."""
     manifest = json.loads((Path(path) / "manifest.json").read_text())
     programs = {c["model"] for c in manifest["clusters"]} | {manifest[k] for k in ("router", "routed") if manifest.get(k)}
     total = 0
