@@ -121,7 +121,8 @@ def test_a_batch_holds_requests_of_one_predictor_only():
     b = MicroBatcher(BatchConfig(max_rows=100, workers=1))
     try:
         out = []
-        threading.Thread(target=lambda: out.append(b.submit(old, rows_batch(0))), daemon=True).start()
+        first = threading.Thread(target=lambda: out.append(b.submit(old, rows_batch(0))), daemon=True)
+        first.start()
         assert old.entered.wait(5)
         submits = [(old, 1), (old, 2), (new, 3), (new, 4), (old, 5)]
         threads = [threading.Thread(target=lambda p=p, r=r: out.append(b.submit(p, rows_batch(r))), daemon=True) for p, r in submits]
@@ -129,7 +130,7 @@ def test_a_batch_holds_requests_of_one_predictor_only():
             t.start()
             assert wait_for(lambda k=k: b.queued_rows == k)  # one row each, queued in submission order
         old.gate.set()
-        for t in threads:
+        for t in [first, *threads]:  # every submitter has its answer before the count
             t.join(5)
         assert old.calls == [[0], [1, 2], [5]] and new.calls == [[3, 4]]
         assert sorted(p.version for p in out) == ["new", "new", "old", "old", "old", "old"]
