@@ -40,6 +40,8 @@ into the end bins, and NaN is not checked on this hot path.
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 
 import torch
@@ -140,7 +142,9 @@ class HistogramThreshold:
         ones = torch.ones((), dtype=torch.int32, device=z.device).expand(idx.shape)  # a view: nothing to fill
         counts = torch.zeros(z.shape[0], self.bins, dtype=torch.int32, device=z.device).scatter_add_(1, idx, ones)
         k, has = first_valley(counts)
-        fallback = torch.logit(torch.tensor(self.fallback, dtype=z.dtype, device=z.device))
+        # a Python number, not a tensor made here: the export would store that as a constant
+        f = self.fallback
+        fallback = -math.inf if f == 0.0 else math.inf if f == 1.0 else math.log(f) - math.log1p(-f)
         return torch.where(has, edges[(k - 1).clamp(min=0)], fallback)
 
     @torch.no_grad()
