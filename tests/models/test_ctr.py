@@ -222,6 +222,21 @@ def test_pair_weights_scale_each_kept_interaction(name, toy_spec, toy_batch):
         build_model(toy_spec, cfg, interactions=(Interaction((names[0], names[2])),)).weight_pairs({})
 
 
+def test_a_meta_built_model_starts_from_its_values_once_materialized(toy_spec):
+    """Sharded storage builds on the meta device and DMP materializes with to_empty +
+    reset_parameters: the bias starts at 0 and the pair weights at their given values, not
+    at whatever memory held."""
+    from torchrec.distributed.utils import init_parameters
+
+    from trainer.decisions import Interaction
+
+    kept = (Interaction(("a", "c"), weight=0.25), Interaction(("g", "c"), weight=-1.5))
+    model = build_model(toy_spec, ModelConfig(name="fm", embedding_dim=4), device=torch.device("meta"), interactions=kept)
+    init_parameters(model, torch.device("cpu"))
+    assert model.bias.tolist() == [0.0]
+    assert sorted(model.pair_weight.tolist()) == [-1.5, 0.25]
+
+
 @pytest.mark.parametrize("name", ["fm", "ipnn"])
 def test_higher_order_interactions_are_products_summed_over_dims(name, toy_spec, toy_batch):
     from trainer.decisions import Interaction

@@ -153,8 +153,18 @@ class CTRModel(nn.Module):
         missing = [sorted(n) for n in names if n not in weights]
         if missing:
             raise ValueError(f"no weight for kept pairs {missing}")
-        device = self.bias.device
-        self.pair_weight = nn.Parameter(torch.tensor([weights[n] for n in names], dtype=torch.float32, device=device))
+        self._pair_init = [float(weights[n]) for n in names]
+        self.pair_weight = nn.Parameter(torch.tensor(self._pair_init, dtype=torch.float32, device=self.bias.device))
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """This module's own parameters at their start values. A model built on the meta
+        device (sharded storage) is materialized by DMP with `to_empty` followed by each
+        module's `reset_parameters`; without this the bias and the pair weights would
+        start from whatever memory held."""
+        self.bias.zero_()
+        if self.pair_weight is not None:
+            self.pair_weight.copy_(torch.tensor(self._pair_init, dtype=self.pair_weight.dtype))
 
     @property
     def value_embedding_params(self) -> int:
