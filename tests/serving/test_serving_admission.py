@@ -205,6 +205,21 @@ def test_direct_scoring_runs_one_call_per_slot_and_records_its_cost():
     assert time.monotonic() - start < 1.0
 
 
+def teach_cost_then_block(stub, held, spec):
+    """One slow call teaches the server its cost (~0.4 s for 4 rows, ~0.1 s a row); then a
+    1-row request is held in the model call. Returns that request's future."""
+    slow = stub.Score.future(row_request(random_rows(spec, 4, seed=1)), timeout=20)
+    assert held.entered.wait(10)
+    time.sleep(0.4)
+    held.gate.set()
+    assert len(slow.result().probabilities) == 4
+    held.gate.clear()
+    held.entered.clear()
+    blocker = stub.Score.future(row_request(random_rows(spec, 1, seed=2)), timeout=30)
+    assert held.entered.wait(10)
+    return blocker
+
+
 def test_a_flood_is_refused_early_with_reasons_and_counted(bundle_dir, spec, start_server, monkeypatch):
     """A tiny queue (10 rows, one worker held): of 12 concurrent 4-row requests two are
     queued and ten are refused RESOURCE_EXHAUSTED (queue_full); a request whose deadline
@@ -217,16 +232,7 @@ def test_a_flood_is_refused_early_with_reasons_and_counted(bundle_dir, spec, sta
     with grpc.insecure_channel(f"127.0.0.1:{app.port}") as channel:
         stub = pb_grpc.InferenceStub(channel)
         try:
-            # one slow call teaches the server its cost: ~0.4 s for 4 rows
-            slow = stub.Score.future(row_request(random_rows(spec, 4, seed=1)), timeout=20)
-            assert held.entered.wait(10)
-            time.sleep(0.4)
-            held.gate.set()
-            assert len(slow.result().probabilities) == 4
-            held.gate.clear()
-            held.entered.clear()
-            blocker = stub.Score.future(row_request(random_rows(spec, 1, seed=2)), timeout=30)
-            assert held.entered.wait(10)  # the only batch worker is busy
+            blocker = teach_cost_then_block(stub, held, spec)  # the only batch worker is busy
             flood = [stub.Score.future(row_request(random_rows(spec, 4, seed=10 + k)), timeout=30) for k in range(12)]
             assert wait_until(lambda: sum(f.done() for f in flood) == 10)  # the queued two wait for the worker
             refused = [f.exception() for f in flood if f.done()]
@@ -262,15 +268,7 @@ def test_batching_off_sheds_over_the_latency_budget_and_counts_it(bundle_dir, sp
     with grpc.insecure_channel(f"127.0.0.1:{app.port}") as channel:
         stub = pb_grpc.InferenceStub(channel)
         try:
-            slow = stub.Score.future(row_request(random_rows(spec, 4, seed=1)), timeout=20)
-            assert held.entered.wait(10)
-            time.sleep(0.4)
-            held.gate.set()
-            assert len(slow.result().probabilities) == 4
-            held.gate.clear()
-            held.entered.clear()
-            blocker = stub.Score.future(row_request(random_rows(spec, 1, seed=2)), timeout=30)
-            assert held.entered.wait(10)
+            blocker = teach_cost_then_block(stub, held, spec)
             waiting = stub.Score.future(row_request(random_rows(spec, 1, seed=3)), timeout=30)
             assert wait_until(lambda: app_inflight(app) == 2)
             start = time.monotonic()
