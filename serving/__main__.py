@@ -33,7 +33,8 @@ from serving.bundle import BundleError
 from serving.channels import AUTH_TOKEN_ENV, read_token
 from serving.encode import Limits
 from serving.logs import configure, log_event
-from serving.server import App, ServerConfig, TlsConfig, start_app
+from serving.config import ServerConfig, TlsConfig
+from serving.server import App, start_app
 
 log = logging.getLogger("serving")
 TOKEN_ENV = "EMBSTACK_ADMIN_TOKEN"

@@ -16,7 +16,8 @@ from serving._proto.embstack.v1 import inference_pb2 as pb
 from serving._proto.embstack.v1 import inference_pb2_grpc as pb_grpc
 from serving.bundle import load_bundle
 from serving.encode import Encoder
-from serving.server import ServerConfig, start_app
+from serving.config import ServerConfig
+from serving.server import start_app
 from trainer.config import ConfigError
 from trainer.decisions import Decisions
 from trainer.jobs.search import load_experiment

@@ -12,7 +12,7 @@ from serving_fixtures import DIMS, TinyCTR, TinyRouter, make_spec, random_rows
 import serving.server as server_mod
 from serving.bundle import load_bundle, write_bundle
 from serving.encode import Encoder, Limits
-from serving.server import ServerConfig
+from serving.config import ServerConfig
 from serving.features import FeatureSpec
 
 

@@ -21,7 +21,7 @@ from serving.cost import ScoringCost
 from serving.encode import Limits
 from serving.errors import DeadlineExceeded, Overloaded
 from serving.predictor import Prediction
-from serving.server import ServerConfig
+from serving.config import ServerConfig
 
 SCORE = "embstack.v1.Inference/Score"
 

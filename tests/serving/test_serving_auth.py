@@ -23,7 +23,7 @@ from serving._proto.embstack.v1 import inference_pb2 as pb
 from serving._proto.embstack.v1 import inference_pb2_grpc as pb_grpc
 from serving.encode import Limits
 from serving.predictor import Predictor
-from serving.server import ServerConfig, TlsConfig
+from serving.config import ServerConfig, TlsConfig
 
 TOKEN = "inference-token-123"
 ADMIN = "admin-token-456"

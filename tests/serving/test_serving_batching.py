@@ -19,7 +19,7 @@ from serving.batcher import BatchConfig, MicroBatcher
 from serving.encode import Limits
 from serving.errors import DeadlineExceeded, Overloaded
 from serving.predictor import Prediction, Predictor
-from serving.server import ServerConfig
+from serving.config import ServerConfig
 
 LIMITS = Limits(max_rows=64, max_bag=16)
 

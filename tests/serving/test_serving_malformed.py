@@ -21,7 +21,7 @@ from serving._proto.embstack.v1 import inference_pb2_grpc as pb_grpc
 from serving.batcher import BatchConfig
 from serving.encode import Limits
 from serving.predictor import Predictor
-from serving.server import ServerConfig
+from serving.config import ServerConfig
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED

@@ -25,7 +25,7 @@ from serving.batcher import BatchConfig
 from serving.bundle import MANIFEST
 from serving.bundle.manifest import _sha256
 from serving.encode import Limits
-from serving.server import ServerConfig
+from serving.config import ServerConfig
 
 TOKEN = "s3cret-admin-token"
 AUTH = (("authorization", f"Bearer {TOKEN}"),)

@@ -20,7 +20,8 @@ from serving._proto.embstack.v1 import inference_pb2_grpc as pb_grpc
 from serving.batcher import BatchConfig
 from serving.encode import Limits
 from serving.predictor import Predictor
-from serving.server import ADMIN_SERVICE, SERVICE, ServerConfig, start_app
+from serving.config import ServerConfig
+from serving.server import ADMIN_SERVICE, SERVICE, start_app
 
 MAX_ROWS = SHARED_MAX_ROWS
 CONFIG = ServerConfig(max_workers=2, max_message_bytes=256 * 1024, limits=Limits(max_rows=MAX_ROWS, max_bag=16))

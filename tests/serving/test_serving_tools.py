@@ -22,7 +22,7 @@ from serving.loadtest import Backoff, best_under
 from serving.batcher import BatchConfig
 from serving.predictor import Predictor
 from serving.scrape import counted
-from serving.server import ServerConfig
+from serving.config import ServerConfig
 
 
 def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
