@@ -21,9 +21,13 @@ The expected wait is what the requests admitted and not yet answered (decoding, 
 being scored) cost to score, from the recent cost of a call and of a row (`serving.cost`),
 spread over the scoring workers: the calls in progress count for what they still need,
 the rest for their rows, merged into calls of up to `call_rows` rows with batching on.
-So under overload the server answers what it takes within
-the budget and refuses the rest at once, instead of letting every answer grow late
-together. A request arriving at an idle server is always taken, however large: the
+That model sees only the scoring calls; the rest of a request's time in the server
+(decoding, handing rows to the batcher, gRPC's own threads on the same cores) is learnt
+from the requests themselves: each answered request that waited behind others compares its
+time in the server with the wait predicted when it was admitted, and the running ratio
+(`slowdown`) scales every later prediction. So under overload the server answers what it
+takes within the budget and refuses the rest at once, instead of letting every answer grow
+late together. A request arriving at an idle server is always taken, however large: the
 request limits bound size, the budget bounds waiting. `queue_full` needs the
 micro-batcher's queue (batching on); the batcher repeats that check when the rows are
 queued, since other requests may have filled the queue while this one decoded.
@@ -40,6 +44,12 @@ from serving.batcher import MicroBatcher
 from serving.cost import ScoringCost
 from serving.errors import DeadlineExceeded, Overloaded
 from serving.metrics import ServerMetrics
+
+# A prediction this short (a request that found the server nearly idle) says too little about
+# the unmodelled part of a request's time to learn from.
+_LEARN_FROM_S = 0.002
+_LEARN_RATE = 0.05
+_SLOWDOWN_RANGE = (0.5, 4.0)  # a burst of odd requests must not switch admission off or shut it
 
 
 class Admission:
@@ -80,6 +90,7 @@ class Admission:
         self.batcher, self.metrics = batcher, metrics
         self._inflight = 0
         self._inflight_rows = 0
+        self._slowdown = 1.0
         self._lock = threading.Lock()
 
     @property
@@ -90,17 +101,22 @@ class Admission:
     def inflight_rows(self) -> int:
         return self._inflight_rows
 
+    @property
+    def slowdown(self) -> float:
+        """Learnt ratio of a request's time in the server to the wait its admission predicted."""
+        return self._slowdown
+
     def expected_wait(self, rows: int = 0) -> float:
         """Seconds until the requests in flight, plus one of `rows` rows, would be scored:
         what the calls in progress still need, then the rows not yet in a call; 0 before
-        anything was scored (no estimate, no refusals)."""
+        anything was scored (no estimate, no refusals). Scaled by `slowdown`."""
         busy_calls, busy_rows = self.cost.in_progress()
         waiting_rows = max(0, self._inflight_rows - busy_rows) + rows
         if self.call_rows is None:
             calls = max(0, self._inflight - busy_calls) + (1 if rows else 0)
         else:
             calls = -(-waiting_rows // self.call_rows)
-        return (self.cost.remaining() + self.cost.seconds(calls, waiting_rows)) / self.workers
+        return self._slowdown * (self.cost.remaining() + self.cost.seconds(calls, waiting_rows)) / self.workers
 
     @contextmanager
     def admit(self, rows: int, deadline: float | None) -> Iterator[None]:
@@ -117,7 +133,7 @@ class Admission:
         if self.batcher is not None:
             self.batcher.check_room(rows)
         with self._lock:
-            self._check_wait(rows, None if deadline is None else deadline - now)
+            predicted = self._check_wait(rows, None if deadline is None else deadline - now)
             if self._inflight >= self.max_inflight:
                 raise Overloaded(
                     f"server overloaded: {self._inflight} requests in flight (limit {self.max_inflight}); retry with backoff",
@@ -129,6 +145,7 @@ class Admission:
             self.metrics.inflight.inc()
         try:
             yield
+            self._learn(predicted, time.monotonic() - now)  # answered: a refused or failed request teaches nothing
         finally:
             with self._lock:
                 self._inflight -= 1
@@ -136,9 +153,22 @@ class Admission:
             if self.metrics is not None:
                 self.metrics.inflight.dec()
 
-    def _check_wait(self, rows: int, remaining: float | None) -> None:
+    def _learn(self, predicted: float | None, took: float) -> None:
+        if predicted is None or predicted < _LEARN_FROM_S:
+            return
+        # A geometric running mean of took / predicted: the predictions already carry the
+        # slowdown, so a ratio of 1 leaves it where it is.
+        with self._lock:
+            moved = self._slowdown * (took / predicted) ** _LEARN_RATE
+            self._slowdown = min(max(moved, _SLOWDOWN_RANGE[0]), _SLOWDOWN_RANGE[1])
+        if self.metrics is not None:
+            self.metrics.slowdown.set(self._slowdown)
+
+    def _check_wait(self, rows: int, remaining: float | None) -> float | None:
+        """Refuses a request that cannot be answered in time; returns its predicted time in the
+        server (None for an idle server, which takes any request the limits allow)."""
         if not self._inflight_rows:
-            return  # an idle server takes any request the limits allow
+            return None
         wait = self.expected_wait()
         if remaining is not None and remaining < wait:
             raise DeadlineExceeded(
@@ -154,3 +184,5 @@ class Admission:
                     f"~{total * 1e3:.1f} ms, over the latency budget of {self.latency_budget_s * 1e3:.0f} ms; retry with backoff",
                     reason="over_latency_budget",
                 )
+            return total
+        return self.expected_wait(rows)

@@ -76,6 +76,9 @@ class ServerMetrics:
         self.queue_rows = Gauge("embstack_queue_rows", "Rows waiting for a batch worker.", registry=r)
         self.queue_rows.set_function(lambda: 0.0)
         self.inflight = Gauge("embstack_inflight_requests", "Score requests admitted and not yet answered.", registry=r)
+        self.slowdown = Gauge("embstack_admission_slowdown",
+                              "Learnt ratio of a request's time in the server to the wait admission predicted for it.", registry=r)
+        self.slowdown.set(1.0)
         self.reloads = Counter("embstack_reloads_total", "Hot reloads, by result.", ("result",), registry=r)
         self._bundle = _BundleInfo()
         r.register(self._bundle)

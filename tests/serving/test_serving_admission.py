@@ -75,17 +75,47 @@ def test_latency_budget_refuses_what_the_rows_ahead_would_keep_too_long():
     admission = Admission(max_inflight=100, cost=cost_of(0.1), workers=2, latency_budget_s=1.0)
     with admission.admit(16, None):
         assert admission.expected_wait(4) == pytest.approx(1.0)
-        with admission.admit(4, None):
-            pass
         with pytest.raises(Overloaded, match="over the latency budget of 1000 ms") as info:
             with admission.admit(5, None):
                 pass
         assert info.value.reason == "over_latency_budget"
+        with admission.admit(4, None):
+            pass
     with admission.admit(1000, None):  # idle: a large request alone is taken
         pass
     fresh = Admission(max_inflight=100, workers=1, latency_budget_s=0.001)
     with fresh.admit(1000, None), fresh.admit(1000, None):
         assert fresh.expected_wait() == 0.0
+
+
+def test_admission_learns_the_time_its_model_of_scoring_misses(monkeypatch):
+    """Requests that stay twice as long as predicted (decoding, gRPC threads: work the cost
+    model does not see) teach a slowdown of 2, after which the same request is over the
+    budget; the learnt factor is bounded, so a run of absurd timings cannot switch
+    admission off."""
+    clock = [0.0]
+    monkeypatch.setattr("serving.admission.time.monotonic", lambda: clock[0])
+    admission = Admission(max_inflight=100, cost=cost_of(0.01), workers=1)
+    with admission.admit(5, None):  # idle: taken, predicts nothing, teaches nothing
+        clock[0] += 1.0
+        admission.latency_budget_s = 0.1
+        with admission.admit(3, None):  # 80 ms predicted: within the budget while nothing is learnt
+            clock[0] += 0.08
+        admission.latency_budget_s = None
+        for _ in range(200):
+            with admission.admit(3, None):  # predicted 8 rows x 10 ms x slowdown; takes 80 ms x 2
+                clock[0] += 0.16
+        assert admission.slowdown == pytest.approx(2.0, rel=0.01)
+        assert admission.expected_wait(3) == pytest.approx(0.16, rel=0.01)
+        admission.latency_budget_s = 0.1
+        with pytest.raises(Overloaded, match="over the latency budget"):
+            with admission.admit(3, None):
+                pass
+        admission.latency_budget_s = None
+        for _ in range(200):
+            with admission.admit(1, None):
+                clock[0] += 100.0
+        assert admission.slowdown == 4.0
 
 
 class SlowStub:
@@ -134,9 +164,6 @@ def test_batching_merges_what_admission_charges_per_call():
         cost.record(rows, 0.010 + 0.0002 * rows)
     merged = Admission(max_inflight=10, cost=cost, call_rows=100)
     alone = Admission(max_inflight=10, cost=cost)
-    for a in (merged, alone):
-        with a.admit(100, None), a.admit(50, None):
-            pass
     with merged.admit(100, None), merged.admit(50, None):
         assert merged.expected_wait(50) == pytest.approx(2 * 0.010 + 200 * 0.0002)
     with alone.admit(100, None), alone.admit(50, None):
