@@ -56,11 +56,13 @@ def ds(tmp_path_factory):
     return load_dataset(cfg, log=lambda _: None)
 
 
-@pytest.mark.parametrize("gates, cluster_on", [("instance", "prob"), ("field", "mask"), ("mlp", "masked"), ("instance", "logit")])
+@pytest.mark.parametrize("gates, cluster_on", [("instance", "prob"), ("field", "mask"), ("mlp", "masked"), ("instance", "logit"),
+                                               ("instance", "saliency")])
 def test_router_routes_rows_as_the_clustering_did(gates, cluster_on, ds, dist_env):
     tcfg = TrainConfig(eval_batch_size=512)
     ctx = SearchContext.of(ds, ModelConfig(name="mlp", embedding_dim=4, mlp=[4]), tcfg, None, dist_env, lambda _: None)
-    cfg = IHASConfig(gates=gates, cluster_on=cluster_on, cluster_scale="field", kmeans_restarts=3)
+    scale = "none" if cluster_on == "saliency" else "field"  # saliency is always standardized per field
+    cfg = IHASConfig(gates=gates, cluster_on=cluster_on, cluster_scale=scale, kmeans_restarts=3)
     method = IHAS(cfg, ctx)
     torch.manual_seed(0)
     method.build()
@@ -71,7 +73,8 @@ def test_router_routes_rows_as_the_clustering_did(gates, cluster_on, ds, dist_en
             t.weight.normal_(0, 1.0)
     decisions = method.derive(ctx)
     router = method.router(decisions)
-    assert decisions.router.features == cluster_on and len(decisions.router.scale) == 16
+    assert decisions.router.features == cluster_on
+    assert len(decisions.router.scale) == (4 if cluster_on == "saliency" else 16)  # per field, or per column
     from trainer.jobs.retrain import route
 
     assign = route(router, ds, 512)["train"]

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from trainer.data.batches import iterate_batches
 from trainer.decisions import ClusterDecision, Decisions, FieldDecision, RouterDecision, uniform
@@ -29,12 +30,13 @@ from trainer.search.loop import SearchLoopConfig
 from trainer.search.ihas.gates import FieldGates, GateMode, InstanceGates, MLPGates, SharedGates
 from trainer.search.ihas.kmeans import MiniBatchKMeans, sq_dists
 from trainer.search.ihas.regularizer import ihas_regularizer
+from trainer.search.ihas.saliency import SaliencyFeatures, SaliencyRouter, saliency_rows, saliency_tables, standardizer
 from trainer.search.ihas.shared import SharedTablesModel, column_means, shared_warm_state
 from trainer.search.ihas.supernet import GatedSupernet, Router, gate_features
 from trainer.search.ihas.threshold import HistogramThreshold
 
 GATES = ("instance", "field", "mlp")
-CLUSTER_ON = ("masked", "mask", "prob", "logit")
+CLUSTER_ON = ("masked", "mask", "prob", "logit", "saliency")
 CLUSTER_SCALE = ("none", "field", "column")
 SHARED_TRAIN = ("joint", "heads")
 PHASE_MODES = {"pretrain": GateMode.OPEN, "search": GateMode.STOCHASTIC, "eval": GateMode.DETERMINISTIC}
@@ -57,8 +59,10 @@ class IHASConfig(SearchLoopConfig):
             layer of gate_hidden units); the last two are labelled variants.
         gate_hidden: hidden width of the "mlp" gates.
         cluster_on: what K-means clusters: "masked" (the paper's E ⊙ m), "mask" (m),
-            "prob" (the gate probabilities p) or "logit" (the gates' pre-sigmoid logits);
-            the router computes the same.
+            "prob" (the gate probabilities p), "logit" (the gates' pre-sigmoid logits)
+            or "saliency" (labelled variant: per field, the mean saliency of the row's ids,
+            trainer.search.ihas.saliency; always standardized per field); the router
+            computes the same.
         cluster_scale: "none" (the paper's); "field": each field's block of columns scaled
             to unit total variance over the training rows, so no single field's spread
             decides the clusters; "column": every column to unit variance.
@@ -103,6 +107,8 @@ class IHASConfig(SearchLoopConfig):
         for key, allowed in (("gates", GATES), ("cluster_on", CLUSTER_ON), ("cluster_scale", CLUSTER_SCALE)):
             if getattr(self, key) not in allowed:
                 p.append(f"search.{key}: must be one of {allowed}, got {getattr(self, key)!r}")
+        if self.cluster_on == "saliency" and self.cluster_scale != "none":
+            p.append("search.cluster_scale: saliency features are always standardized per field; leave it at 'none'")
         if self.gate_hidden < 1 or self.kmeans_restarts < 1:
             p.append("search.gate_hidden / search.kmeans_restarts: must be >= 1")
         if not 0 < self.keep_ratio <= 1:
@@ -160,9 +166,11 @@ class IHAS:
     def __init__(self, cfg: IHASConfig, ctx: SearchContext):
         self.cfg, self.spec, self.model_cfg, self.base, self.counts = cfg, ctx.spec, ctx.model, ctx.base, ctx.counts
         self.retrain_options: dict = {}
+        self.ctx = ctx
         self.supernet: GatedSupernet | None = None
         self.phase = "pretrain"
         self.shared_train = "joint"
+        self.saliency: SaliencyFeatures | None = None  # built by derive (or router, on resume) from the supernet
 
     @staticmethod
     def check_config(exp) -> list[str]:
@@ -173,6 +181,8 @@ class IHAS:
         if exp.variants.shared and (exp.model.name != "mlp" or exp.search.clusters < 2):
             p.append(f"variants.shared: needs model.name = 'mlp' and search.clusters >= 2, got {exp.model.name!r} and "
                      f"{exp.search.clusters}")
+        if exp.variants.shared and exp.search.cluster_on == "saliency":
+            p.append("variants.shared: routes from the shared tables' kept columns; it cannot route on search.cluster_on = 'saliency'")
         if exp.model.dims:
             p.append("model.dims: iHAS searches from every field at model.embedding_dim; remove the per-field dims")
         return p
@@ -227,15 +237,22 @@ class IHAS:
             clusters: K, default the config's; 1 gives iHAS-2's single model from the same search.
         """
         k = clusters or self.cfg.clusters
-        feats = self.gate_features(ctx.ds, "train", ctx.train.eval_batch_size, tuple({"mask", "prob", self.cfg.cluster_on}))
+        by_saliency = self.cfg.cluster_on == "saliency"
+        kinds = ("mask", "prob") if by_saliency else tuple({"mask", "prob", self.cfg.cluster_on})
+        feats = self.gate_features(ctx.ds, "train", ctx.train.eval_batch_size, kinds)
         masks, probs = feats["mask"], feats["prob"]
         d = self.model_cfg.embedding_dim
-        x = feats[self.cfg.cluster_on]
-        scale = None
-        if self.cfg.cluster_scale != "none":
-            scale = field_scale(x, len(self.spec.names) if self.cfg.cluster_scale == "field" else x.shape[1])
-        kmeans, inertia = best_kmeans(x if scale is None else x * scale, k, self.cfg, ctx)
-        assign = kmeans.assign(x if scale is None else x * scale).numpy()
+        scale, shift = None, None
+        if by_saliency:
+            x = saliency_rows(self.saliency_features(ctx), ctx.ds, "train", ctx.train.eval_batch_size)
+            shift, scale = standardizer(x)
+        else:
+            x = feats[self.cfg.cluster_on]
+            if self.cfg.cluster_scale != "none":
+                scale = field_scale(x, len(self.spec.names) if self.cfg.cluster_scale == "field" else x.shape[1])
+        scaled = x if scale is None else (x if shift is None else x - shift) * scale
+        kmeans, inertia = best_kmeans(scaled, k, self.cfg, ctx)
+        assign = kmeans.assign(scaled).numpy()
         ctx.log(f"k-means ({self.cfg.kmeans_restarts} runs, inertia {inertia:.4g}): {kmeans.n_iter} steps, "
                 f"converged={kmeans.converged}, cluster sizes {np.bincount(assign, minlength=k).tolist()}")
         found, mean_masks = [], []
@@ -249,7 +266,10 @@ class IHAS:
             ctx.log(f"cluster {c}: {int(rows.sum())} train rows, dims {found[-1].dims}")
         router = None
         if k > 1:
-            router = RouterDecision(kmeans.centroids.tolist(), self.cfg.threshold_bins, self.cfg.threshold_fallback,
+            # The router scales the raw features only: a shift moves into the centroids,
+            # since |(x − μ)s − c| = |xs − (c + μs)|.
+            centroids = kmeans.centroids.numpy() + (0.0 if shift is None else shift * scale)
+            router = RouterDecision(centroids.tolist(), self.cfg.threshold_bins, self.cfg.threshold_fallback,
                                     self.cfg.cluster_on, None if scale is None else scale.tolist())
         groups = None if ctx.ds is None or ctx.ds.groups is None else np.asarray(ctx.ds.groups[ctx.ds.indices("train")])
         details = {"embedding_dim": d, "kmeans": {"steps": kmeans.n_iter, "converged": kmeans.converged, "inertia": inertia},
@@ -257,12 +277,24 @@ class IHAS:
                    "mean_mask": mean_masks, "gates": gate_diagnostics(masks, self.spec.names, assign, groups)}
         return Decisions("ihas", tuple(found), router=router, details=details)
 
-    def router(self, decisions: Decisions) -> Router | None:
+    def saliency_features(self, ctx: SearchContext) -> SaliencyFeatures:
+        """The per-id saliency tables of the trained supernet (computed once per run)."""
+        if self.saliency is None:
+            self.set_phase("eval")
+            ctx.log("saliency: one gradient pass over the training rows for the per-id tables")
+            self.saliency = SaliencyFeatures(self.spec, saliency_tables(self.supernet, self.spec, ctx.ds,
+                                                                        ctx.train.eval_batch_size))
+        return self.saliency
+
+    def router(self, decisions: Decisions) -> nn.Module | None:
         if decisions.router is None:
             return None
         r = decisions.router
         scale = None if r.scale is None else torch.tensor(r.scale, dtype=torch.float32)
-        return Router(self.supernet, torch.tensor(r.centroids, dtype=torch.float32), r.features, scale)
+        centroids = torch.tensor(r.centroids, dtype=torch.float32)
+        if r.features == "saliency":
+            return SaliencyRouter(self.saliency_features(self.ctx), centroids, scale)
+        return Router(self.supernet, centroids, r.features, scale)
 
     def variants(self, ctx: SearchContext, decisions: Decisions, wanted: IHASVariants) -> list[Variant]:
         rows = [Variant("ihas_1", "iHAS-1 (search-stage model)", "supernet")]
