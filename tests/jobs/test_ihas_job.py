@@ -15,7 +15,7 @@ def test_ihas_rows_decisions_and_plots(tiny_run):
     assert 0 <= report["cluster_purity"] <= 1
     rows = {r["method"]: r for r in report["rows"]}
     assert list(rows) == ["base", "ihas_1", "ihas_2", "ihas_3", "ihas_4", "ihas_4_one_model", "ihas", "ihas_served",
-                          "ihas_warm", "ihas_shared", "transfer_deepfm_base", "transfer_deepfm"]
+                          "ihas_warm", "ihas_ids", "ihas_shared", "transfer_deepfm_base", "transfer_deepfm"]
     assert len(rows["ihas_served"]["guard"]) == 2
     fields = list(decisions.clusters[0].fields)
     # Base keeps every dim of every field; iHAS's params are what its cluster models hold
@@ -54,6 +54,29 @@ def test_shared_tables_row_serves_one_table_set(tiny_run):
     assert len(tables) == len(kept)
     assert sum(v[2] for v in tables.values()) == row["embedding_bytes"]
     assert all(v[1][1] == -(-len(kept[k.rsplit("t_", 1)[1].split(".")[0]]) // 4) * 4 for k, v in tables.items())
+
+
+def test_ids_row_routes_by_its_own_mixture_and_serves_what_it_scored(tiny_run):
+    """iHAS-ids: the same search, clustered by the id mixture; its bundle's router is the
+    mixture (K floats per id, counted), its purity is reported and served == offline."""
+    from serving.bundle import served_bytes
+
+    _, _, out, report = tiny_run("ihas_synthetic")
+    rows = {r["method"]: r for r in report["rows"]}
+    row, check = rows["ihas_ids"], report["bundles"]["ihas_ids"]
+    decisions = Decisions.from_json(json.loads((out / "decisions.json").read_text()))
+    assert row["clusters"] == 2 and 0 <= row["cluster_purity"] <= 1
+    # the purity the tiny search reaches by ids (the planted groups are recoverable from them)
+    assert row["cluster_purity"] > 0.9 and row["cluster_purity"] > report["cluster_purity"]
+    assert check["max_abs_diff_served_vs_offline"] <= 1e-6 and check["rows_compared"] > 0
+    size = served_bytes(check["path"])
+    assert size["router"] > 0 and size["total"] == row["served_bytes"]
+    # the router holds K = 2 log-probabilities per id of each field and the K log priors, nothing else
+    router = {k: v for k, v in size["tensors"].items() if k.startswith("router")}
+    tables = {k: v for k, v in router.items() if "embedding_bags" in k}
+    assert tables and all(v[1][1] == 2 for v in tables.values())
+    assert sum(v[2] for v in router.values()) == size["router"] == sum(v[2] for v in tables.values()) + 2 * 4
+    assert decisions.router.features == "masked"  # the method itself still clusters as the paper does
 
 
 def test_a_routed_manifest_that_also_names_a_router_is_refused(tiny_run, tmp_path):

@@ -166,6 +166,9 @@ def run(exp: SearchExperiment, out: str | Path, *, resume: bool = False, overwri
             v_assign = route(v_router, ds, tcfg.eval_batch_size)
         elif len(v.decisions[0].clusters) == 1:
             v_router, v_assign = None, one
+        elif v.decisions[0].router != decisions.router:  # the same search, clustered another way
+            v_router = method.router(v.decisions[0])
+            v_assign = route(v_router, ds, tcfg.eval_batch_size)
         model_cfg = replace(exp.model, name=v.model) if v.model else exp.model
         init = (lambda c, m, v=v: method.init_retrain(v, c, m)) if v.init == "method" else None
         runs = []
@@ -181,6 +184,8 @@ def run(exp: SearchExperiment, out: str | Path, *, resume: bool = False, overwri
                 runs.append(retrain(ds, d, v_assign, model_cfg, tcfg, env, where, resume, log, init, method.retrain_options))
         best = max(runs, key=lambda t: t.metrics["val_auc"])
         row = trained_row(v.name, v.label, v.kind, best, v_router, v_assign, ds, v_search or search["seconds"])
+        if v_router is not None and ds.groups is not None:
+            row["cluster_purity"] = cluster_purity(ds, v_assign["test"])
         if candidates[0].shared_tables:
             row["test_rows_rerouted"] = moved
         if len(runs) > 1:

@@ -79,7 +79,8 @@ def test_per_id_tables_average_the_rows_holding_each_id(supernet_and_ds):
     assert np.allclose(feats(b.sparse_features).detach().numpy(), want, rtol=1e-6)
 
 
-def test_saliency_refuses_a_scale_it_does_not_use():
-    problems = IHASConfig(cluster_on="saliency", cluster_scale="field").validate()
-    assert any("always standardized" in p for p in problems)
-    assert IHASConfig(cluster_on="saliency").validate() == []
+@pytest.mark.parametrize("cluster_on", ["saliency", "ids"])
+def test_row_statistics_refuse_a_scale_they_do_not_use(cluster_on):
+    problems = IHASConfig(cluster_on=cluster_on, cluster_scale="field").validate()
+    assert any("scales its features itself" in p for p in problems)
+    assert IHASConfig(cluster_on=cluster_on).validate() == []

@@ -8,7 +8,8 @@ import torch
 from trainer.data.config import DataConfig, load_dataset
 from trainer.models.ctr import ModelConfig
 from trainer.search.ihas.gates import FieldGates, GateMode, MLPGates
-from trainer.search.ihas.method import IHAS, IHASConfig, field_scale, gate_diagnostics
+from trainer.search.ihas.clustering import field_scale, gate_diagnostics
+from trainer.search.ihas.method import IHAS, IHASConfig
 from trainer.search.interface import SearchContext
 from trainer.training import TrainConfig
 

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from trainer.data.batches import iterate_batches
+from trainer.jobs.retrain import route
 from trainer.decisions import ClusterDecision, Decisions, FieldDecision, RouterDecision, uniform
 from trainer.models.build import build_model
 from trainer.models.ctr import MODELS, CTRModel
@@ -28,7 +29,8 @@ from trainer.search.ihas.warm_start import WARM_MODELS, warm_start_state
 from trainer.search.interface import SearchContext, Variant
 from trainer.search.loop import SearchLoopConfig
 from trainer.search.ihas.gates import FieldGates, GateMode, InstanceGates, MLPGates, SharedGates
-from trainer.search.ihas.kmeans import MiniBatchKMeans, sq_dists
+from trainer.search.ihas.clustering import best_kmeans, field_scale, gate_diagnostics
+from trainer.search.ihas.mixture import MixtureRouter, best_mixture, collect_ids
 from trainer.search.ihas.regularizer import ihas_regularizer
 from trainer.search.ihas.saliency import SaliencyFeatures, SaliencyRouter, saliency_rows, saliency_tables, standardizer
 from trainer.search.ihas.shared import SharedTablesModel, column_means, shared_warm_state
@@ -36,7 +38,7 @@ from trainer.search.ihas.supernet import GatedSupernet, Router, gate_features
 from trainer.search.ihas.threshold import HistogramThreshold
 
 GATES = ("instance", "field", "mlp")
-CLUSTER_ON = ("masked", "mask", "prob", "logit", "saliency")
+CLUSTER_ON = ("masked", "mask", "prob", "logit", "saliency", "ids")
 CLUSTER_SCALE = ("none", "field", "column")
 SHARED_TRAIN = ("joint", "heads")
 PHASE_MODES = {"pretrain": GateMode.OPEN, "search": GateMode.STOCHASTIC, "eval": GateMode.DETERMINISTIC}
@@ -60,13 +62,15 @@ class IHASConfig(SearchLoopConfig):
         gate_hidden: hidden width of the "mlp" gates.
         cluster_on: what K-means clusters: "masked" (the paper's E ⊙ m), "mask" (m),
             "prob" (the gate probabilities p), "logit" (the gates' pre-sigmoid logits)
-            or "saliency" (labelled variant: per field, the mean saliency of the row's ids,
-            trainer.search.ihas.saliency; always standardized per field); the router
-            computes the same.
+            or two labelled variants: "saliency" (per field, the mean saliency of the row's
+            ids, trainer.search.ihas.saliency; always standardized per field) and "ids"
+            (no K-means: a latent-class mixture over the row's ids, trainer.search.ihas.mixture);
+            the router computes the same.
         cluster_scale: "none" (the paper's); "field": each field's block of columns scaled
             to unit total variance over the training rows, so no single field's spread
             decides the clusters; "column": every column to unit variance.
-        kmeans_restarts: K-means runs with seeds seed, seed+1, ...; the lowest inertia wins.
+        kmeans_restarts: K-means runs with seeds seed, seed+1, ...; the lowest inertia wins
+            (with cluster_on = "ids": EM runs, the highest likelihood wins).
         threshold_bins: histogram bins of the deterministic threshold searcher.
         threshold_fallback: threshold of rows whose histogram has no valley.
         keep_ratio: a dim is kept for a cluster if its mean deterministic mask ≥ this (majority).
@@ -107,8 +111,8 @@ class IHASConfig(SearchLoopConfig):
         for key, allowed in (("gates", GATES), ("cluster_on", CLUSTER_ON), ("cluster_scale", CLUSTER_SCALE)):
             if getattr(self, key) not in allowed:
                 p.append(f"search.{key}: must be one of {allowed}, got {getattr(self, key)!r}")
-        if self.cluster_on == "saliency" and self.cluster_scale != "none":
-            p.append("search.cluster_scale: saliency features are always standardized per field; leave it at 'none'")
+        if self.cluster_on in ("saliency", "ids") and self.cluster_scale != "none":
+            p.append(f"search.cluster_scale: cluster_on = {self.cluster_on!r} scales its features itself; leave it at 'none'")
         if self.gate_hidden < 1 or self.kmeans_restarts < 1:
             p.append("search.gate_hidden / search.kmeans_restarts: must be >= 1")
         if not 0 < self.keep_ratio <= 1:
@@ -135,6 +139,9 @@ class IHASVariants:
             every cluster head read one set of tables (trainer.search.ihas.shared; mlp heads).
         shared_train: "joint" (tables and heads train together) or "heads" (the search's
             tables stay as they are; only the heads train).
+        ids: iHAS-ids: the same search and gates, the rows clustered (and routed) by the
+            latent-class mixture over their ids (`search.cluster_on = "ids"`) instead of
+            K-means on E ⊙ m; each cluster keeps the dims its rows' masks keep.
     """
 
     ablations: bool = True
@@ -143,6 +150,7 @@ class IHASVariants:
     base_warm: bool = False
     shared: bool = False
     shared_train: str = "joint"
+    ids: bool = False
 
     def validate(self) -> list[str]:
         unknown = [m for m in self.transfer_models if m not in MODELS]
@@ -171,6 +179,8 @@ class IHAS:
         self.phase = "pretrain"
         self.shared_train = "joint"
         self.saliency: SaliencyFeatures | None = None  # built by derive (or router, on resume) from the supernet
+        self.mixtures: dict[int, MixtureRouter] = {}  # per K, fitted by derive (or router, on resume)
+        self._fits: dict = {}
 
     @staticmethod
     def check_config(exp) -> list[str]:
@@ -230,31 +240,46 @@ class IHAS:
     def next_stage(self, loop: SearchLoopConfig) -> None:
         return None  # one search stage
 
-    def derive(self, ctx: SearchContext, clusters: int | None = None) -> Decisions:
+    def derive(self, ctx: SearchContext, clusters: int | None = None, cluster_on: str | None = None) -> Decisions:
         """Cluster the deterministic masked embeddings; per cluster, keep majority dims.
 
         Args:
             clusters: K, default the config's; 1 gives iHAS-2's single model from the same search.
+            cluster_on: what to cluster, default the config's (CLUSTER_ON).
         """
         k = clusters or self.cfg.clusters
-        by_saliency = self.cfg.cluster_on == "saliency"
-        kinds = ("mask", "prob") if by_saliency else tuple({"mask", "prob", self.cfg.cluster_on})
+        on = cluster_on or self.cfg.cluster_on
+        kinds = ("mask", "prob") if on in ("saliency", "ids") else tuple({"mask", "prob", on})
         feats = self.gate_features(ctx.ds, "train", ctx.train.eval_batch_size, kinds)
         masks, probs = feats["mask"], feats["prob"]
         d = self.model_cfg.embedding_dim
         scale, shift = None, None
-        if by_saliency:
-            x = saliency_rows(self.saliency_features(ctx), ctx.ds, "train", ctx.train.eval_batch_size)
-            shift, scale = standardizer(x)
+        if on == "ids" and k > 1:
+            mixture = self.mixture(ctx, k)
+            assign = route(mixture, ctx.ds, ctx.train.eval_batch_size)["train"]
+            centroids = mixture.log_prior.view(k, 1)
+            clustering = {"em_steps": self._fits[k].steps, "loglik": self._fits[k].loglik}
+            ctx.log(f"id mixture ({self.cfg.kmeans_restarts} EM runs, log-likelihood {self._fits[k].loglik:.6g}): "
+                    f"{self._fits[k].steps} steps, cluster sizes {np.bincount(assign, minlength=k).tolist()}")
         else:
-            x = feats[self.cfg.cluster_on]
-            if self.cfg.cluster_scale != "none":
-                scale = field_scale(x, len(self.spec.names) if self.cfg.cluster_scale == "field" else x.shape[1])
-        scaled = x if scale is None else (x if shift is None else x - shift) * scale
-        kmeans, inertia = best_kmeans(scaled, k, self.cfg, ctx)
-        assign = kmeans.assign(scaled).numpy()
-        ctx.log(f"k-means ({self.cfg.kmeans_restarts} runs, inertia {inertia:.4g}): {kmeans.n_iter} steps, "
-                f"converged={kmeans.converged}, cluster sizes {np.bincount(assign, minlength=k).tolist()}")
+            if on == "saliency":
+                x = saliency_rows(self.saliency_features(ctx), ctx.ds, "train", ctx.train.eval_batch_size)
+                shift, scale = standardizer(x)
+            else:
+                x = feats[on] if on != "ids" else masks
+                if self.cfg.cluster_scale != "none":
+                    scale = field_scale(x, len(self.spec.names) if self.cfg.cluster_scale == "field" else x.shape[1])
+            scaled = x if scale is None else (x if shift is None else x - shift) * scale
+            c = self.cfg
+            kmeans, inertia = best_kmeans(scaled, k, c.kmeans_restarts, c.kmeans_max_iter, c.kmeans_tol, ctx.train.seed,
+                                          ctx.train.eval_batch_size)
+            assign = kmeans.assign(scaled).numpy()
+            # The router scales the raw features only: a shift moves into the centroids,
+            # since |(x − μ)s − c| = |xs − (c + μs)|.
+            centroids = kmeans.centroids.numpy() + (0.0 if shift is None else shift * scale)
+            clustering = {"steps": kmeans.n_iter, "converged": kmeans.converged, "inertia": inertia}
+            ctx.log(f"k-means ({self.cfg.kmeans_restarts} runs, inertia {inertia:.4g}): {kmeans.n_iter} steps, "
+                    f"converged={kmeans.converged}, cluster sizes {np.bincount(assign, minlength=k).tolist()}")
         found, mean_masks = [], []
         for c in range(k):
             rows = assign == c
@@ -266,13 +291,10 @@ class IHAS:
             ctx.log(f"cluster {c}: {int(rows.sum())} train rows, dims {found[-1].dims}")
         router = None
         if k > 1:
-            # The router scales the raw features only: a shift moves into the centroids,
-            # since |(x − μ)s − c| = |xs − (c + μs)|.
-            centroids = kmeans.centroids.numpy() + (0.0 if shift is None else shift * scale)
-            router = RouterDecision(centroids.tolist(), self.cfg.threshold_bins, self.cfg.threshold_fallback,
-                                    self.cfg.cluster_on, None if scale is None else scale.tolist())
+            router = RouterDecision(np.asarray(centroids).tolist(), self.cfg.threshold_bins, self.cfg.threshold_fallback,
+                                    on, None if scale is None else scale.tolist())
         groups = None if ctx.ds is None or ctx.ds.groups is None else np.asarray(ctx.ds.groups[ctx.ds.indices("train")])
-        details = {"embedding_dim": d, "kmeans": {"steps": kmeans.n_iter, "converged": kmeans.converged, "inertia": inertia},
+        details = {"embedding_dim": d, "kmeans" if "inertia" in clustering else "id_mixture": clustering,
                    "open_fraction": float(masks.mean()), "prob_histogram": np.histogram(probs, bins=20, range=(0, 1))[0].tolist(),
                    "mean_mask": mean_masks, "gates": gate_diagnostics(masks, self.spec.names, assign, groups)}
         return Decisions("ihas", tuple(found), router=router, details=details)
@@ -286,6 +308,15 @@ class IHAS:
                                                                         ctx.train.eval_batch_size))
         return self.saliency
 
+    def mixture(self, ctx: SearchContext, k: int) -> MixtureRouter:
+        """The id mixture with k clusters fitted on the training rows (once per run and k)."""
+        if k not in self.mixtures:
+            fields, n = collect_ids(ctx.ds, self.spec, ctx.train.eval_batch_size)
+            seeds = range(ctx.train.seed, ctx.train.seed + self.cfg.kmeans_restarts)
+            self._fits[k] = fit = best_mixture(fields, n, k, seeds)
+            self.mixtures[k] = MixtureRouter(self.spec, fit.log_theta, torch.from_numpy(fit.log_prior))
+        return self.mixtures[k]
+
     def router(self, decisions: Decisions) -> nn.Module | None:
         if decisions.router is None:
             return None
@@ -294,6 +325,8 @@ class IHAS:
         centroids = torch.tensor(r.centroids, dtype=torch.float32)
         if r.features == "saliency":
             return SaliencyRouter(self.saliency_features(self.ctx), centroids, scale)
+        if r.features == "ids":
+            return self.mixture(self.ctx, len(r.centroids))
         return Router(self.supernet, centroids, r.features, scale)
 
     def variants(self, ctx: SearchContext, decisions: Decisions, wanted: IHASVariants) -> list[Variant]:
@@ -310,6 +343,9 @@ class IHAS:
             rows.append(Variant("ihas_warm", "iHAS-warm (not in the paper)", "variant", (decisions,), init="method"))
         if wanted.base_warm:
             rows.append(Variant("ihas_base_warm", "iHAS-base-warm (not in the paper)", "variant", (decisions,), init="method"))
+        if wanted.ids and self.cfg.cluster_on != "ids" and self.cfg.clusters > 1:
+            by_ids = self.derive(ctx, cluster_on="ids").replace(method="ihas_ids")
+            rows.append(Variant("ihas_ids", "iHAS-ids (rows clustered by their ids, not in the paper)", "variant", (by_ids,)))
         self.shared_train = wanted.shared_train
         if wanted.shared:
             own = tuple(replace(c, served_by="self") for c in decisions.clusters)  # the guard's record is not this row's
@@ -342,39 +378,3 @@ class IHAS:
             hist = {labels[k]: d.details["prob_histogram"] for k, d in searched.items() if k in labels}
             entry["plots"] = write_plots(main, self.model_cfg.embedding_dim, hist, out)
         return entry
-
-
-def field_scale(x: np.ndarray, fields: int) -> np.ndarray:
-    """Per-column factors giving each of `fields` equal blocks of columns unit total variance
-    (fields = the number of columns: every column unit variance)."""
-    var = x.var(axis=0).reshape(fields, -1).sum(axis=1)
-    per_field = np.where(var > 0, 1.0 / np.sqrt(np.maximum(var, 1e-12)), 1.0)
-    return np.repeat(per_field, x.shape[1] // fields).astype(np.float32)
-
-
-def best_kmeans(x: np.ndarray, k: int, cfg: IHASConfig, ctx: SearchContext) -> tuple[MiniBatchKMeans, float]:
-    """The lowest-inertia of cfg.kmeans_restarts seeded mini-batch K-means runs."""
-    best, best_inertia = None, float("inf")
-    for r in range(cfg.kmeans_restarts):
-        km = MiniBatchKMeans(k, cfg.kmeans_max_iter, cfg.kmeans_tol, ctx.train.seed + r)
-        km.fit(x, batch_size=ctx.train.eval_batch_size)
-        inertia = float(sq_dists(torch.as_tensor(x), km.centroids).min(dim=1).values.sum())
-        if inertia < best_inertia:
-            best, best_inertia = km, inertia
-    return best, best_inertia
-
-
-def gate_diagnostics(masks: np.ndarray, names: list[str], assign: np.ndarray, groups: np.ndarray | None) -> dict:
-    """Do the gates differ between rows? Per-field open fraction per cluster (and per planted
-    group when known), and the share of rows whose mask differs from the majority mask."""
-    per_field = masks.reshape(len(masks), len(names), -1).mean(axis=2)  # [rows, N] open fraction of each field
-
-    def by(labels: np.ndarray) -> dict:
-        return {int(g): dict(zip(names, per_field[labels == g].mean(axis=0).round(3).tolist())) for g in np.unique(labels)}
-
-    majority = masks.mean(axis=0) >= 0.5
-    out = {"open_by_cluster": by(assign), "rows_differing_from_majority_mask": float((masks != majority).any(axis=1).mean()),
-           "mean_share_of_gates_differing": float((masks != majority).mean())}
-    if groups is not None:
-        out["open_by_group"] = by(groups)
-    return out

@@ -23,10 +23,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch import nn
-from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor, PoolingType
+from torchrec import KeyedJaggedTensor
 
 from serving.features import FeatureSpec
 from trainer.data.batches import iterate_batches
+from trainer.search.ihas.idtables import IdTables, split_ids
 from trainer.search.ihas.kmeans import sq_dists
 
 _FLOOR = 1e-8  # saliency of a field the network ignores outright; keeps the log finite
@@ -48,11 +49,9 @@ def saliency_tables(supernet: nn.Module, spec: FeatureSpec, ds, batch_size: int)
     bag gives its saliency to each id in it); ids no training row holds read the field's mean."""
     sums = [np.zeros(f.num_embeddings) for f in spec.fields]
     counts = [np.zeros(f.num_embeddings) for f in spec.fields]
-    for batch in iterate_batches(ds, "train", batch_size, shuffle=False, seed=0, epoch=0):
+    for batch, fields in split_ids(ds, "train", batch_size, spec.names):
         sal = row_saliency(supernet, batch.dense_features, batch.sparse_features).numpy()
-        jt = batch.sparse_features.to_dict()
-        for i, name in enumerate(spec.names):
-            ids, lengths = jt[name].values().numpy(), jt[name].lengths().numpy()
+        for i, (ids, lengths) in enumerate(fields):
             np.add.at(sums[i], ids, np.repeat(sal[:, i], lengths))
             np.add.at(counts[i], ids, 1.0)
     tables = []
@@ -72,18 +71,10 @@ class SaliencyFeatures(nn.Module):
 
     def __init__(self, spec: FeatureSpec, tables: list[np.ndarray]):
         super().__init__()
-        self.names = list(spec.names)
-        configs = [EmbeddingBagConfig(name=f"s_{f.name}", feature_names=[f.name], num_embeddings=f.num_embeddings,
-                                      embedding_dim=1, pooling=PoolingType.MEAN if f.kind == "bag" else PoolingType.SUM)
-                   for f in spec.fields]
-        self.ebc = EmbeddingBagCollection(tables=configs, device="cpu")
-        with torch.no_grad():
-            for f, t in zip(spec.fields, tables):
-                self.ebc.embedding_bags[f"s_{f.name}"].weight.copy_(torch.from_numpy(t).view(-1, 1))
+        self.tables = IdTables(spec, tables, prefix="s_")
 
     def forward(self, sparse: KeyedJaggedTensor) -> torch.Tensor:
-        pooled = self.ebc(sparse).to_dict()
-        return torch.cat([pooled[n] for n in self.names], dim=1).clamp(min=_FLOOR).log()
+        return self.tables(sparse).squeeze(2).clamp(min=_FLOOR).log()
 
 
 class SaliencyRouter(nn.Module):
