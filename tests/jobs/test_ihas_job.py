@@ -15,7 +15,7 @@ def test_ihas_rows_decisions_and_plots(tiny_run):
     assert 0 <= report["cluster_purity"] <= 1
     rows = {r["method"]: r for r in report["rows"]}
     assert list(rows) == ["base", "ihas_1", "ihas_2", "ihas_3", "ihas_4", "ihas_4_one_model", "ihas", "ihas_served",
-                          "ihas_warm", "ihas_ids", "ihas_shared", "transfer_deepfm_base", "transfer_deepfm"]
+                          "ihas_warm", "ihas_ids", "ihas_ids_shared", "ihas_shared", "transfer_deepfm_base", "transfer_deepfm"]
     assert len(rows["ihas_served"]["guard"]) == 2
     fields = list(decisions.clusters[0].fields)
     # Base keeps every dim of every field; iHAS's params are what its cluster models hold
@@ -77,6 +77,12 @@ def test_ids_row_routes_by_its_own_mixture_and_serves_what_it_scored(tiny_run):
     assert tables and all(v[1][1] == 2 for v in tables.values())
     assert sum(v[2] for v in router.values()) == size["router"] == sum(v[2] for v in tables.values()) + 2 * 4
     assert decisions.router.features == "masked"  # the method itself still clusters as the paper does
+    # iHAS-ids-shared: the mixture's log-probabilities ride in the shared tables after the kept
+    # columns, so the routed program holds no router tables of its own
+    shared, check = rows["ihas_ids_shared"], report["bundles"]["ihas_ids_shared"]
+    assert check["max_abs_diff_served_vs_offline"] <= 1e-6 and shared["cluster_purity"] == row["cluster_purity"]
+    size = served_bytes(check["path"])
+    assert size["router"] == 0 and size["total"] == shared["served_bytes"] < row["served_bytes"]
 
 
 def test_a_routed_manifest_that_also_names_a_router_is_refused(tiny_run, tmp_path):

@@ -184,8 +184,8 @@ def run(exp: SearchExperiment, out: str | Path, *, resume: bool = False, overwri
                 runs.append(retrain(ds, d, v_assign, model_cfg, tcfg, env, where, resume, log, init, method.retrain_options))
         best = max(runs, key=lambda t: t.metrics["val_auc"])
         row = trained_row(v.name, v.label, v.kind, best, v_router, v_assign, ds, v_search or search["seconds"])
-        if v_router is not None and ds.groups is not None:
-            row["cluster_purity"] = cluster_purity(ds, v_assign["test"])
+        if ds.groups is not None and (v_router is not None or candidates[0].shared_tables):
+            row["cluster_purity"] = cluster_purity(ds, (own if candidates[0].shared_tables else v_assign)["test"])
         if candidates[0].shared_tables:
             row["test_rows_rerouted"] = moved
         if len(runs) > 1:

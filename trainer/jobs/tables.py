@@ -24,7 +24,8 @@ import numpy as np
 
 from trainer.jsonfile import write_json
 
-FIGURES = ("test_auc", "test_logloss", "val_auc", "embedding_params", "embedding_bytes", "served_bytes", "infer_s_per_10k")
+FIGURES = ("test_auc", "test_logloss", "val_auc", "embedding_params", "embedding_bytes", "served_bytes", "infer_s_per_10k",
+           "cluster_purity")
 
 
 def run_search_job(config: str, out: Path, overrides: list[str], resume: bool) -> dict:
@@ -83,6 +84,8 @@ def markdown(result: dict) -> str:
         purity = result["cluster_purity"].get(model)
         if purity:
             lines += ["", f"Cluster purity (test rows vs planted groups): {pm(purity, 3)}"]
+            by_row = [f"{r['label']} {pm(r['cluster_purity'], 3)}" for r in table.values() if "cluster_purity" in r]
+            lines += [f"By row: {'; '.join(by_row)}"] if by_row else []
         lines.append("")
     lines += ["## Per run", "", "| Model | Seed | Method dims / storage | Bundle: served bytes, max abs(served − offline) | Wall (s) |",
               "|---|---|---|---|---|"]

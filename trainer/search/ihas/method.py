@@ -346,6 +346,11 @@ class IHAS:
         if wanted.ids and self.cfg.cluster_on != "ids" and self.cfg.clusters > 1:
             by_ids = self.derive(ctx, cluster_on="ids").replace(method="ihas_ids")
             rows.append(Variant("ihas_ids", "iHAS-ids (rows clustered by their ids, not in the paper)", "variant", (by_ids,)))
+            if wanted.shared:
+                own = tuple(replace(c, served_by="self") for c in by_ids.clusters)
+                rows.append(Variant("ihas_ids_shared", "iHAS-ids-shared (one table set, not in the paper)", "variant",
+                                    (by_ids.replace(method="ihas_ids_shared", clusters=own, shared_tables=True),),
+                                    init="method"))
         self.shared_train = wanted.shared_train
         if wanted.shared:
             own = tuple(replace(c, served_by="self") for c in decisions.clusters)  # the guard's record is not this row's
@@ -361,7 +366,12 @@ class IHAS:
         """(device=None) → an untrained SharedTablesModel for `decisions` (shared_tables)."""
         joint = self.shared_train == "joint"
         fill = column_means(self.supernet.base, self.counts)
-        return lambda device=None: SharedTablesModel(self.spec, self.model_cfg, decisions, self.supernet.gates, device, joint, fill)
+        mixture = None
+        if decisions.router.features == "ids":
+            self.mixture(self.ctx, len(decisions.clusters))  # fitted once; a resumed run refits it (seeded, the same)
+            mixture = self._fits[len(decisions.clusters)]
+        return lambda device=None: SharedTablesModel(self.spec, self.model_cfg, decisions, self.supernet.gates, device, joint,
+                                                     fill, mixture)
 
     def init_retrain(self, variant: Variant, cluster: ClusterDecision, model: CTRModel) -> None:
         if isinstance(model, SharedTablesModel):

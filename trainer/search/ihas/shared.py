@@ -12,6 +12,12 @@ K + 1 times. Here one module holds:
   deterministic threshold and the K-means centroids;
 * one MLP head per cluster over its own kept columns.
 
+With the id-mixture clustering (`RouterDecision.features == "ids"`, iHAS-ids) there are no
+gates in the router: each field's table holds, after its kept columns, the K log-probabilities
+log θ_{g,f}(id) of the mixture (trainer.search.ihas.mixture), which the router sums over the
+fields with the log priors. Those columns never reach a head, so they get no gradient and
+keep their fitted values while the tables train.
+
 A row's embeddings are looked up once; the router picks the cluster and that cluster's head
 scores the row. Every head runs on every row and the row's own logit is gathered: with
 the paper's small heads this costs less than splitting the batch by cluster, and it keeps
@@ -40,6 +46,7 @@ from trainer.models.blocks import mlp
 from trainer.models.ctr import CTRModel, ModelConfig
 from trainer.models.tables import FieldEmbeddings
 from trainer.search.ihas.gates import MLPGates, SharedGates
+from trainer.search.ihas.mixture import Mixture
 from trainer.search.ihas.warm_start import FIRST_LAYER, TABLE
 
 
@@ -106,19 +113,35 @@ class SharedTablesModel(nn.Module):
     value_embedding_params = 0  # numerical fields are bucketized here: every embedding is a table row
 
     def __init__(self, spec: FeatureSpec, cfg: ModelConfig, decisions: Decisions, gates: nn.Module, device=None,
-                 train_tables: bool = True, fill: torch.Tensor | None = None):
+                 train_tables: bool = True, fill: torch.Tensor | None = None, mixture: Mixture | None = None):
         super().__init__()
         self.train_tables = train_tables
         r, d = decisions.router, decisions.details["embedding_dim"]
+        self.features = r.features
         self.union = union_columns(decisions)
-        self.embeddings = FieldEmbeddings(spec, {f: len(c) for f, c in self.union.items()}, cfg.init_scale, device)
+        by_ids = r.features == "ids"
+        if by_ids and mixture is None:
+            raise ValueError("routing by ids needs the fitted mixture")
+        self.mixture_k = len(decisions.clusters) if by_ids else 0
+        widths = {f: len(self.union.get(f, [])) + self.mixture_k for f in spec.names}
+        self.embeddings = FieldEmbeddings(spec, {f: w for f, w in widths.items() if w}, cfg.init_scale, device)
         fields = self.embeddings.layout.fields
-        position = {(f, j): i for i, (f, j) in enumerate((f, j) for f in fields for j in self.union[f])}
+        self.kept_widths = [len(self.union.get(f, [])) for f in fields]
+        position = {(f, j): i for i, (f, j) in enumerate((f, j) for f in fields for j in self.union.get(f, []))}
+        self.n_dense = len(spec.numerical) if cfg.dense_input else 0
+        self.heads = nn.ModuleList()
+        for k, c in enumerate(decisions.clusters):
+            cols = [position[(f, j)] for f in fields for j in c.kept[f]]
+            self.register_buffer(f"columns_{k}", torch.tensor(cols, dtype=torch.long))
+            self.heads.append(mlp(len(cols) + self.n_dense, cfg.mlp, cfg.dropout))
+        if by_ids:
+            self.register_buffer("log_prior", torch.as_tensor(mixture.log_prior, dtype=torch.float32))
+            self.mixture_tables = {f: mixture.log_theta[spec.names.index(f)] for f in fields}  # written by the warm start
+            return
         searched = [spec.names.index(f) * d + j for f in fields for j in self.union[f]]
         width = len(spec.names) * d
         fill = torch.zeros(width) if fill is None else fill.detach().float()
         self.gates = CutGates(gates, searched, fill)
-        self.features = r.features
         # argmin_k |x·s − c_k|² = argmax_k (x·(s⊙c_k) − |c_k|²/2): the row's own |x|² drops
         # out; for E ⊙ m the kept columns contribute (E ⊙ m)·(s⊙c_k) and a dropped column j,
         # read as fill_j, contributes m_j · fill_j (s⊙c_k)_j
@@ -132,12 +155,6 @@ class SharedTablesModel(nn.Module):
         self.register_buffer("dropped_weight", (fill[dropped, None] * w[:, dropped].T).contiguous() if dropped else None)
         self.register_buffer("route_weight", (w[:, searched] if masked else w).T.contiguous())
         self.register_buffer("route_bias", c.pow(2).sum(1) / 2)
-        self.n_dense = len(spec.numerical) if cfg.dense_input else 0
-        self.heads = nn.ModuleList()
-        for k, c in enumerate(decisions.clusters):
-            cols = [position[(f, j)] for f in fields for j in c.kept[f]]
-            self.register_buffer(f"columns_{k}", torch.tensor(cols, dtype=torch.long))
-            self.heads.append(mlp(len(cols) + self.n_dense, cfg.mlp, cfg.dropout))
 
     @torch.no_grad()
     def route(self, kept: torch.Tensor) -> torch.Tensor:
@@ -162,10 +179,16 @@ class SharedTablesModel(nn.Module):
 
     def score_all(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits of every cluster's head [B, K], cluster id [B])."""
-        kept = torch.cat(self.embeddings(sparse), dim=1)
+        embs = self.embeddings(sparse)
+        if self.mixture_k:
+            kept = torch.cat([e[:, :w] for e, w in zip(embs, self.kept_widths)], dim=1)
+            loglik = torch.stack([e[:, w:] for e, w in zip(embs, self.kept_widths)], dim=1).detach().sum(dim=1)
+            clusters = (loglik + self.log_prior).argmax(dim=1)
+        else:
+            kept = torch.cat(embs, dim=1)
+            clusters = self.route(kept.detach())
         if not self.train_tables:
             kept = kept.detach()
-        clusters = self.route(kept.detach())
         logits = []
         for k, head in enumerate(self.heads):
             x = kept.index_select(1, getattr(self, f"columns_{k}"))
@@ -216,7 +239,10 @@ def shared_warm_state(searched: CTRModel, model: SharedTablesModel) -> dict[str,
         if key.startswith(TABLE):
             f = key[len(TABLE):].rsplit(".", 1)[0]
             w = torch.zeros_like(value)
-            w[:, : len(model.union[f])] = source[key][:, model.union[f]]
+            kept = model.union.get(f, [])
+            w[:, : len(kept)] = source[key][:, kept]
+            if model.mixture_k:
+                w[:, len(kept): len(kept) + model.mixture_k] = torch.from_numpy(model.mixture_tables[f])
             state[key] = w
         elif key.startswith("heads."):
             k, rest = key[len("heads."):].split(".", 1)
