@@ -137,6 +137,14 @@ class SharedTablesModel(nn.Module):
         if by_ids:
             self.register_buffer("log_prior", torch.as_tensor(mixture.log_prior, dtype=torch.float32))
             self.mixture_tables = {f: mixture.log_theta[spec.names.index(f)] for f in fields}  # written by the warm start
+            # Positions in the concatenated lookup [B, Σ (kept_f + K)]: the heads and the router
+            # index it directly, two gathers instead of a slice per field.
+            starts = torch.tensor([0] + [w + self.mixture_k for w in self.kept_widths]).cumsum(0).tolist()
+            kept_at = torch.tensor([s + j for s, w in zip(starts, self.kept_widths) for j in range(w)], dtype=torch.long)
+            self.register_buffer("mixture_columns", torch.tensor(
+                [s + w + g for s, w in zip(starts, self.kept_widths) for g in range(self.mixture_k)], dtype=torch.long))
+            for k in range(len(self.heads)):
+                self.register_buffer(f"lookup_columns_{k}", kept_at[getattr(self, f"columns_{k}")])
             return
         searched = [spec.names.index(f) * d + j for f in fields for j in self.union[f]]
         width = len(spec.names) * d
@@ -179,19 +187,18 @@ class SharedTablesModel(nn.Module):
 
     def score_all(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits of every cluster's head [B, K], cluster id [B])."""
-        embs = self.embeddings(sparse)
+        kept = torch.cat(self.embeddings(sparse), dim=1)
+        columns = "lookup_columns" if self.mixture_k else "columns"
         if self.mixture_k:
-            kept = torch.cat([e[:, :w] for e, w in zip(embs, self.kept_widths)], dim=1)
-            loglik = torch.stack([e[:, w:] for e, w in zip(embs, self.kept_widths)], dim=1).detach().sum(dim=1)
-            clusters = (loglik + self.log_prior).argmax(dim=1)
+            loglik = kept.detach().index_select(1, self.mixture_columns).view(-1, len(self.kept_widths), self.mixture_k)
+            clusters = (loglik.sum(dim=1) + self.log_prior).argmax(dim=1)
         else:
-            kept = torch.cat(embs, dim=1)
             clusters = self.route(kept.detach())
         if not self.train_tables:
             kept = kept.detach()
         logits = []
         for k, head in enumerate(self.heads):
-            x = kept.index_select(1, getattr(self, f"columns_{k}"))
+            x = kept.index_select(1, getattr(self, f"{columns}_{k}"))
             logits.append(head(torch.cat([x, dense], dim=1) if self.n_dense else x).squeeze(1))
         return torch.stack(logits, dim=1), clusters
 
