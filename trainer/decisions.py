@@ -142,10 +142,13 @@ class RouterDecision:
     """iHAS routing: deterministic gates (histogram threshold) then the nearest centroid.
 
     Args:
-        centroids: K × (N·d) centroids of the clustered features.
+        centroids: K × (N·d) centroids of the clustered features (K × N for "saliency";
+            for "ids", K × 1: each cluster's log prior, the mixture's per-id tables being
+            refitted from the training rows with the same seeds).
         threshold_bins: histogram bins of the threshold searcher.
         threshold_fallback: threshold of rows whose histogram has no valley.
-        features: what is clustered: "masked" (E ⊙ m), "mask" (m) or "prob" (p).
+        features: what is clustered: "masked" (E ⊙ m), "mask" (m), "prob" (p), "logit",
+            "saliency" or "ids" (trainer.search.ihas.method.CLUSTER_ON).
         scale: per-column factors applied before the distance, or None.
     """
 

@@ -30,7 +30,7 @@ from trainer.search.interface import SearchContext, Variant
 from trainer.search.loop import SearchLoopConfig
 from trainer.search.ihas.gates import FieldGates, GateMode, InstanceGates, MLPGates, SharedGates
 from trainer.search.ihas.clustering import best_kmeans, field_scale, gate_diagnostics
-from trainer.search.ihas.mixture import MixtureRouter, best_mixture, collect_ids
+from trainer.search.ihas.mixture import Mixture, MixtureRouter, best_mixture, collect_ids
 from trainer.search.ihas.regularizer import ihas_regularizer
 from trainer.search.ihas.saliency import SaliencyFeatures, SaliencyRouter, saliency_rows, saliency_tables, standardizer
 from trainer.search.ihas.shared import SharedTablesModel, column_means, shared_warm_state
@@ -180,7 +180,7 @@ class IHAS:
         self.shared_train = "joint"
         self.saliency: SaliencyFeatures | None = None  # built by derive (or router, on resume) from the supernet
         self.mixtures: dict[int, MixtureRouter] = {}  # per K, fitted by derive (or router, on resume)
-        self._fits: dict = {}
+        self._fits: dict[int, Mixture] = {}
 
     @staticmethod
     def check_config(exp) -> list[str]:
@@ -266,7 +266,7 @@ class IHAS:
                 x = saliency_rows(self.saliency_features(ctx), ctx.ds, "train", ctx.train.eval_batch_size)
                 shift, scale = standardizer(x)
             else:
-                x = feats[on] if on != "ids" else masks
+                x = feats[on] if on != "ids" else masks  # ids with K = 1: one cluster, whatever is clustered
                 if self.cfg.cluster_scale != "none":
                     scale = field_scale(x, len(self.spec.names) if self.cfg.cluster_scale == "field" else x.shape[1])
             scaled = x if scale is None else (x if shift is None else x - shift) * scale

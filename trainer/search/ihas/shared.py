@@ -16,7 +16,8 @@ With the id-mixture clustering (`RouterDecision.features == "ids"`, iHAS-ids) th
 gates in the router: each field's table holds, after its kept columns, the K log-probabilities
 log θ_{g,f}(id) of the mixture (trainer.search.ihas.mixture), which the router sums over the
 fields with the log priors. Those columns never reach a head, so they get no gradient and
-keep their fitted values while the tables train.
+keep their fitted values while the tables train (under the sharded tables' fused row-wise
+optimizers; an unsharded table under weight decay would shrink them by it).
 
 A row's embeddings are looked up once; the router picks the cluster and that cluster's head
 scores the row. Every head runs on every row and the row's own logit is gathered: with
@@ -187,18 +188,18 @@ class SharedTablesModel(nn.Module):
 
     def score_all(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits of every cluster's head [B, K], cluster id [B])."""
-        kept = torch.cat(self.embeddings(sparse), dim=1)
+        looked_up = torch.cat(self.embeddings(sparse), dim=1)  # the kept columns (and, routing by ids, the mixture's)
         columns = "lookup_columns" if self.mixture_k else "columns"
         if self.mixture_k:
-            loglik = kept.detach().index_select(1, self.mixture_columns).view(-1, len(self.kept_widths), self.mixture_k)
+            loglik = looked_up.detach().index_select(1, self.mixture_columns).view(-1, len(self.kept_widths), self.mixture_k)
             clusters = (loglik.sum(dim=1) + self.log_prior).argmax(dim=1)
         else:
-            clusters = self.route(kept.detach())
+            clusters = self.route(looked_up.detach())
         if not self.train_tables:
-            kept = kept.detach()
+            looked_up = looked_up.detach()
         logits = []
         for k, head in enumerate(self.heads):
-            x = kept.index_select(1, getattr(self, f"{columns}_{k}"))
+            x = looked_up.index_select(1, getattr(self, f"{columns}_{k}"))
             logits.append(head(torch.cat([x, dense], dim=1) if self.n_dense else x).squeeze(1))
         return torch.stack(logits, dim=1), clusters
 
