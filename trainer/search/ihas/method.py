@@ -20,7 +20,6 @@ import torch
 from torch import nn
 
 from trainer.data.batches import iterate_batches
-from trainer.jobs.retrain import route
 from trainer.decisions import ClusterDecision, Decisions, FieldDecision, RouterDecision, uniform
 from trainer.models.build import build_model
 from trainer.models.ctr import MODELS, CTRModel
@@ -179,8 +178,7 @@ class IHAS:
         self.phase = "pretrain"
         self.shared_train = "joint"
         self.saliency: SaliencyFeatures | None = None  # built by derive (or router, on resume) from the supernet
-        self.mixtures: dict[int, MixtureRouter] = {}  # per K, fitted by derive (or router, on resume)
-        self._fits: dict[int, Mixture] = {}
+        self.mixtures: dict[int, tuple[Mixture, MixtureRouter]] = {}  # per K, fitted by derive (or router, on resume)
 
     @staticmethod
     def check_config(exp) -> list[str]:
@@ -255,12 +253,14 @@ class IHAS:
         d = self.model_cfg.embedding_dim
         scale, shift = None, None
         if on == "ids" and k > 1:
-            mixture = self.mixture(ctx, k)
-            assign = route(mixture, ctx.ds, ctx.train.eval_batch_size)["train"]
-            centroids = mixture.log_prior.view(k, 1)
-            clustering = {"em_steps": self._fits[k].steps, "loglik": self._fits[k].loglik}
-            ctx.log(f"id mixture ({self.cfg.kmeans_restarts} EM runs, log-likelihood {self._fits[k].loglik:.6g}): "
-                    f"{self._fits[k].steps} steps, cluster sizes {np.bincount(assign, minlength=k).tolist()}")
+            fit, mixture = self.mixture(ctx, k)
+            with torch.no_grad():  # the router's own float32 lookup, so retraining splits the rows as it does
+                assign = np.concatenate([mixture(b.dense_features, b.sparse_features).numpy() for b in
+                                         iterate_batches(ctx.ds, "train", ctx.train.eval_batch_size, shuffle=False, seed=0, epoch=0)])
+            centroids = fit.log_prior.reshape(k, 1)
+            clustering = {"em_steps": fit.steps, "loglik": fit.loglik}
+            ctx.log(f"id mixture ({self.cfg.kmeans_restarts} EM runs, log-likelihood {fit.loglik:.6g}): "
+                    f"{fit.steps} steps, cluster sizes {np.bincount(assign, minlength=k).tolist()}")
         else:
             if on == "saliency":
                 x = saliency_rows(self.saliency_features(ctx), ctx.ds, "train", ctx.train.eval_batch_size)
@@ -308,13 +308,13 @@ class IHAS:
                                                                         ctx.train.eval_batch_size))
         return self.saliency
 
-    def mixture(self, ctx: SearchContext, k: int) -> MixtureRouter:
-        """The id mixture with k clusters fitted on the training rows (once per run and k)."""
+    def mixture(self, ctx: SearchContext, k: int) -> tuple[Mixture, MixtureRouter]:
+        """The id mixture with k clusters fitted on the training rows, and its router (once per run and k)."""
         if k not in self.mixtures:
             fields, n = collect_ids(ctx.ds, self.spec, ctx.train.eval_batch_size)
             seeds = range(ctx.train.seed, ctx.train.seed + self.cfg.kmeans_restarts)
-            self._fits[k] = fit = best_mixture(fields, n, k, seeds)
-            self.mixtures[k] = MixtureRouter(self.spec, fit.log_theta, torch.from_numpy(fit.log_prior))
+            fit = best_mixture(fields, n, k, seeds)
+            self.mixtures[k] = fit, MixtureRouter(self.spec, fit.log_theta, torch.from_numpy(fit.log_prior))
         return self.mixtures[k]
 
     def router(self, decisions: Decisions) -> nn.Module | None:
@@ -326,7 +326,7 @@ class IHAS:
         if r.features == "saliency":
             return SaliencyRouter(self.saliency_features(self.ctx), centroids, scale)
         if r.features == "ids":
-            return self.mixture(self.ctx, len(r.centroids))
+            return self.mixture(self.ctx, len(r.centroids))[1]
         return Router(self.supernet, centroids, r.features, scale)
 
     def variants(self, ctx: SearchContext, decisions: Decisions, wanted: IHASVariants) -> list[Variant]:
@@ -366,10 +366,8 @@ class IHAS:
         """(device=None) → an untrained SharedTablesModel for `decisions` (shared_tables)."""
         joint = self.shared_train == "joint"
         fill = column_means(self.supernet.base, self.counts)
-        mixture = None
-        if decisions.router.features == "ids":
-            self.mixture(self.ctx, len(decisions.clusters))  # fitted once; a resumed run refits it (seeded, the same)
-            mixture = self._fits[len(decisions.clusters)]
+        # a resumed run refits the mixture (seeded: the same one)
+        mixture = self.mixture(self.ctx, len(decisions.clusters))[0] if decisions.router.features == "ids" else None
         return lambda device=None: SharedTablesModel(self.spec, self.model_cfg, decisions, self.supernet.gates, device, joint,
                                                      fill, mixture)
 
