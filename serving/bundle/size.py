@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import zipfile
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -73,3 +76,17 @@ def _held_tensors(program: nn.Module) -> list[tuple[str, torch.Tensor]]:
                 seen.add(id(value))
                 held.append((f"{prefix}.{key}" if prefix else key, value))
     return held
+
+
+def archived_tensor_bytes(path: str | os.PathLike) -> int:
+    """Bytes of every tensor file inside the bundle's program archives (state and the
+    constants torch.export lifts out of modules): what `served_bytes` should equal."""
+    manifest = json.loads((Path(path) / "manifest.json").read_text())
+    programs = {c["model"] for c in manifest["clusters"]} | {manifest[k] for k in ("router", "routed") if manifest.get(k)}
+    total = 0
+    for name in programs:
+        with zipfile.ZipFile(Path(path) / name) as z:
+            total += sum(i.file_size for i in z.infolist()
+                         if ("/data/weights/" in i.filename or "/data/constants/" in i.filename)
+                         and not i.filename.endswith(".json"))
+    return total

@@ -13,7 +13,6 @@ measured as `trainer.bench_served` measures it (see `time_bundles`).
 from __future__ import annotations
 
 import json
-import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
@@ -23,6 +22,7 @@ import torch
 
 from serving.batch import FeatureBatch
 from serving.bundle import load_bundle, served_bytes
+from serving.bundle.size import archived_tensor_bytes
 from serving.predictor import Predictor
 from trainer.bench_served import measure, test_batches
 from trainer.data.batches import iterate_batches
@@ -135,20 +135,6 @@ def score_bundle(path: Path, ds, batch_size: int = 4096) -> dict:
     size = served_bytes(path)
     return {"test_auc": m["auc"], "test_logloss": m["logloss"], "served_bytes": size["total"],
             "served_table_bytes": size["embedding"], "stored_bytes": archived_tensor_bytes(path)}
-
-
-def archived_tensor_bytes(path: Path) -> int:
-    """Bytes of every tensor file inside the bundle's program archives (state and the
-    constants torch.export lifts out of modules): what `served_bytes` should equal."""
-    manifest = json.loads((Path(path) / "manifest.json").read_text())
-    programs = {c["model"] for c in manifest["clusters"]} | {manifest[k] for k in ("router", "routed") if manifest.get(k)}
-    total = 0
-    for name in programs:
-        with zipfile.ZipFile(Path(path) / name) as z:
-            total += sum(i.file_size for i in z.infolist()
-                         if ("/data/weights/" in i.filename or "/data/constants/" in i.filename)
-                         and not i.filename.endswith(".json"))
-    return total
 
 
 def time_bundles(paths: dict[str, Path], ds, batch_size: int, repeats: int) -> dict[str, float]:
