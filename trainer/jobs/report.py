@@ -68,7 +68,8 @@ def seconds_per_10k(stages: list[tuple[nn.Module, object]], rows: int, batch: in
 
 def trained_row(name: str, label: str, kind: str, trained: Trained, router, assign: dict, ds, search_seconds: float = 0.0) -> dict:
     """A report row for retrained models (served form timed and counted, router included when routed)."""
-    served = [served_form(m) for m in trained.models]
+    # a model that routes its rows itself (one table set) is served as its routed program
+    served = [getattr(m, "routed_program", lambda m=m: m)() for m in map(served_form, trained.models)]
     routed = router if len(served) > 1 else None
     stages = ([(routed, ds)] if routed is not None else []) + [
         (m, RowSubset(ds, {"test": assign["test"] == c})) for c, m in enumerate(served)]

@@ -80,7 +80,7 @@ def test_one_table_per_field_holds_only_the_columns_some_cluster_keeps(toy_spec)
     widths = {c.name: c.embedding_dim for c in model.embeddings.ebc.embedding_bag_configs()}
     assert widths == {"t_a": 4, "t_g": 4, "t_c": 4}  # a: 4 kept columns; g: 2 → padded to 4; c: 3 → 4; n: none
     assert model.embeddings.layout.dims == (4, 2, 3)
-    assert model.gates.first.in_features == 9  # the gates read the kept columns only
+    assert model.router.gates.first.in_features == 9  # the gates read the kept columns only
     tables = [n for n, _ in model.named_parameters() if "embedding_bags" in n]
     assert len(tables) == 3  # one table set, whatever the number of clusters
 
@@ -92,7 +92,7 @@ def test_tables_and_heads_train_the_router_stays(toy_spec, toy_batch):
     model(toy_batch.dense_features, toy_batch.sparse_features).sum().backward()
     grads = {n: p.grad is not None and bool(p.grad.abs().sum() > 0) for n, p in model.named_parameters() if p.requires_grad}
     assert all(grads[n] for n in grads if "embedding_bags" in n or n.startswith("heads.0.0"))
-    assert not any(p.requires_grad for p in model.gates.parameters())
+    assert not any(p.requires_grad for p in model.router.gates.parameters())
 
 
 def test_shared_tables_round_trip_and_need_a_router():
@@ -132,3 +132,41 @@ def test_column_means_are_the_train_means_of_single_id_fields(toy_spec, toy_batc
     got = column_means(supernet.base, {k: v.numpy() for k, v in counts.items()})
     want = supernet.base.embeddings.lookup(sparse)[0][0].mean(dim=0)  # field "a": one id per row
     assert got.shape == (4 * D,) and torch.allclose(got[:D], want, atol=1e-6)
+
+
+@pytest.mark.parametrize("features", ["masked", "ids"])
+@pytest.mark.parametrize("dense_input", [False, True])
+def test_served_program_fuses_the_heads_and_scores_as_the_trained_model(features, dense_input, toy_spec, toy_batch):
+    """The exported program (one block-diagonal MLP for all heads, the router reading the
+    stored lookup) gives the trained model's logits and clusters, holds none of the training
+    model's own heads, and its first layer is one matmul over every stored column."""
+    import numpy as np
+
+    from trainer.search.ihas.fused import FusedRouted
+    from trainer.search.ihas.mixture import Mixture
+
+    cfg, supernet = _supernet(toy_spec, InstanceGates, dense_input=dense_input)
+    decisions = _decisions(features)
+    mixture = None
+    if features == "ids":
+        rng = np.random.default_rng(0)
+        mixture = Mixture(np.log([0.3, 0.7]), [np.log(rng.dirichlet([1.0] * f.num_embeddings, 2).T) for f in toy_spec.fields], 0.0, 1)
+    model = SharedTablesModel(toy_spec, cfg, decisions, supernet.gates, mixture=mixture)
+    model.load_state_dict(shared_warm_state(supernet.base, model))
+    with torch.no_grad():
+        for h in model.heads:
+            for p in h.parameters():
+                p.normal_(0, 0.5)
+    dense, sparse = toy_batch.dense_features, toy_batch.sparse_features
+    want_logits, want_clusters = model.score_all(dense, sparse)
+    program = model.routed_program()
+    assert isinstance(program, FusedRouted)
+    logits, clusters = program(dense, sparse)
+    assert torch.equal(clusters, want_clusters) and len(set(clusters.tolist())) == 2
+    assert torch.allclose(logits, want_logits, atol=1e-6)  # the same sums with zero terms added: float32 order only
+    # the tables, the fused MLP and (routing by gates) the router: the training heads stay behind
+    assert {n.split(".")[0] for n, _ in program.named_parameters()} == {"ebc", "heads"} | ({"router"} if features == "masked" else set())
+    linears = [m for m in program.heads if isinstance(m, torch.nn.Linear)]
+    stored = sum(c.embedding_dim for c in model.embeddings.ebc.embedding_bag_configs())
+    assert len(linears) == len(cfg.mlp) + 1 and linears[0].in_features == stored + model.n_dense
+    assert linears[-1].out_features == 2

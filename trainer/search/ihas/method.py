@@ -140,7 +140,10 @@ class IHASVariants:
             tables stay as they are; only the heads train).
         ids: iHAS-ids: the same search and gates, the rows clustered (and routed) by the
             latent-class mixture over their ids (`search.cluster_on = "ids"`) instead of
-            K-means on E ⊙ m; each cluster keeps the dims its rows' masks keep.
+            K-means on E ⊙ m; each cluster keeps the dims its rows' masks keep. With `shared`
+            also iHAS-ids-shared, and with `base_warm` too iHAS-ids-shared-base-warm (its one
+            table set and heads start from the trained Base model instead of the supernet:
+            the id router does not read the tables, so any start routes the same).
     """
 
     ablations: bool = True
@@ -351,6 +354,11 @@ class IHAS:
                 rows.append(Variant("ihas_ids_shared", "iHAS-ids-shared (one table set, not in the paper)", "variant",
                                     (by_ids.replace(method="ihas_ids_shared", clusters=own, shared_tables=True),),
                                     init="method"))
+                if wanted.base_warm:
+                    rows.append(Variant("ihas_ids_shared_base_warm",
+                                        "iHAS-ids-shared-base-warm (one table set started from Base, not in the paper)",
+                                        "variant", (by_ids.replace(method="ihas_ids_shared_base_warm", clusters=own,
+                                                                   shared_tables=True),), init="method"))
         self.shared_train = wanted.shared_train
         if wanted.shared:
             own = tuple(replace(c, served_by="self") for c in decisions.clusters)  # the guard's record is not this row's
@@ -372,10 +380,10 @@ class IHAS:
                                                      fill, mixture)
 
     def init_retrain(self, variant: Variant, cluster: ClusterDecision, model: CTRModel) -> None:
+        source = self.base if variant.name.endswith("base_warm") else self.supernet.base
         if isinstance(model, SharedTablesModel):
-            model.load_state_dict(shared_warm_state(self.supernet.base, model))
+            model.load_state_dict(shared_warm_state(source, model))
             return
-        source = self.base if variant.name == "ihas_base_warm" else self.supernet.base
         model.load_state_dict(warm_start_state(source, model, cluster.kept))
 
     def report(self, ctx: SearchContext, searched: dict[str, Decisions], out: Path | None) -> dict:

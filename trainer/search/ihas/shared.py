@@ -46,6 +46,7 @@ from trainer.decisions import Decisions
 from trainer.models.blocks import mlp
 from trainer.models.ctr import CTRModel, ModelConfig
 from trainer.models.tables import FieldEmbeddings
+from trainer.search.ihas.fused import FusedRouted
 from trainer.search.ihas.gates import MLPGates, SharedGates
 from trainer.search.ihas.mixture import Mixture
 from trainer.search.ihas.warm_start import FIRST_LAYER, TABLE
@@ -95,6 +96,57 @@ class CutGates(nn.Module):
         return self.rest(self.first(kept))
 
 
+class GateRouter(nn.Module):
+    """The search's Router (deterministic gates, nearest centroid) over the kept columns only,
+    computed over the whole batch at once.
+
+    Args:
+        gates: the trained gates of the search (width N·d).
+        r: the decisions' router (centroids, per-feature scale, what is clustered).
+        searched: positions in E (length N·d) of the kept columns, in lookup order.
+        width: N·d.
+        fill: [N·d] what each dropped column reads as; None = 0.
+    """
+
+    def __init__(self, gates: nn.Module, r, searched: list[int], width: int, fill: torch.Tensor | None):
+        super().__init__()
+        self.features = r.features
+        fill = torch.zeros(width) if fill is None else fill.detach().float()
+        self.gates = CutGates(gates, searched, fill)
+        # argmin_k |x·s − c_k|² = argmax_k (x·(s⊙c_k) − |c_k|²/2): the row's own |x|² drops
+        # out; for E ⊙ m the kept columns contribute (E ⊙ m)·(s⊙c_k) and a dropped column j,
+        # read as fill_j, contributes m_j · fill_j (s⊙c_k)_j
+        c = torch.tensor(r.centroids, dtype=torch.float32)
+        w = c * (torch.tensor(r.scale, dtype=torch.float32) if r.scale is not None else 1.0)
+        masked = r.features == "masked"
+        dropped = sorted(set(range(width)) - set(searched)) if masked else []
+        per_gate = self.gates.dims_per_gate
+        self.register_buffer("gate_columns", torch.tensor(searched, dtype=torch.long) // per_gate if masked else None)
+        self.register_buffer("dropped_gates", torch.tensor(dropped, dtype=torch.long) // per_gate if dropped else None)
+        self.register_buffer("dropped_weight", (fill[dropped, None] * w[:, dropped].T).contiguous() if dropped else None)
+        self.register_buffer("route_weight", (w[:, searched] if masked else w).T.contiguous())
+        self.register_buffer("route_bias", c.pow(2).sum(1) / 2)
+
+    @torch.no_grad()
+    def forward(self, kept: torch.Tensor) -> torch.Tensor:
+        """Cluster id per row from the kept-column embeddings [B, U]."""
+        logits = self.gates(kept)
+        n = self.gates.dims_per_gate
+        if self.features in ("masked", "mask"):
+            thresholds = self.gates.threshold.logit_thresholds(logits)[:, None]
+            if self.features == "masked":
+                x = kept * (logits.index_select(1, self.gate_columns) > thresholds).to(kept.dtype)
+                score = x @ self.route_weight - self.route_bias
+                if self.dropped_gates is not None:
+                    score = score + (logits.index_select(1, self.dropped_gates) > thresholds).to(kept.dtype) @ self.dropped_weight
+                return score.argmax(dim=1)
+            else:
+                x = (logits > thresholds).to(kept.dtype).repeat_interleave(n, 1)
+        else:
+            x = (torch.sigmoid(logits) if self.features == "prob" else logits).repeat_interleave(n, 1)
+        return (x @ self.route_weight - self.route_bias).argmax(dim=1)
+
+
 class SharedTablesModel(nn.Module):
     """One table set, the router and K cluster heads (module docstring).
 
@@ -118,7 +170,6 @@ class SharedTablesModel(nn.Module):
         super().__init__()
         self.train_tables = train_tables
         r, d = decisions.router, decisions.details["embedding_dim"]
-        self.features = r.features
         self.union = union_columns(decisions)
         by_ids = r.features == "ids"
         if by_ids and mixture is None:
@@ -148,43 +199,7 @@ class SharedTablesModel(nn.Module):
                 self.register_buffer(f"lookup_columns_{k}", kept_at[getattr(self, f"columns_{k}")])
             return
         searched = [spec.names.index(f) * d + j for f in fields for j in self.union[f]]
-        width = len(spec.names) * d
-        fill = torch.zeros(width) if fill is None else fill.detach().float()
-        self.gates = CutGates(gates, searched, fill)
-        # argmin_k |x·s − c_k|² = argmax_k (x·(s⊙c_k) − |c_k|²/2): the row's own |x|² drops
-        # out; for E ⊙ m the kept columns contribute (E ⊙ m)·(s⊙c_k) and a dropped column j,
-        # read as fill_j, contributes m_j · fill_j (s⊙c_k)_j
-        c = torch.tensor(r.centroids, dtype=torch.float32)
-        w = c * (torch.tensor(r.scale, dtype=torch.float32) if r.scale is not None else 1.0)
-        masked = r.features == "masked"
-        dropped = sorted(set(range(width)) - set(searched)) if masked else []
-        per_gate = self.gates.dims_per_gate
-        self.register_buffer("gate_columns", torch.tensor(searched, dtype=torch.long) // per_gate if masked else None)
-        self.register_buffer("dropped_gates", torch.tensor(dropped, dtype=torch.long) // per_gate if dropped else None)
-        self.register_buffer("dropped_weight", (fill[dropped, None] * w[:, dropped].T).contiguous() if dropped else None)
-        self.register_buffer("route_weight", (w[:, searched] if masked else w).T.contiguous())
-        self.register_buffer("route_bias", c.pow(2).sum(1) / 2)
-
-    @torch.no_grad()
-    def route(self, kept: torch.Tensor) -> torch.Tensor:
-        """Cluster id per row from the kept-column embeddings [B, U]: the search's Router
-        (deterministic gates, nearest centroid) with each dropped column read as its fill
-        value, computed over the whole batch at once."""
-        logits = self.gates(kept)
-        n = self.gates.dims_per_gate
-        if self.features in ("masked", "mask"):
-            thresholds = self.gates.threshold.logit_thresholds(logits)[:, None]
-            if self.features == "masked":
-                x = kept * (logits.index_select(1, self.gate_columns) > thresholds).to(kept.dtype)
-                score = x @ self.route_weight - self.route_bias
-                if self.dropped_gates is not None:
-                    score = score + (logits.index_select(1, self.dropped_gates) > thresholds).to(kept.dtype) @ self.dropped_weight
-                return score.argmax(dim=1)
-            else:
-                x = (logits > thresholds).to(kept.dtype).repeat_interleave(n, 1)
-        else:
-            x = (torch.sigmoid(logits) if self.features == "prob" else logits).repeat_interleave(n, 1)
-        return (x @ self.route_weight - self.route_bias).argmax(dim=1)
+        self.router = GateRouter(gates, r, searched, len(spec.names) * d, fill)
 
     def score_all(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits of every cluster's head [B, K], cluster id [B])."""
@@ -194,7 +209,7 @@ class SharedTablesModel(nn.Module):
             loglik = looked_up.detach().index_select(1, self.mixture_columns).view(-1, len(self.kept_widths), self.mixture_k)
             clusters = (loglik.sum(dim=1) + self.log_prior).argmax(dim=1)
         else:
-            clusters = self.route(looked_up.detach())
+            clusters = self.router(looked_up.detach())
         if not self.train_tables:
             looked_up = looked_up.detach()
         logits = []
@@ -208,17 +223,9 @@ class SharedTablesModel(nn.Module):
         return logits.gather(1, clusters[:, None]).squeeze(1)
 
     def routed_program(self) -> nn.Module:
-        """What the bundle exports: (dense, sparse) → (logits [B, K], cluster ids [B])."""
-        return _ScoreAll(self)
-
-
-class _ScoreAll(nn.Module):
-    def __init__(self, model: SharedTablesModel):
-        super().__init__()
-        self.model = model
-
-    def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.model.score_all(dense, sparse)
+        """What the bundle exports: (dense, sparse) → (logits [B, K], cluster ids [B]), the
+        heads fused into one MLP (trainer.search.ihas.fused)."""
+        return FusedRouted(self)
 
 
 @torch.no_grad()
