@@ -15,7 +15,8 @@ def test_ihas_rows_decisions_and_plots(tiny_run):
     assert 0 <= report["cluster_purity"] <= 1
     rows = {r["method"]: r for r in report["rows"]}
     assert list(rows) == ["base", "ihas_1", "ihas_2", "ihas_3", "ihas_4", "ihas_4_one_model", "ihas", "ihas_served",
-                          "ihas_warm", "ihas_ids", "ihas_ids_shared", "ihas_shared", "transfer_deepfm_base", "transfer_deepfm"]
+                          "ihas_warm", "ihas_base_warm", "ihas_ids", "ihas_ids_shared", "ihas_ids_shared_base_warm",
+                          "ihas_shared", "transfer_deepfm_base", "transfer_deepfm"]
     assert len(rows["ihas_served"]["guard"]) == 2
     fields = list(decisions.clusters[0].fields)
     # Base keeps every dim of every field; iHAS's params are what its cluster models hold
@@ -83,6 +84,10 @@ def test_ids_row_routes_by_its_own_mixture_and_serves_what_it_scored(tiny_run):
     assert check["max_abs_diff_served_vs_offline"] <= 1e-6 and shared["cluster_purity"] == row["cluster_purity"]
     size = served_bytes(check["path"])
     assert size["router"] == 0 and size["total"] == shared["served_bytes"] < row["served_bytes"]
+    # started from Base instead of the supernet: the same architecture and routing, other weights
+    warm = rows["ihas_ids_shared_base_warm"]
+    assert warm["served_bytes"] == shared["served_bytes"] and warm["cluster_purity"] == shared["cluster_purity"]
+    assert warm["test_auc"] != shared["test_auc"]
 
 
 def test_a_routed_manifest_that_also_names_a_router_is_refused(tiny_run, tmp_path):
