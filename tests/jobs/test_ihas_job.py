@@ -58,8 +58,9 @@ def test_shared_tables_row_serves_one_table_set(tiny_run):
 
 
 def test_ids_row_routes_by_its_own_mixture_and_serves_what_it_scored(tiny_run):
-    """iHAS-ids: the same search, clustered by the id mixture; its bundle's router is the
-    mixture (K floats per id, counted), its purity is reported and served == offline."""
+    """iHAS-ids: the same search, clustered by the id mixture; its bundle is one program
+    holding the mixture (K floats per id, counted) and the cluster models, its purity is
+    reported and served == offline."""
     from serving.bundle import served_bytes
 
     _, _, out, report = tiny_run("ihas_synthetic")
@@ -71,12 +72,15 @@ def test_ids_row_routes_by_its_own_mixture_and_serves_what_it_scored(tiny_run):
     assert row["cluster_purity"] > 0.9 and row["cluster_purity"] > report["cluster_purity"]
     assert check["max_abs_diff_served_vs_offline"] <= 1e-6 and check["rows_compared"] > 0
     size = served_bytes(check["path"])
-    assert size["router"] > 0 and size["total"] == row["served_bytes"]
-    # the router holds K = 2 log-probabilities per id of each field and the K log priors, nothing else
-    router = {k: v for k, v in size["tensors"].items() if k.startswith("router")}
-    tables = {k: v for k, v in router.items() if "embedding_bags" in k}
-    assert tables and all(v[1][1] == 2 for v in tables.values())
-    assert sum(v[2] for v in router.values()) == size["router"] == sum(v[2] for v in tables.values()) + 2 * 4
+    # one program: each cluster's own tables (c<k>_…), the router's K = 2 log-probabilities per
+    # id of each field (m_…) and the K log priors, all counted in the bundle's bytes
+    assert size["router"] == 0 and size["total"] == size["routed"] == row["served_bytes"]
+    tables = {k.rsplit("embedding_bags.", 1)[1]: v for k, v in size["tensors"].items() if "embedding_bags" in k}
+    mixture = {k: v for k, v in tables.items() if k.startswith("m_")}
+    assert mixture and all(v[1][1] == 2 for v in mixture.values())
+    assert {k.split("_", 1)[0] for k in tables} == {"c0", "c1", "m"}
+    assert row["router_bytes"] == sum(v[2] for v in mixture.values()) + 2 * 4
+    assert sum(v[2] for k, v in tables.items() if not k.startswith("m_")) == row["embedding_bytes"]
     assert decisions.router.features == "masked"  # the method itself still clusters as the paper does
     # iHAS-ids-shared: the mixture's log-probabilities ride in the shared tables after the kept
     # columns, so the routed program holds no router tables of its own

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from trainer.data.batches import iterate_batches
+from trainer.jobs.report import served_programs
 from trainer.jobs.retrain import Trained
-from trainer.models.build import served_form
 from trainer.training import Log
 
 VERIFY_ROWS = 2000
@@ -24,7 +24,8 @@ VERIFY_ROWS = 2000
 
 def export_bundle(ds, trained: Trained, row: dict, router, seed: int, where: Path, log: Log) -> dict:
     """Write the bundle directory `where` from `trained` and check it; returns the check figures.
-    Shared-table decisions export their one model as a routed program.
+    Shared-table models, and cluster models whose router fuses them, export as one routed
+    program (trainer.jobs.report.served_programs).
 
     Raises RuntimeError if a served probability differs from the offline one by more than
     1e-6 (batch-shape rounding is ~1e-7).
@@ -34,16 +35,19 @@ def export_bundle(ds, trained: Trained, row: dict, router, seed: int, where: Pat
     from serving.predictor import Predictor
 
     decisions = trained.decisions
-    served = [served_form(m) for m in trained.models]
-    routed = router if len(served) > 1 else None
+    served, routed = served_programs(trained, router)
+    offline_router = router if len(trained.models) > 1 else None
+    one_program = len(served) == 1 and (decisions.shared_tables or offline_router is not None)  # routes and scores
     first = next(iterate_batches(ds, "test", 64, shuffle=False, seed=0, epoch=0))
     version = f"{decisions.method}-{ds.spec.dataset}-s{seed}-{time.strftime('%Y%m%dT%H%M%S')}"
     start = time.perf_counter()
-    programs = {"cluster_models": served, "router": routed,
-                "dims": [{n: 0 for n in ds.spec.names} | dict(zip(m.embeddings.layout.fields, m.embeddings.layout.dims)) for m in served]}
     if decisions.shared_tables:
-        programs = {"cluster_models": [], "router": None, "routed": served[0].routed_program(),
-                    "dims": [c.dims for c in decisions.clusters]}
+        dims = [c.dims for c in decisions.clusters]
+    else:
+        dims = [{n: 0 for n in ds.spec.names} | dict(zip(m.embeddings.layout.fields, m.embeddings.layout.dims))
+                for m in (trained.models if one_program else served)]
+    programs = ({"cluster_models": [], "router": None, "routed": served[0]} if one_program
+                else {"cluster_models": served, "router": routed}) | {"dims": dims}
     path = write_bundle(
         where, spec=ds.spec, example=(first.dense_features, first.sparse_features), version=version,
         metadata={"method": decisions.method, "decisions": decisions.to_json()},
@@ -55,7 +59,8 @@ def export_bundle(ds, trained: Trained, row: dict, router, seed: int, where: Pat
     diff, rows = 0.0, 0
     with torch.no_grad():
         for b in iterate_batches(ds, "test", 500, shuffle=False, seed=0, epoch=0):
-            c = routed(b.dense_features, b.sparse_features) if routed is not None else torch.zeros(len(b.labels), dtype=torch.long)
+            c = offline_router(b.dense_features, b.sparse_features) if offline_router is not None \
+                else torch.zeros(len(b.labels), dtype=torch.long)
             logits = torch.stack([m(b.dense_features, b.sparse_features) for m in trained.models], 1)
             offline = torch.sigmoid(logits.gather(1, c[:, None]).squeeze(1)).numpy()
             got = predictor.predict(FeatureBatch.from_inputs(ds.spec, b.dense_features, b.sparse_features)).probabilities

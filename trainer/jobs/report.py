@@ -66,13 +66,25 @@ def seconds_per_10k(stages: list[tuple[nn.Module, object]], rows: int, batch: in
     return float(np.median(times)) / rows * 10_000
 
 
+def served_programs(trained: Trained, router: nn.Module | None) -> tuple[list[nn.Module], nn.Module | None]:
+    """What the bundle serves for retrained models: ([one program], None) when one program
+    routes and scores (a model over one shared table set, or a router that fuses its
+    cluster models into one), else (the cluster models' served forms, the router or None)."""
+    served = [served_form(m) for m in trained.models]
+    if trained.decisions.shared_tables:
+        return [served[0].routed_program()], None
+    fuse = getattr(router, "fuse", None) if len(served) > 1 else None
+    fused = fuse(served) if fuse is not None else None
+    if fused is not None:
+        return [fused], None
+    return served, (router if len(served) > 1 else None)
+
+
 def trained_row(name: str, label: str, kind: str, trained: Trained, router, assign: dict, ds, search_seconds: float = 0.0) -> dict:
     """A report row for retrained models (served form timed and counted, router included when routed)."""
-    # a model that routes its rows itself (one table set) is served as its routed program
-    served = [getattr(m, "routed_program", lambda m=m: m)() for m in map(served_form, trained.models)]
-    routed = router if len(served) > 1 else None
-    stages = ([(routed, ds)] if routed is not None else []) + [
-        (m, RowSubset(ds, {"test": assign["test"] == c})) for c, m in enumerate(served)]
+    served, routed = served_programs(trained, router)
+    stages = [(routed, ds)] + [(m, RowSubset(ds, {"test": assign["test"] == c})) for c, m in enumerate(served)] \
+        if routed is not None else [(served[0], ds)]
     size = tensor_bytes(([routed] if routed is not None else []) + served)
     return {
         "method": name, "label": label, "kind": kind, **trained.metrics,
@@ -82,9 +94,10 @@ def trained_row(name: str, label: str, kind: str, trained: Trained, router, assi
         # value embeddings (AutoDis meta-embeddings, ...) are float32 parameters
         "embedding_bytes": sum(m.embeddings.layout.embedding_bytes + 4 * m.value_embedding_params for m in trained.models),
         "served_bytes": size["total"], "served_table_bytes": size["tables"],
-        "router_bytes": tensor_bytes([routed])["total"] if routed is not None else 0,
+        # the router's own tensors (inside the one program when it fuses with the cluster models)
+        "router_bytes": tensor_bytes([router])["total"] if router is not None and len(trained.models) > 1 else 0,
         "infer_s_per_10k": seconds_per_10k(stages, len(ds.indices("test"))),
-        "clusters": len(served), "dims": [c.dims for c in trained.decisions.clusters],
+        "clusters": len(trained.decisions.clusters), "dims": [c.dims for c in trained.decisions.clusters],
         "seconds": {"search": search_seconds, "retrain": trained.seconds},
         "per_cluster": trained.clusters,
     }

@@ -1,5 +1,7 @@
 """iHAS-shared: one table set for the router and every cluster head."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -170,3 +172,36 @@ def test_served_program_fuses_the_heads_and_scores_as_the_trained_model(features
     stored = sum(c.embedding_dim for c in model.embeddings.ebc.embedding_bag_configs())
     assert len(linears) == len(cfg.mlp) + 1 and linears[0].in_features == stored + model.n_dense
     assert linears[-1].out_features == 2
+
+
+@pytest.mark.parametrize("dense_input", [False, True])
+def test_cluster_models_and_the_id_router_fuse_into_one_program(dense_input, toy_spec, toy_batch):
+    """Per-cluster MLP models (own tables, own dims, a field one cluster drops) and the id
+    mixture's router as one program: the same clusters and each row's own model's logit."""
+    import numpy as np
+
+    from trainer.search.ihas.mixture import MixtureRouter
+
+    cfg = ModelConfig(name="mlp", embedding_dim=D, mlp=[8, 4], dense_input=dense_input)
+    torch.manual_seed(0)
+    models = [build_model(toy_spec, cfg, dims={"a": 3, "n": 0, "g": 1, "c": 2}),
+              build_model(toy_spec, cfg, dims={"a": 1, "n": 4, "g": 2, "c": 0})]
+    for m in models:
+        with torch.no_grad():
+            for p in m.parameters():
+                p.normal_(0, 0.5)
+        m.eval()
+    rng = np.random.default_rng(0)
+    router = MixtureRouter(toy_spec, [np.log(rng.dirichlet([1.0] * f.num_embeddings, 2).T) for f in toy_spec.fields],
+                           torch.log(torch.tensor([0.4, 0.6])))
+    program = router.fuse(models)
+    dense, sparse = toy_batch.dense_features, toy_batch.sparse_features
+    logits, clusters = program(dense, sparse)
+    want = router(dense, sparse)
+    assert torch.equal(clusters, want) and len(set(want.tolist())) == 2
+    for k, m in enumerate(models):
+        assert torch.allclose(logits[:, k], m(dense, sparse), atol=1e-6)  # float32 summation order only
+    # every table once: each cluster's kept fields and the router's, nothing else
+    names = sorted(c.name for c in program.ebc.embedding_bag_configs())
+    assert names == ["c0_t_a", "c0_t_c", "c0_t_g", "c1_t_a", "c1_t_g", "c1_t_n", "m_a", "m_c", "m_g", "m_n"]
+    assert router.fuse([models[0], build_model(toy_spec, replace(cfg, name="fm"), dims={n: D for n in toy_spec.names})]) is None

@@ -1,20 +1,24 @@
-"""The served form of a shared-tables iHAS model: K cluster heads as one block-diagonal MLP.
+"""Routed iHAS bundles as one program: one table lookup, the router, K MLP heads fused into one.
 
-Scoring every head on every row (SharedTablesModel.score_all) costs, per head, a column
-gather and one small matmul per layer: at batch 100 those ~4K extra graph ops, not the
-arithmetic, are what makes the routed program slower than Base. Here the heads are merged
-into one MLP with Base's number of layers:
+Scoring a routed bundle the straightforward way costs a program call for the router, then
+per cluster a split of the batch, a lookup and an MLP (per-cluster tables), or per head a
+column gather and a small matmul per layer (one shared table set): at batch 100 those
+graph ops, not the arithmetic, make a routed bundle slower than Base. Here:
 
-* layer 1: one [K·h1, W] matrix over the tables' pooled output as TorchRec returns it (W =
-  every stored column, alignment padding included, then the dense inputs); head k's weights
-  sit on the columns it reads, zeros elsewhere — the per-field slices, the concatenation and
-  the gather all become part of the matmul;
-* deeper layers: the heads' layers stacked block-diagonally, so head k's hidden units only
-  feed head k's next layer; the last gives the K logits.
+* every table the bundle scores with (the shared set, or each cluster's own tables, and
+  the id mixture's log-probabilities) sits in one TorchRec EmbeddingBagCollection — a field
+  read by several tables is one KJT feature that TorchRec feeds to each — so a row is
+  looked up once, into one [B, W] tensor at the tables' stored widths;
+* the id-mixture router is one [W, K] matmul (ones on each field's log-probability columns)
+  plus the log priors; the gate router reads the kept columns;
+* the K heads are one MLP with a head's number of layers: layer 1 is one [K·h1, W + dense]
+  matrix whose head-k rows hold head k's weights on the columns it reads and zeros
+  elsewhere (slices, concatenation and gather become part of the matmul); deeper layers are
+  the heads' layers stacked block-diagonally, the last giving the K logits.
 
-A zero weight adds an exact zero to each sum, so each head's logit differs from its own
-MLP's only in summation order (~1e-7). With the id-mixture router the K log-likelihoods are
-one more [W, K] matmul (ones on each field's mixture columns) plus the log priors.
+Every row is scored by every head and its cluster's logit is picked: with the paper's small
+heads that is cheaper than splitting the batch. A zero weight adds an exact zero to a sum,
+so each logit differs from its own head's only in float32 summation order (~1e-7).
 """
 
 from __future__ import annotations
@@ -23,90 +27,179 @@ from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor
+
+from trainer.models.ctr import MLPModel
+from trainer.models.tables import FieldEmbeddings
 
 if TYPE_CHECKING:
+    from trainer.search.ihas.mixture import MixtureRouter
     from trainer.search.ihas.shared import SharedTablesModel
 
 
 def _linears(head: nn.Sequential) -> list[nn.Linear]:
-    layers = [m for m in head if isinstance(m, nn.Linear)]
     if any(not isinstance(m, (nn.Linear, nn.ReLU, nn.Dropout)) for m in head):
         raise ValueError("fused heads need ReLU MLP heads (Linear, ReLU, Dropout)")
-    return layers
+    return [m for m in head if isinstance(m, nn.Linear)]
 
 
 @torch.no_grad()
-def fuse_heads(model: SharedTablesModel, stored: torch.Tensor, width: int) -> nn.Sequential:
-    """One ReLU MLP [B, width] → [B, K] equal to the K heads, each reading its own columns.
+def fuse_mlps(heads: list[nn.Sequential], columns: list[list[int]], width: int, out_bias: list[float]) -> nn.Sequential:
+    """One ReLU MLP [B, width] → [B, K] equal to the K heads.
 
     Args:
-        model: the trained shared-tables model.
-        stored: [lookup width] the position in the stored lookup of each column of the
-            model's concatenated lookup.
-        width: the stored lookup's width plus the dense inputs (the fused first layer's input).
+        heads: K ReLU MLPs with the same number of layers, each ending in one output.
+        columns: per head, the position in the fused input of each of its inputs.
+        width: the fused input's width.
+        out_bias: per head, a constant added to its logit (a model's separate bias).
     """
-    heads = [_linears(h) for h in model.heads]
-    prefix = "lookup_columns" if model.mixture_k else "columns"
-    dense = list(range(width - model.n_dense, width))
-    layers: list[nn.Module] = []
-    for depth in range(len(heads[0])):
-        parts = [h[depth] for h in heads]
-        out_dim = sum(p.out_features for p in parts)
-        in_dim = width if depth == 0 else sum(p.in_features for p in parts)
-        fused = nn.Linear(in_dim, out_dim)
+    layers = [_linears(h) for h in heads]
+    if len({len(ls) for ls in layers}) != 1:
+        raise ValueError("fused heads need the same number of layers")
+    out: list[nn.Module] = []
+    depth = len(layers[0])
+    for i in range(depth):
+        parts = [ls[i] for ls in layers]
+        fused = nn.Linear(width if i == 0 else sum(p.in_features for p in parts), sum(p.out_features for p in parts))
         fused.weight.zero_()
         row = col = 0
         for k, p in enumerate(parts):
             rows = slice(row, row + p.out_features)
-            if depth == 0:
-                cols = stored[getattr(model, f"{prefix}_{k}")].tolist() + dense
-                fused.weight[rows, cols] = p.weight
+            if i == 0:
+                fused.weight[rows, columns[k]] = p.weight
             else:
                 fused.weight[rows, col: col + p.in_features] = p.weight
-            fused.bias[rows] = p.bias
+            fused.bias[rows] = p.bias + (out_bias[k] if i == depth - 1 else 0.0)
             row, col = row + p.out_features, col + p.in_features
-        layers += [fused, nn.ReLU()] if depth < len(heads[0]) - 1 else [fused]
-    return nn.Sequential(*layers).requires_grad_(False)
+        out += [fused, nn.ReLU()] if i < depth - 1 else [fused]
+    return nn.Sequential(*out).requires_grad_(False)
+
+
+def _stored_order(ebc: EmbeddingBagCollection) -> tuple[tuple[str, ...], dict[str, int]]:
+    """The pooled output's keys in order and each key's first column (read from one empty lookup)."""
+    features = sorted({f for c in ebc.embedding_bag_configs() for f in c.feature_names})
+    empty = KeyedJaggedTensor.from_lengths_sync(keys=features, values=torch.zeros(0, dtype=torch.long),
+                                                lengths=torch.zeros(len(features), dtype=torch.long))
+    kt = ebc(empty)
+    starts = torch.tensor([0] + kt.length_per_key()).cumsum(0).tolist()
+    return tuple(kt.keys()), dict(zip(kt.keys(), starts))
 
 
 class FusedRouted(nn.Module):
-    """(dense, sparse) → (logits of every cluster's head [B, K], cluster id [B]), as
-    SharedTablesModel.score_all computes them, with the heads fused (module docstring)."""
+    """(dense, sparse) → (logits of every cluster's head [B, K], cluster id [B]).
 
-    def __init__(self, model: SharedTablesModel):
+    Args:
+        ebc: every table the program reads.
+        heads: the fused MLP over [stored lookup, dense].
+        n_dense: dense inputs the heads read (appended after the lookup).
+        route_matrix: [W, K] summing each cluster's log-probability columns (id mixture), or None.
+        log_prior: [K] with `route_matrix`.
+        router: else a module mapping the stored columns `router_columns` to cluster ids.
+    """
+
+    def __init__(self, ebc: EmbeddingBagCollection, heads: nn.Sequential, n_dense: int, *,
+                 route_matrix: torch.Tensor | None = None, log_prior: torch.Tensor | None = None,
+                 router: nn.Module | None = None, router_columns: torch.Tensor | None = None):
         super().__init__()
-        # only what scores a row: the tables and the router, not the training model's own heads
-        self.ebc = model.embeddings.ebc
-        self.router = None if model.mixture_k else model.router
-        self.register_buffer("log_prior", model.log_prior if model.mixture_k else None)
-        self.n_dense = model.n_dense
-        layout, ebc = model.embeddings.layout, model.embeddings.ebc
-        # TorchRec's pooled output: each table's features in config order, at the stored width
-        self.order = tuple(f for c in ebc.embedding_bag_configs() for f in c.feature_names)
-        stored_width = dict(zip(self.order, (c.embedding_dim for c in ebc.embedding_bag_configs())))
-        at = dict(zip(self.order, torch.tensor([0] + [stored_width[f] for f in self.order]).cumsum(0).tolist()))
-        stored = torch.tensor([at[f] + j for f, d in zip(layout.fields, layout.dims) for j in range(d)], dtype=torch.long)
-        self.stored_width = sum(stored_width.values())
-        self.heads = fuse_heads(model, stored, self.stored_width + model.n_dense)
-        self.register_buffer("unpad", None if self.stored_width == len(stored) else stored)
-        self.route_matrix: torch.Tensor | None
-        if model.mixture_k:
-            m = torch.zeros(self.stored_width, model.mixture_k)
-            cols = stored[model.mixture_columns].view(-1, model.mixture_k)  # [fields, K]
-            for g in range(model.mixture_k):
-                m[cols[:, g], g] = 1.0
-            self.register_buffer("route_matrix", m)
-        else:
-            self.register_buffer("route_matrix", None)
+        if (route_matrix is None) == (router is None):
+            raise ValueError("a fused program routes by the mixture's columns or by a router module, exactly one")
+        self.ebc, self.heads, self.n_dense, self.router = ebc, heads, n_dense, router
+        self.order, _ = _stored_order(ebc)
+        self.register_buffer("route_matrix", route_matrix)
+        self.register_buffer("log_prior", None if log_prior is None else log_prior.detach().clone().float())
+        self.register_buffer("router_columns", router_columns)
 
-    def forward(self, dense: torch.Tensor, sparse) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> tuple[torch.Tensor, torch.Tensor]:
         kt = self.ebc(sparse)
         if tuple(kt.keys()) != self.order:
             raise RuntimeError(f"lookup keys {kt.keys()} are not the fused layer's order {self.order}")
         stored = kt.values()
-        if self.route_matrix is not None:
+        if self.router is None:
             clusters = (stored @ self.route_matrix + self.log_prior).argmax(dim=1)
         else:
-            clusters = self.router(stored if self.unpad is None else stored.index_select(1, self.unpad))
+            kept = stored if self.router_columns is None else stored.index_select(1, self.router_columns)
+            clusters = self.router(kept)
         x = torch.cat([stored, dense], dim=1) if self.n_dense else stored
         return self.heads(x), clusters
+
+
+def _keys(ebc: EmbeddingBagCollection) -> dict[tuple[str, str], str]:
+    """(feature, table) → the feature's key in the pooled output: TorchRec names a feature
+    that several tables read "feature@table"."""
+    pairs = [(f, c.name) for c in ebc.embedding_bag_configs() for f in c.feature_names]
+    reads = {f: sum(g == f for g, _ in pairs) for f, _ in pairs}
+    return {(f, t): f"{f}@{t}" if reads[f] > 1 else f for f, t in pairs}
+
+
+def _field_columns(embeddings: FieldEmbeddings, start: dict[str, int], keys: dict[tuple[str, str], str],
+                   prefix: str = "") -> list[int]:
+    """Stored positions of a model's concatenated lookup (each field's first d columns);
+    `prefix`: what the fused collection prepends to the model's table names."""
+    table = {f: prefix + c.name for c in embeddings.ebc.embedding_bag_configs() for f in c.feature_names}
+    return [start[keys[(f, table[f])]] + j for f, d in zip(embeddings.layout.fields, embeddings.layout.dims) for j in range(d)]
+
+
+def _route_matrix(start: dict[str, int], keys: list[str], k: int, offset, width: int) -> torch.Tensor:
+    m = torch.zeros(width, k)
+    for key in keys:
+        for g in range(k):
+            m[start[key] + offset(key) + g, g] = 1.0
+    return m
+
+
+def shared_program(model: SharedTablesModel) -> FusedRouted:
+    """The served form of a shared-tables model: its own table set, router and heads."""
+    ebc = model.embeddings.ebc
+    _, start = _stored_order(ebc)
+    width = sum(c.embedding_dim for c in ebc.embedding_bag_configs())
+    lookup = torch.tensor(_field_columns(model.embeddings, start, _keys(ebc)), dtype=torch.long)  # the model's lookup → stored
+    prefix = "lookup_columns" if model.mixture_k else "columns"
+    dense = list(range(width, width + model.n_dense))
+    columns = [lookup[getattr(model, f"{prefix}_{k}")].tolist() + dense for k in range(len(model.heads))]
+    heads = fuse_mlps(list(model.heads), columns, width + model.n_dense, [0.0] * len(model.heads))
+    if model.mixture_k:
+        fields = model.embeddings.layout.fields
+        kept = dict(zip(fields, model.kept_widths))  # a field's log-probabilities follow its kept columns
+        return FusedRouted(ebc, heads, model.n_dense, log_prior=model.log_prior,
+                           route_matrix=_route_matrix(start, list(fields), model.mixture_k, kept.__getitem__, width))
+    unpad = None if len(lookup) == width else lookup
+    return FusedRouted(ebc, heads, model.n_dense, router=model.router, router_columns=unpad)
+
+
+def fusable(models: list[nn.Module]) -> bool:
+    """Cluster models the fused program can hold: plain MLP heads over table embeddings."""
+    return all(type(m) is MLPModel and isinstance(m.embeddings, FieldEmbeddings) and m.embeddings.ebc is not None
+               and not m.embeddings.first_order and m.numerical is None and not m.dense_has_nan for m in models)
+
+
+@torch.no_grad()
+def cluster_program(models: list[MLPModel], router: MixtureRouter) -> FusedRouted:
+    """The served form of per-cluster models routed by the id mixture: every cluster's
+    tables (renamed c<k>_<table>) and the mixture's in one collection."""
+    if not fusable(models):
+        raise ValueError("only plain MLP cluster models over table embeddings fuse into one program")
+    configs, weights = [], {}
+    for k, m in enumerate(models):
+        for c in m.embeddings.ebc.embedding_bag_configs():
+            name = f"c{k}_{c.name}"
+            configs.append(EmbeddingBagConfig(name=name, feature_names=list(c.feature_names), num_embeddings=c.num_embeddings,
+                                              embedding_dim=c.embedding_dim, pooling=c.pooling))
+            weights[name] = m.embeddings.ebc.embedding_bags[c.name].weight
+    for c in router.tables.ebc.embedding_bag_configs():
+        configs.append(EmbeddingBagConfig(name=c.name, feature_names=list(c.feature_names), num_embeddings=c.num_embeddings,
+                                          embedding_dim=c.embedding_dim, pooling=c.pooling))
+        weights[c.name] = router.tables.ebc.embedding_bags[c.name].weight
+    ebc = EmbeddingBagCollection(tables=configs, device="cpu")
+    for name, w in weights.items():
+        ebc.embedding_bags[name].weight.copy_(w)
+    _, start = _stored_order(ebc)
+    keys = _keys(ebc)
+    width = sum(c.embedding_dim for c in configs)
+    n_dense = models[0].n_dense
+    dense = list(range(width, width + n_dense))
+    columns = [_field_columns(m.embeddings, start, keys, f"c{k}_") + dense for k, m in enumerate(models)]
+    heads = fuse_mlps([m.deep for m in models], columns, width + n_dense, [float(m.bias) for m in models])
+    mixture_keys = [keys[(f, c.name)] for c in router.tables.ebc.embedding_bag_configs() for f in c.feature_names]
+    k = len(router.log_prior)
+    return FusedRouted(ebc, heads, n_dense, log_prior=router.log_prior,
+                       route_matrix=_route_matrix(start, mixture_keys, k, lambda key: 0, width))

@@ -27,6 +27,7 @@ from torch import nn
 from torchrec import KeyedJaggedTensor
 
 from serving.features import FeatureSpec
+from trainer.search.ihas.fused import cluster_program, fusable
 from trainer.search.ihas.idtables import IdTables, split_ids
 
 SMOOTHING = 1.0
@@ -127,3 +128,8 @@ class MixtureRouter(nn.Module):
 
     def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:
         return (self.tables(sparse).sum(dim=1) + self.log_prior).argmax(dim=1)
+
+    def fuse(self, models: list[nn.Module]) -> nn.Module | None:
+        """One program that routes like this router and scores with `models` (cluster id =
+        index), or None when the models are not plain MLPs (trainer.search.ihas.fused)."""
+        return cluster_program(models, self) if fusable(models) else None

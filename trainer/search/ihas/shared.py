@@ -46,7 +46,7 @@ from trainer.decisions import Decisions
 from trainer.models.blocks import mlp
 from trainer.models.ctr import CTRModel, ModelConfig
 from trainer.models.tables import FieldEmbeddings
-from trainer.search.ihas.fused import FusedRouted
+from trainer.search.ihas.fused import shared_program
 from trainer.search.ihas.gates import MLPGates, SharedGates
 from trainer.search.ihas.mixture import Mixture
 from trainer.search.ihas.warm_start import FIRST_LAYER, TABLE
@@ -225,7 +225,7 @@ class SharedTablesModel(nn.Module):
     def routed_program(self) -> nn.Module:
         """What the bundle exports: (dense, sparse) → (logits [B, K], cluster ids [B]), the
         heads fused into one MLP (trainer.search.ihas.fused)."""
-        return FusedRouted(self)
+        return shared_program(self)
 
 
 @torch.no_grad()
