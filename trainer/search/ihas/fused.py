@@ -178,17 +178,14 @@ def cluster_program(models: list[MLPModel], router: MixtureRouter) -> FusedRoute
     tables (renamed c<k>_<table>) and the mixture's in one collection."""
     if not fusable(models):
         raise ValueError("only plain MLP cluster models over table embeddings fuse into one program")
+    sources = [(f"c{k}_", m.embeddings.ebc) for k, m in enumerate(models)] + [("", router.tables.ebc)]
     configs, weights = [], {}
-    for k, m in enumerate(models):
-        for c in m.embeddings.ebc.embedding_bag_configs():
-            name = f"c{k}_{c.name}"
-            configs.append(EmbeddingBagConfig(name=name, feature_names=list(c.feature_names), num_embeddings=c.num_embeddings,
-                                              embedding_dim=c.embedding_dim, pooling=c.pooling))
-            weights[name] = m.embeddings.ebc.embedding_bags[c.name].weight
-    for c in router.tables.ebc.embedding_bag_configs():
-        configs.append(EmbeddingBagConfig(name=c.name, feature_names=list(c.feature_names), num_embeddings=c.num_embeddings,
-                                          embedding_dim=c.embedding_dim, pooling=c.pooling))
-        weights[c.name] = router.tables.ebc.embedding_bags[c.name].weight
+    for prefix, source in sources:
+        for c in source.embedding_bag_configs():
+            configs.append(EmbeddingBagConfig(name=prefix + c.name, feature_names=list(c.feature_names),
+                                              num_embeddings=c.num_embeddings, embedding_dim=c.embedding_dim,
+                                              pooling=c.pooling))
+            weights[prefix + c.name] = source.embedding_bags[c.name].weight
     ebc = EmbeddingBagCollection(tables=configs, device="cpu")
     for name, w in weights.items():
         ebc.embedding_bags[name].weight.copy_(w)
