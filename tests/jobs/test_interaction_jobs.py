@@ -18,6 +18,11 @@ def test_the_served_program_holds_only_the_kept_pairs(tiny_run):
     assert [[fields[i], fields[j]] for i, j in index.T.tolist()] == [i["fields"] for i in kept]
     assert report["interactions"]["kept"] == len(kept)
     assert report["planted"]["planted"] == 2 and report["planted"]["kept"] == len(kept)
+    # every searched row is scored against the planted pairs, the labelled centred search too
+    assert report["planted_by_row"]["autofis"] == report["planted"]
+    centred = report["planted_by_row"]["autofis_centred"]
+    assert centred["planted"] == 2 and 0 <= centred["precision"] <= 1
+    assert "autofis_centred" in {r["method"] for r in report["rows"]}
 
 
 def test_the_served_aim_program_holds_only_the_kept_interactions(tiny_run):

@@ -12,11 +12,11 @@ from trainer.search.interface import SearchContext
 from trainer.training import TrainConfig
 
 
-def method_for(spec, name: str) -> AutoFIS:
+def method_for(spec, name: str, centred: bool = False) -> AutoFIS:
     torch.manual_seed(0)
     ctx = SearchContext(spec, ModelConfig(name=name, embedding_dim=4, mlp=[8]), TrainConfig(), None, {}, 100, None, None,
                         lambda _: None)
-    m = AutoFIS(AutoFISConfig(alpha_init=0.3), ctx)
+    m = AutoFIS(AutoFISConfig(alpha_init=0.3, centred=centred), ctx)
     m.build()
     return m
 
@@ -51,6 +51,33 @@ def test_logit_is_the_gated_normalised_sum_by_hand(toy_spec, toy_batch, name):
             if name == "deepfm":
                 want = want + base.deep(concat).squeeze(1)
     assert torch.allclose(got, want, atol=1e-6)  # float32 sums in a different order
+
+
+def test_centred_pair_terms_ignore_a_shift_of_every_embedding_of_a_field(toy_spec, toy_batch):
+    """A constant added to every embedding of a field moves the uncentred products by
+    ⟨e_i, c⟩, a function of field i alone (a main effect); the centred ones do not move,
+    in training (batch mean) and in eval (running mean moved by the same constant)."""
+    dense, sparse = toy_batch.dense_features, toy_batch.sparse_features
+    out = {}
+    for centred in (False, True):
+        net = method_for(toy_spec, "fm", centred).supernet
+        table = net.base.embeddings.ebc.embedding_bags["t_c"].weight  # one id per row: the pooled row is the table row
+        terms = []
+        for shift in (0.0, 0.7):
+            with torch.no_grad():
+                table.add_(shift)
+            embs, _ = net.base.embeddings.lookup(sparse)
+            net.train()
+            train = net.interactions(embs).detach()
+            if centred:
+                net.field_mean.copy_(torch.stack([e.mean(0) for e in embs]))
+            terms.append((train, net.eval().interactions(embs).detach()))
+        out[centred] = terms
+    # pairs with field "c" (index 3): the shift moves them unless centred
+    with_c = [k for k, (i, j) in enumerate(method_for(toy_spec, "fm").supernet.pairs.T.tolist()) if 3 in (i, j)]
+    for mode in (0, 1):
+        assert torch.allclose(out[True][0][mode], out[True][1][mode], atol=1e-5)
+        assert not torch.allclose(out[False][0][mode][:, with_c], out[False][1][mode][:, with_c], atol=1e-3)
 
 
 def test_a_zero_gate_closes_its_interaction_and_derive_drops_it(toy_spec, toy_batch):

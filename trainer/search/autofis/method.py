@@ -39,6 +39,8 @@ class AutoFISConfig(SearchLoopConfig):
     Args:
         method: "autofis".
         alpha_init: every gate's starting value.
+        centred: pair terms between embeddings centred on their field's mean (supernet.py;
+            a labelled variant, not the paper's).
     """
 
     method: str = "autofis"
@@ -48,6 +50,7 @@ class AutoFISConfig(SearchLoopConfig):
     arch_optimizer: str = "grda"
     arch_lr: float = 0.01
     alpha_init: float = 0.05
+    centred: bool = False
 
     def validate(self) -> list[str]:
         p = super().validate()
@@ -67,11 +70,16 @@ class AutoFISVariants:
             training batches the weights fit (a labelled variant, not the paper's).
         plain_retrain: AutoFIS's pairs retrained without their α (the pruned base model
             alone; a labelled variant, not the paper's).
+        centred: AutoFIS searched with pair terms orthogonal to the fields' main effects
+            (`search.centred`) and α on a gate split (a labelled variant, not the paper's:
+            with neither main effects nor the training rows' noise to fit, a noise pair's α
+            has nothing to grow on and GRDA closes it).
     """
 
     random: bool = True
     gate_split: bool = False
     plain_retrain: bool = True
+    centred: bool = False
 
     def validate(self) -> list[str]:
         return []
@@ -109,7 +117,7 @@ class AutoFIS:
         n = base.n_fields
         pairs = torch.triu_indices(n, n, offset=1)
         self.fields = list(base.embeddings.layout.fields)
-        self.supernet = FISNetwork(base, pairs, self.cfg.alpha_init)
+        self.supernet = FISNetwork(base, pairs, self.cfg.alpha_init, self.cfg.centred)
         return self.supernet
 
     def arch_parameters(self) -> list[torch.nn.Parameter]:
@@ -163,6 +171,9 @@ class AutoFIS:
         if wanted.gate_split:
             rows.append(Variant("autofis_gate_split", "AutoFIS, α on a gate split (not the paper's)", "variant",
                                 search={"arch_split": "gate"}))
+        if wanted.centred:
+            rows.append(Variant("autofis_centred", "AutoFIS, centred pair terms, α on a gate split (not the paper's)",
+                                "variant", search={"centred": True, "arch_split": "gate"}))
         if wanted.plain_retrain:
             plain = decisions.replace(method="autofis_plain", interactions=tuple(Interaction(i.fields) for i in decisions.interactions))
             rows.append(Variant("autofis_plain", "AutoFIS pairs retrained without α (not the paper's)", "variant", (plain,)))
@@ -177,4 +188,5 @@ class AutoFIS:
         entry = {"interactions": {k: d[k] for k in ("searched", "kept", "share_kept")}}
         if "planted" in d:
             entry["planted"] = d["planted"]
+            entry["planted_by_row"] = {k: v.details["planted"] for k, v in searched.items() if "planted" in v.details}
         return entry

@@ -7,6 +7,12 @@
 One batch norm per interaction, without scale and shift: a learned scale would let
 ⟨e_i, e_j⟩ and α trade magnitude, and α would stop measuring the interaction's
 importance. α = 0 (GRDA makes exact zeros) closes the interaction.
+
+`centred` (a labelled variant, not the paper's): the products are taken between embeddings
+centred on their field's mean, ⟨e_i − ē_i, e_j − ē_j⟩ (batch mean while training, a running
+mean in eval, as batch norm does). Then E[term | id of field i] = ⟨e_i − ē_i, E e_j − ē_j⟩ = 0:
+a pair term cannot carry either field's main effect, so a field with an additive signal
+gives no α to the pairs it sits in; only a signal in the pair itself does.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ class FISNetwork(nn.Module):
         alpha_init: the gates' starting value.
     """
 
-    def __init__(self, base: CTRModel, pairs: torch.Tensor, alpha_init: float):
+    def __init__(self, base: CTRModel, pairs: torch.Tensor, alpha_init: float, centred: bool = False):
         super().__init__()
         if type(base) not in FIS_MODELS.values():
             raise ValueError(f"FIS searches the interactions of {sorted(FIS_MODELS)}, not {type(base).__name__}")
@@ -37,11 +43,21 @@ class FISNetwork(nn.Module):
         self.register_buffer("pairs", pairs)
         self.alpha = nn.Parameter(torch.full((pairs.shape[1],), float(alpha_init)))
         self.bn = nn.BatchNorm1d(pairs.shape[1], affine=False)
+        self.centred = centred
+        self.register_buffer("field_mean", torch.zeros(base.n_fields, base.max_dim) if centred else None)
 
     def interactions(self, embs: list[torch.Tensor]) -> torch.Tensor:
         """α ⊙ BN(⟨e_i, e_j⟩) per searched pair, [B, P]."""
-        products = pairwise_inner(stack_zero_padded(embs, self.base.max_dim), self.pairs)
-        return self.bn(products) * self.alpha
+        stacked = stack_zero_padded(embs, self.base.max_dim)
+        if self.centred:
+            if self.training:
+                mean = stacked.mean(dim=0)
+                with torch.no_grad():
+                    self.field_mean.lerp_(mean.detach(), self.bn.momentum)
+            else:
+                mean = self.field_mean
+            stacked = stacked - mean
+        return self.bn(pairwise_inner(stacked, self.pairs)) * self.alpha
 
     def forward(self, dense: torch.Tensor, sparse) -> torch.Tensor:
         base = self.base
