@@ -40,3 +40,6 @@ def test_the_served_aim_program_holds_only_the_kept_interactions(tiny_run):
     assert stages["kept"] == len(kept)
     order3, pool = stages["candidates_by_order"].get("order 3", [0, 1])
     assert order3 < pool  # Algorithm 1's pool, not every triple
+    # the labelled centred search is its own row, scored against the planted interactions too
+    assert "aim_centred" in {r["method"] for r in report["rows"]}
+    assert set(report["aim"]["aim_centred"]["planted"]) == set(stages["planted"]) == {"2", "3"}

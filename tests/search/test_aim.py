@@ -63,6 +63,34 @@ def test_gated_terms_normalise_without_affine_and_scale_by_alpha():
         assert torch.equal(t(x)[:, 1], torch.zeros(x.shape[0]))  # α = 0 closes the interaction exactly
 
 
+@pytest.mark.parametrize("fn", ["inner", "vector_kernel", "scalar_kernel", "outer"])
+def test_centred_terms_are_the_functions_of_centred_embeddings(fn):
+    """Centred gated terms equal the plain function of x − field mean (batch mean in
+    training, the running mean in eval), so a constant added to a field's embeddings moves
+    nothing; every term of order 3 too."""
+    x = stacked_input()
+    index = torch.tensor([[0, 1, 2], [2, 3, 4], [1, 4, 0]]).T.contiguous()
+    torch.manual_seed(2)
+    t = Terms(fn, index, D, gated=True, alpha_init=0.7, centred=True, n_fields=5)
+    plain = Terms(fn, index, D)
+    with torch.no_grad():
+        for name, p in plain.named_parameters():
+            p.copy_(torch.randn_like(p))
+            dict(t.named_parameters())[name].copy_(p)
+    t.train()
+    got = t(x)
+    ref = torch.nn.BatchNorm1d(3, affine=False)(plain(x - x.mean(0))) * 0.7
+    assert torch.allclose(got, ref, atol=1e-5)
+    shifted = x.clone()
+    shifted[:, 2] += 3.0
+    assert torch.allclose(t(shifted), got, atol=1e-4)
+    with torch.no_grad():
+        t.field_mean.copy_(x.mean(0))
+    t.eval()
+    want = (plain(x - x.mean(0)) - t.bn.running_mean) / torch.sqrt(t.bn.running_var + t.bn.eps) * 0.7
+    assert torch.allclose(t(x), want, atol=1e-5)
+
+
 def test_combine_builds_algorithm_1s_pool_not_every_tuple():
     fields = tuple(f"F{i}" for i in range(10))
     top = [("F0", "F1"), ("F2", "F3"), ("F0", "F2")]  # k = 3 tuples of order 2

@@ -46,9 +46,13 @@ class Terms(nn.Module):
         width: D, the embedding width the functions see.
         gated: multiply each value by α after an affine-free batch norm (a search stage).
         alpha_init: α's starting value.
+        centred: (gated only) compute the functions on embeddings centred on their field's
+            mean (batch mean in training, running mean in eval): a term then carries no
+            main effect of any one of its fields (a labelled search variant, not the paper's).
     """
 
-    def __init__(self, function: str, index: torch.Tensor, width: int, gated: bool = False, alpha_init: float = 1.0):
+    def __init__(self, function: str, index: torch.Tensor, width: int, gated: bool = False, alpha_init: float = 1.0,
+                 centred: bool = False, n_fields: int = 0):
         super().__init__()
         if function not in FUNCTIONS:
             raise ValueError(f"interaction function {function!r} is not one of {FUNCTIONS}")
@@ -63,10 +67,19 @@ class Terms(nn.Module):
             self.w = nn.Parameter(torch.randn(p, t, width) / width ** 0.5)
         self.alpha = nn.Parameter(torch.full((t,), float(alpha_init))) if gated else None
         self.bn = nn.BatchNorm1d(t, affine=False) if gated else None
+        self.register_buffer("field_mean", torch.zeros(n_fields, width) if gated and centred else None)
 
     def forward(self, stacked: torch.Tensor) -> torch.Tensor:
         """[B, N, D] → [B, T]."""
         p = self.index.shape[0]
+        if self.field_mean is not None:
+            if self.training:
+                mean = stacked.mean(dim=0)
+                with torch.no_grad():
+                    self.field_mean.lerp_(mean.detach(), self.bn.momentum)
+            else:
+                mean = self.field_mean
+            stacked = stacked - mean
         if self.function == "outer":
             value = (stacked[:, self.index[0]] * self.w[0]).sum(dim=2)
             for s in range(1, p):
@@ -155,12 +168,13 @@ class AIMModel(nn.Module):
         eds: the dimension search's supernet (β ∈ ℝ^{N×D} scales every embedding).
         alpha_init / beta_init: starting values of α and β.
         fixed: terms (as in `terms`) that stay ungated in a gated model.
+        centred: gated terms read embeddings centred on their field's mean (Terms).
     """
 
     def __init__(self, spec: FeatureSpec, cfg: ModelConfig, terms: list[tuple[tuple[str, ...], str]],
                  dims: dict[str, int] | None = None, positions: dict[str, tuple[int, ...]] | None = None,
                  function_wise: bool = True, device=None, *, gated: bool = False, eds: bool = False,
-                 alpha_init: float = 1.0, beta_init: float = 1.0, fixed: frozenset = frozenset()):
+                 alpha_init: float = 1.0, beta_init: float = 1.0, fixed: frozenset = frozenset(), centred: bool = False):
         super().__init__()
         if cfg.name not in AIM_BASES:
             raise ValueError(f"AIM's interaction model has bases {AIM_BASES}, not {cfg.name!r}")
@@ -175,7 +189,7 @@ class AIMModel(nn.Module):
                 key = (len(names), fn, gated and (tuple(names), fn) not in fixed)
                 groups.setdefault(key, []).append(sorted(pos[n] for n in names))
         self.terms = nn.ModuleList(
-            Terms(fn, torch.tensor(sorted(idx)).T.contiguous(), cfg.embedding_dim, g, alpha_init)
+            Terms(fn, torch.tensor(sorted(idx)).T.contiguous(), cfg.embedding_dim, g, alpha_init, centred, len(fields))
             for (_, fn, g), idx in sorted(groups.items()))
         self.n_terms = sum(len(idx) for idx in groups.values())
         self.beta = nn.Parameter(torch.full((len(fields), cfg.embedding_dim), float(beta_init))) if eds else None

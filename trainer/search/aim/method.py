@@ -49,6 +49,8 @@ class AIMConfig(SearchLoopConfig):
         eds: run the embedding dimension search stage.
         alpha_init: every interaction gate's starting value.
         beta_init: every dimension gate's starting value.
+        centred: the interaction stages' gated terms read embeddings centred on their
+            field's mean, so no term carries a main effect (a labelled variant, not the paper's).
         eds_c / eds_mu: GRDA's threshold settings in the embed stage (β multiplies every
             embedding coordinate: its gradients have another scale than α's).
     """
@@ -68,6 +70,7 @@ class AIMConfig(SearchLoopConfig):
     beta_init: float = 0.05
     eds_c: float = 0.005
     eds_mu: float = 0.6
+    centred: bool = False
 
     def validate(self) -> list[str]:
         p = super().validate()
@@ -93,12 +96,15 @@ class AIMVariants:
         orders: AIM searched up to each of these orders besides max_order (e.g. [2, 4]).
         gate_split: AIM with α / β learning on a split carved from train instead of the
             training batches the weights fit (a labelled variant, not the paper's).
+        centred: AIM-centred: interaction terms on field-centred embeddings (`search.centred`),
+            α / β on a gate split (a labelled variant, not the paper's; as AutoFIS-centred).
     """
 
     ablations: bool = False
     shared_embeddings: bool = False
     orders: list[int] = field(default_factory=list)
     gate_split: bool = False
+    centred: bool = False
 
     def validate(self) -> list[str]:
         return [f"variants.orders: each in 2..4, got {self.orders}"] if any(not 2 <= o <= 4 for o in self.orders) else []
@@ -163,7 +169,7 @@ class AIM:
         else:
             terms = self.kept + [(t, fn) for t in self.candidates for fn in cfg.functions]
             net = AIMModel(self.spec, self.model_cfg, terms, function_wise=cfg.function_wise, gated=True,
-                           alpha_init=cfg.alpha_init, fixed=frozenset(self.kept))
+                           alpha_init=cfg.alpha_init, fixed=frozenset(self.kept), centred=cfg.centred)
         self.supernet = net
         return net
 
@@ -259,6 +265,9 @@ class AIM:
         if wanted.gate_split:
             rows.append(Variant("aim_gate_split", "AIM, α / β on a gate split (not the paper's)", "variant",
                                 search={"arch_split": "gate"}))
+        if wanted.centred:
+            rows.append(Variant("aim_centred", "AIM, centred interaction terms, α / β on a gate split (not the paper's)",
+                                "variant", search={"centred": True, "arch_split": "gate"}))
         rows.append(Variant("aim", "AIM", "method", (decisions,)))
         return rows
 
