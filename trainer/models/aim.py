@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from serving.features import FeatureSpec
-from trainer.models.blocks import mlp
+from trainer.models.blocks import centre_fields, mlp
 from trainer.models.ctr import ModelConfig
 from trainer.models.tables import FieldEmbeddings, LinearWeights
 
@@ -73,13 +73,7 @@ class Terms(nn.Module):
         """[B, N, D] → [B, T]."""
         p = self.index.shape[0]
         if self.field_mean is not None:
-            if self.training:
-                mean = stacked.mean(dim=0)
-                with torch.no_grad():
-                    self.field_mean.lerp_(mean.detach(), self.bn.momentum)
-            else:
-                mean = self.field_mean
-            stacked = stacked - mean
+            stacked = centre_fields(stacked, self.field_mean, self.bn.momentum, self.training)
         if self.function == "outer":
             value = (stacked[:, self.index[0]] * self.w[0]).sum(dim=2)
             for s in range(1, p):

@@ -29,6 +29,19 @@ def stack_zero_padded(embs: list[torch.Tensor], width: int) -> torch.Tensor:
     return torch.stack([e if e.shape[1] == width else nn.functional.pad(e, (0, width - e.shape[1])) for e in embs], dim=1)
 
 
+def centre_fields(stacked: torch.Tensor, running: torch.Tensor, momentum: float, training: bool) -> torch.Tensor:
+    """[B, N, D] minus each field's mean embedding: the batch mean while training (which also
+    moves `running` [N, D] by `momentum`, as batch norm does), `running` in eval. A product
+    of centred embeddings has zero mean given any one field's id, so it cannot carry that
+    field's main effect."""
+    if not training:
+        return stacked - running
+    mean = stacked.mean(dim=0)
+    with torch.no_grad():
+        running.lerp_(mean.detach(), momentum)
+    return stacked - mean
+
+
 def fm_interaction(stacked: torch.Tensor, pairs: torch.Tensor | None = None,
                    weights: torch.Tensor | None = None) -> torch.Tensor:
     """Σ_{i<j} <e_i, e_j> per row: over every pair in O(N·d) as ½((Σe)² − Σe²), or over the

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from trainer.models.blocks import pairwise_inner, stack_zero_padded
+from trainer.models.blocks import centre_fields, pairwise_inner, stack_zero_padded
 from trainer.models.ctr import FM, IPNN, CTRModel, DeepFM
 
 FIS_MODELS = {"fm": FM, "deepfm": DeepFM, "ipnn": IPNN}
@@ -50,13 +50,7 @@ class FISNetwork(nn.Module):
         """α ⊙ BN(⟨e_i, e_j⟩) per searched pair, [B, P]."""
         stacked = stack_zero_padded(embs, self.base.max_dim)
         if self.centred:
-            if self.training:
-                mean = stacked.mean(dim=0)
-                with torch.no_grad():
-                    self.field_mean.lerp_(mean.detach(), self.bn.momentum)
-            else:
-                mean = self.field_mean
-            stacked = stacked - mean
+            stacked = centre_fields(stacked, self.field_mean, self.bn.momentum, self.training)
         return self.bn(pairwise_inner(stacked, self.pairs)) * self.alpha
 
     def forward(self, dense: torch.Tensor, sparse) -> torch.Tensor:
