@@ -12,7 +12,7 @@ from trainer.models.build import build_model
 from trainer.models.ctr import ModelConfig
 from trainer.search.aim.method import AIM, AIMConfig, combine
 from trainer.search.interface import SearchContext
-from trainer.training import TrainConfig
+from trainer.training import TrainConfig, TrainingError
 
 D = 4
 
@@ -173,3 +173,9 @@ def test_stages_keep_nonzero_gates_and_seed_the_next_order(toy_spec):
     assert d.clusters[0].fields["c"].dim == D and d.clusters[0].fields["n"].dim == 0
     assert [tuple(i.fields) for i in d.interactions] == [("g", "c")]  # (a, n) lost n's every dim
     assert Decisions.from_json(d.to_json()) == d
+    with torch.no_grad():
+        m.supernet.beta.zero_()  # a dimension search that closes everything: one clear error, not a crash later
+    m.positions = None
+    m.next_stage(cfg)
+    with pytest.raises(TrainingError, match="closed every dimension of every field .*lower search.eds_c"):
+        m.derive(context(toy_spec))

@@ -27,7 +27,7 @@ from trainer.jsonfile import write_json
 from trainer.metrics import summary
 from trainer.models.build import build_model
 from trainer.models.ctr import CTRModel, ModelConfig
-from trainer.training import Log, TrainConfig, fit, predict, wrap
+from trainer.training import Log, TrainConfig, TrainingError, fit, predict, wrap
 from trainer.unshard import load_full_state, unshard_into
 
 SPLITS = ("train", "val", "test")
@@ -127,7 +127,8 @@ def retrain(ds, decisions: Decisions, assign: dict, model_cfg: ModelConfig, tcfg
     models, clusters, seconds = [], [], 0.0
     for c in decisions.clusters:
         if not (assign["train"] == c.id).any() or not any(c.dims.values()):
-            raise RuntimeError(f"{decisions.method}: cluster {c.id} is empty or keeps no dims (lower search.clusters or search.l0)")
+            raise TrainingError(f"{decisions.method}: cluster {c.id} has no training rows or keeps no embedding dims: "
+                                "the search closed them all (iHAS: lower search.clusters or search.l0)")
         log(f"retrain {model_cfg.name} for {decisions.method} cluster {c.id} ({int((assign['train'] == c.id).sum())} train rows) → {out}")
         plain, val, test, metrics = train_cluster(ds, assign, c, model_cfg, tcfg, env, out / f"cluster_{c.id}", resume, log, init,
                                                      options, decisions.model_options())

@@ -31,6 +31,7 @@ from trainer.models.ctr import CTRModel
 from trainer.search.interface import SearchContext, Variant
 from trainer.search.loop import SearchLoopConfig
 from trainer.search.planted import planted_scores
+from trainer.training import TrainingError
 
 Term = tuple[tuple[str, ...], str]  # (field names, function)
 
@@ -234,6 +235,9 @@ class AIM:
 
     def derive(self, ctx: SearchContext) -> Decisions:
         d = self.model_cfg.embedding_dim
+        if self.positions is not None and not any(self.positions.values()):
+            raise TrainingError(f"AIM's dimension search closed every dimension of every field (search.eds_c = "
+                                f"{self.cfg.eds_c}): nothing is left to retrain; lower search.eds_c")
         base = uniform("aim", ctx.spec.names, self.model_cfg.field_dims(ctx.spec), ctx.train_rows)
         fields = {n: (FieldDecision(len(self.positions[n]), self.positions[n] if len(self.positions[n]) < d else None, f.storage)
                       if n in self.positions else f) for n, f in base.clusters[0].fields.items()}
