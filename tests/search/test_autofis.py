@@ -57,7 +57,7 @@ def test_centred_pair_terms_ignore_a_shift_of_every_embedding_of_a_field(toy_spe
     """A constant added to every embedding of a field moves the uncentred products by
     ⟨e_i, c⟩, a function of field i alone (a main effect); the centred ones do not move,
     in training (batch mean) and in eval (running mean moved by the same constant)."""
-    dense, sparse = toy_batch.dense_features, toy_batch.sparse_features
+    sparse = toy_batch.sparse_features
     out = {}
     for centred in (False, True):
         net = method_for(toy_spec, "fm", centred).supernet
