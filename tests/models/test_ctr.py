@@ -263,3 +263,18 @@ def test_kept_pairs_on_a_model_without_pairwise_interactions_are_refused(toy_spe
 
     with pytest.raises(ValueError, match="no pairwise interactions"):
         build_model(toy_spec, ModelConfig(name="mlp", mlp=[4]), interactions=(Interaction(("a", "g")),))
+
+
+def test_one_kept_interaction_gives_plain_row_major_index_buffers(toy_spec):
+    """A search that keeps exactly one pair (or one triple) must not give a transposed-view
+    index: DDP's buffer broadcast refuses to write into a [p, 1] tensor with strides (1, p)
+    (2-process retrains crashed on it)."""
+    from trainer.decisions import Interaction
+    from trainer.models.aim import AIMModel
+
+    m = build_model(toy_spec, ModelConfig(name="deepfm", embedding_dim=4, mlp=[8]),
+                    interactions=[Interaction(("a", "c")), Interaction(("a", "g", "c"))])
+    assert m.pair_index.tolist() == [[0], [3]] and m.pair_index.stride() == (1, 1)
+    assert m.order3_index.stride() == (1, 1)
+    aim = AIMModel(toy_spec, ModelConfig(name="fm", embedding_dim=4), [(("a", "c"), "inner")])
+    assert all(t.index.stride() == (1, 1) for t in aim.terms)

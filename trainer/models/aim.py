@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from serving.features import FeatureSpec
-from trainer.models.blocks import centre_fields, mlp
+from trainer.models.blocks import centre_fields, mlp, tuple_index
 from trainer.models.ctr import ModelConfig
 from trainer.models.tables import FieldEmbeddings, LinearWeights
 
@@ -183,8 +183,8 @@ class AIMModel(nn.Module):
                 key = (len(names), fn, gated and (tuple(names), fn) not in fixed)
                 groups.setdefault(key, []).append(sorted(pos[n] for n in names))
         self.terms = nn.ModuleList(
-            Terms(fn, torch.tensor(sorted(idx)).T.contiguous(), cfg.embedding_dim, g, alpha_init, centred, len(fields))
-            for (_, fn, g), idx in sorted(groups.items()))
+            Terms(fn, tuple_index(sorted(idx), n), cfg.embedding_dim, g, alpha_init, centred, len(fields))
+            for (n, fn, g), idx in sorted(groups.items()))
         self.n_terms = sum(len(idx) for idx in groups.values())
         self.beta = nn.Parameter(torch.full((len(fields), cfg.embedding_dim), float(beta_init))) if eds else None
         self.base = cfg.name

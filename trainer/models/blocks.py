@@ -29,6 +29,13 @@ def stack_zero_padded(embs: list[torch.Tensor], width: int) -> torch.Tensor:
     return torch.stack([e if e.shape[1] == width else nn.functional.pad(e, (0, width - e.shape[1])) for e in embs], dim=1)
 
 
+def tuple_index(tuples: list, p: int) -> torch.Tensor:
+    """[p, T] long: column t holds tuple t's p field positions. Built from the transposed
+    lists, so it has plain row-major strides even for T = 1 (a transposed [1, p] view is
+    "contiguous" with strides (1, p), which DDP's buffer broadcast refuses to write into)."""
+    return torch.tensor([list(c) for c in zip(*tuples)] if tuples else [[] for _ in range(p)], dtype=torch.long).reshape(p, -1)
+
+
 def centre_fields(stacked: torch.Tensor, running: torch.Tensor, momentum: float, training: bool) -> torch.Tensor:
     """[B, N, D] minus each field's mean embedding: the batch mean while training (which also
     moves `running` [N, D] by `momentum`, as batch norm does), `running` in eval. A product

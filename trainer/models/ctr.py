@@ -21,7 +21,7 @@ from torch import nn
 from torchrec import KeyedJaggedTensor
 
 from serving.features import FeatureSpec
-from trainer.models.blocks import CrossNetwork, fm_interaction, mlp, pairwise_inner, stack_zero_padded
+from trainer.models.blocks import CrossNetwork, fm_interaction, mlp, pairwise_inner, stack_zero_padded, tuple_index
 from trainer.models.tables import LinearWeights
 
 
@@ -134,10 +134,10 @@ class CTRModel(nn.Module):
             for t in interactions:
                 if all(f in pos for f in t) and len(set(t)) == len(t) >= 2:
                     by_order.setdefault(len(t), set()).add(tuple(sorted(pos[f] for f in t)))
-            index = torch.tensor(sorted(by_order.get(2, ())), dtype=torch.long).reshape(-1, 2).T.contiguous()
+            index = tuple_index(sorted(by_order.get(2, ())), 2)
             self.high_orders = tuple(sorted(p for p in by_order if p > 2))
             for p in self.high_orders:
-                self.register_buffer(f"order{p}_index", torch.tensor(sorted(by_order[p])).T.contiguous(), persistent=False)
+                self.register_buffer(f"order{p}_index", tuple_index(sorted(by_order[p]), p), persistent=False)
         # not persistent: the kept interactions are architecture (from the decisions), not trained weights
         self.register_buffer("pair_index", index, persistent=False)
         self.field_names = fields
