@@ -139,11 +139,12 @@ def _field_columns(embeddings: FieldEmbeddings, start: dict[str, int], keys: dic
     return [start[keys[(f, table[f])]] + j for f, d in zip(embeddings.layout.fields, embeddings.layout.dims) for j in range(d)]
 
 
-def _route_matrix(start: dict[str, int], keys: list[str], k: int, offset, width: int) -> torch.Tensor:
+def _route_matrix(first: list[int], k: int, width: int) -> torch.Tensor:
+    """[width, K] summing, per cluster g, column first_f + g of every field f (the fields'
+    K mixture log-probabilities start at `first`)."""
     m = torch.zeros(width, k)
-    for key in keys:
-        for g in range(k):
-            m[start[key] + offset(key) + g, g] = 1.0
+    for col in first:
+        m[torch.arange(col, col + k), torch.arange(k)] = 1.0
     return m
 
 
@@ -159,9 +160,9 @@ def shared_program(model: SharedTablesModel) -> FusedRouted:
     heads = fuse_mlps(list(model.heads), columns, width + model.n_dense, [0.0] * len(model.heads))
     if model.mixture_k:
         fields = model.embeddings.layout.fields
-        kept = dict(zip(fields, model.kept_widths))  # a field's log-probabilities follow its kept columns
+        first = [start[f] + kept for f, kept in zip(fields, model.kept_widths)]  # log-probabilities follow the kept columns
         return FusedRouted(ebc, heads, model.n_dense, log_prior=model.log_prior,
-                           route_matrix=_route_matrix(start, list(fields), model.mixture_k, kept.__getitem__, width))
+                           route_matrix=_route_matrix(first, model.mixture_k, width))
     unpad = None if len(lookup) == width else lookup
     return FusedRouted(ebc, heads, model.n_dense, router=model.router, router_columns=unpad)
 
@@ -196,7 +197,6 @@ def cluster_program(models: list[MLPModel], router: MixtureRouter) -> FusedRoute
     dense = list(range(width, width + n_dense))
     columns = [_field_columns(m.embeddings, start, keys, f"c{k}_") + dense for k, m in enumerate(models)]
     heads = fuse_mlps([m.deep for m in models], columns, width + n_dense, [float(m.bias) for m in models])
-    mixture_keys = [keys[(f, c.name)] for c in router.tables.ebc.embedding_bag_configs() for f in c.feature_names]
-    k = len(router.log_prior)
+    first = [start[keys[(f, c.name)]] for c in router.tables.ebc.embedding_bag_configs() for f in c.feature_names]
     return FusedRouted(ebc, heads, n_dense, log_prior=router.log_prior,
-                       route_matrix=_route_matrix(start, mixture_keys, k, lambda key: 0, width))
+                       route_matrix=_route_matrix(first, len(router.log_prior), width))
