@@ -57,7 +57,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    # overrides may follow a flag too (`... a.b=1 --resume c.d=2`): argparse alone ends the
+    # positional list at the first flag
+    args, extra = parser.parse_known_args(argv)
+    stray = [a for a in extra if a.startswith("-") or "=" not in a]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    args.overrides += extra
     from trainer.data.readers.base import DataError
     from trainer.training import TrainingError
 

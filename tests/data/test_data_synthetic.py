@@ -153,3 +153,32 @@ def test_numerical_signal_is_off_by_default_and_only_moves_the_labels():
     x = np.arange(0, 2000, dtype=np.float32)
     steps = np.sign(np.diff(reader.numerical_effect(0, x)))
     assert (steps > 0).any() and (steps < 0).any()
+
+
+def test_pure_interactions_carry_no_lower_order_signal():
+    params = SyntheticParams(rows=200_000, n_categorical=6, n_numerical=0, vocab_max=40, n_groups=1,
+                             signal_fields_per_group=1, interactions_2=1, interactions_3=1, seed=5)
+    skewed = SyntheticReader(params, threads=1)
+    pure = SyntheticReader(SyntheticParams(**{**params.__dict__, "pure_interactions": True}), threads=1)
+    assert '"pure_interactions"' not in skewed.fingerprint() and '"pure_interactions"' in pure.fingerprint()
+    assert pure.planted() == skewed.planted()
+    _, cols, _ = concat(pure, 1 << 16)
+    for names, fs_pure in zip(pure.interactions, pure._factors):
+        for name, u_pure in zip(names, fs_pure):
+            i = int(name[1:]) - 1
+            q = pure.id_distribution(i)
+            # the analytic id distribution is the generator's: the ids' frequencies match it
+            # within 4 binomial standard errors of 200k draws
+            freq = np.bincount(cols[name], minlength=len(q)) / params.rows
+            assert np.all(np.abs(freq - q) <= 4 * np.sqrt(q * (1 - q) / params.rows) + 1e-12)
+            # standardised on that distribution (float32 storage: ~1e-6)
+            assert abs(q @ u_pure) < 1e-5 and abs(q @ u_pure.astype(np.float64) ** 2 - 1) < 1e-5
+    # a triple's pair, averaged over its third field, is flat: the mean of the triple's term
+    # given the pair's ids is 0 for the pure factors (float32: < 1e-5), not for the skewed ones
+    triple = next(k for k, t in enumerate(pure.interactions) if len(t) == 3)
+    names = pure.interactions[triple]
+    q_last = pure.id_distribution(int(names[2][1:]) - 1)
+    for reader in (pure, skewed):
+        u = reader._factors[triple]
+        pair_mean = np.outer(u[0], u[1]) * float(q_last @ u[2])
+        assert np.abs(pair_mean).max() < 1e-5 if reader is pure else np.abs(pair_mean).max() > 1e-3

@@ -2,8 +2,13 @@
 and the report scores them against the planted ones."""
 
 import json
+import shutil
+import subprocess
+from pathlib import Path
 
 from serving.bundle.verify import load_bundle
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_the_served_program_holds_only_the_kept_pairs(tiny_run):
@@ -43,3 +48,19 @@ def test_the_served_aim_program_holds_only_the_kept_interactions(tiny_run):
     # the labelled centred search is its own row, scored against the planted interactions too
     assert "aim_centred" in {r["method"] for r in report["rows"]}
     assert set(report["aim"]["aim_centred"]["planted"]) == set(stages["planted"]) == {"2", "3"}
+
+
+def test_a_resumed_run_adds_a_variant_row_and_reuses_the_finished_ones(tiny_run, search_cmd, tmp_path):
+    config, tmp, out, report = tiny_run("autofis_synthetic")
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    searched = (copy / "search" / "search.json").stat().st_mtime_ns
+    res = subprocess.run(search_cmd(config, copy, tmp / "cache") + ["--resume", "variants.gate_split=true"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    again = json.loads((copy / "report.json").read_text())
+    rows = {r["method"]: r for r in again["rows"]}
+    assert set(rows) == {r["method"] for r in report["rows"]} | {"autofis_gate_split"}
+    for r in report["rows"]:  # every finished row is read back, not retrained
+        assert rows[r["method"]]["test_auc"] == r["test_auc"]
+    assert (copy / "search" / "search.json").stat().st_mtime_ns == searched

@@ -133,9 +133,10 @@ def test_save_never_deletes_the_checkpoint_latest_names(tmp_path):
 def test_search_resume_with_a_changed_config_is_refused_before_any_work(tiny_run, search_cmd):
     config, tmp, out, report = tiny_run("ihas_synthetic")
     before = (out / "report.json").read_text()
-    cmd = search_cmd(config, out, tmp / "cache") + ["--resume", "search.clusters=3", "train.lr=0.01"]
+    cmd = search_cmd(config, out, tmp / "cache")
+    cmd = cmd[:-1] + ["--resume", cmd[-1], "search.clusters=3", "train.lr=0.01"]
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert res.returncode == 2 and "Traceback" not in res.stderr and "--resume with a different" in res.stderr
     assert "search.clusters" in res.stderr and "train.lr" in res.stderr
     assert (out / "report.json").read_text() == before  # nothing rewritten
 

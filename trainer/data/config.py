@@ -80,6 +80,8 @@ class DataConfig:
         interactions_3: synthetic: planted field triples carrying signal (0 = none).
         numerical_signal: synthetic: std scale of a non-linear click signal in the
             numerical fields' values (0 = none, the default; see readers/synthetic.py).
+        pure_interactions: synthetic: planted factors standardised on their field's id
+            distribution, so a planted tuple carries no lower-order signal (default off).
     """
 
     source: str = "movielens100k"
@@ -109,6 +111,7 @@ class DataConfig:
     interactions_2: int = SyntheticParams.interactions_2
     interactions_3: int = SyntheticParams.interactions_3
     numerical_signal: float = SyntheticParams.numerical_signal
+    pure_interactions: bool = SyntheticParams.pure_interactions
 
     def __post_init__(self) -> None:
         if self.min_count is None:

@@ -28,9 +28,10 @@ from trainer.jsonfile import write_json
 
 RECORD = "run.json"
 # Keys a resumed run may change: how long and how loudly it runs, where the cache lives,
-# what it reports; never what shapes the model, the data or the optimizer.
+# what it reports and which extra rows it adds (each variant searches and retrains in a
+# directory of its own); never what shapes the model, the data or the optimizer.
 RESUMABLE = ("train.epochs", "train.patience", "train.min_epochs", "train.log_every", "train.threads", "train.keep_checkpoints",
-             "train.eval_batch_size", "data.cache_dir", "report.")
+             "train.eval_batch_size", "data.cache_dir", "report.", "variants.")
 PACKAGES = ("torch", "torchrec", "fbgemm-gpu-cpu", "fbgemm-gpu", "numpy", "grpcio", "protobuf")
 
 

@@ -28,6 +28,13 @@ The generating model (all drawn from the seed):
     adds INTERACTION_STD / sqrt(#tuples) · Π u_f[id_f] to its logit: a signal no sum of
     per-field effects can express, and exactly what a product of embeddings can. The
     tuples are recorded (`planted()`) so a search can be scored against them.
+    With `pure_interactions` (off by default) every factor is standardised on its field's
+    id distribution (zero mean, unit variance over the Zipf, or group mixture, of ids that
+    field draws): a planted tuple then adds nothing, on average, to the logit of any
+    smaller set of its fields (its pairs carry no pair signal, its fields no main effect:
+    exactly so when the fields are independent, n_groups = 1). Without it a factor's mean
+    under the skewed ids is far from 0, so a triple's pairs and a pair's fields carry real
+    lower-order signal of their own.
 Rows are generated in fixed blocks of BLOCK rows, each from its own seeded stream, so the
 data does not depend on the chunk size asked for. Same seed → byte-identical arrays on a
 given machine (float32 log/exp could in principle round differently on another CPU).
@@ -72,6 +79,8 @@ class SyntheticParams:
         interactions_3: planted field triples (0 = none).
         seed: everything is derived from it.
         numerical_signal: s, the std scale of the logit the numerical fields add (0 = none).
+        pure_interactions: planted factors standardised on their field's id distribution,
+            so a planted tuple carries no lower-order signal.
     """
 
     rows: int = 100_000
@@ -86,6 +95,7 @@ class SyntheticParams:
     interactions_3: int = 0
     seed: int = 0
     numerical_signal: float = 0.0
+    pure_interactions: bool = False
 
     # Ids are computed in float32, which holds every integer up to 2**24 exactly.
     MAX_VOCAB = 2**24
@@ -214,8 +224,30 @@ class SyntheticReader:
             pool = list(itertools.combinations(range(p.n_categorical), order))
             picks = rng.choice(len(pool), size=getattr(p, f"interactions_{order}"), replace=False)
             tuples += [pool[i] for i in sorted(picks)]
-        factors = [[rng.normal(0.0, 1.0, self.vocab_sizes[i] + 1).astype(np.float32) for i in t] for t in tuples]
+        factors = [[rng.normal(0.0, 1.0, self.vocab_sizes[i] + 1) for i in t] for t in tuples]
+        if p.pure_interactions:
+            for t, fs in zip(tuples, factors):
+                for i, u_f in zip(t, fs):
+                    q = self.id_distribution(i)
+                    u_f -= q @ u_f
+                    u_f /= np.sqrt(q @ u_f**2)
+        factors = [[u_f.astype(np.float32) for u_f in fs] for fs in factors]
         return [[f"C{i + 1}" for i in t] for t in tuples], factors
+
+    def id_distribution(self, i: int) -> np.ndarray:
+        """P(id = k) of categorical field i, k = 0..V_i (id 0 never drawn): the floored power
+        law `_zipf_ids` inverts, through the group permutation for the rows of the group
+        owning the field (a share 1 / n_groups of the rows)."""
+        v, a = self.vocab_sizes[i], self.params.zipf_a
+        edges = np.arange(1, v + 2, dtype=np.float64)
+        cdf = np.log(edges) / np.log(v + 1.0) if abs(a - 1.0) < 1e-9 else (edges ** (1 - a) - 1) / ((v + 1.0) ** (1 - a) - 1)
+        q = np.concatenate([[0.0], np.diff(cdf)])
+        if self._owner[i] < 0:
+            return q
+        member = 1.0 / self.params.n_groups
+        permuted = np.zeros_like(q)
+        permuted[self._perm[i]] = q
+        return member * permuted + (1 - member) * q
 
     def planted(self) -> dict:
         """The planted structure a search can be scored against."""
@@ -228,7 +260,7 @@ class SyntheticReader:
     def fingerprint(self) -> str:
         # options at their default (off) are left out: data without them keeps its fingerprint (and cache)
         params = {k: v for k, v in asdict(self.params).items()
-                  if not ((k.startswith("interactions_") or k == "numerical_signal") and not v)}
+                  if not ((k.startswith("interactions_") or k in ("numerical_signal", "pure_interactions")) and not v)}
         return f"synthetic|v{GENERATOR_VERSION}|{json.dumps(params, sort_keys=True)}"
 
     def numerical_effect(self, i: int, x: np.ndarray) -> np.ndarray:
