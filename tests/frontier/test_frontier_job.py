@@ -73,6 +73,11 @@ def test_every_point_has_the_keys_and_its_bundle_bytes(run):
         # every tensor the archives store is counted, and the rows are stored once
         assert p["served_bytes"] == total == p["stored_bytes"], p["scheme"]
         assert p["served_table_bytes"] == tables > 0, p["scheme"]
+        assert 0 < p["test_rows_low"] < 1 and 0 <= p["test_auc_low"] <= 1  # the rows holding a low-frequency id
+        if p["scheme"] != "fe_fp32":  # paired against the same seed's FE fp32: the interval holds the full-rows difference
+            d = p["auc_vs_fe_fp32"]
+            assert d["lo"] <= d["diff"] <= d["hi"] and d["resamples"] > 150
+            assert d["diff"] == pytest.approx(p["test_auc"] - by(points, "fe_fp32")["test_auc"], abs=1e-6)
 
 
 def test_bytes_order_by_storage(run):
