@@ -184,3 +184,12 @@ def test_the_bytes_term_moves_alpha_toward_cheaper_candidates(toy_spec, toy_batc
     chosen = emb.chosen()
     for i in present:
         assert chosen[emb.searched[i]] == emb.candidates[int(emb.candidate_bytes[i].masked_fill(~emb.offered[i], float("inf")).argmin())]
+
+
+def test_a_supernet_saved_with_one_alpha_tensor_loads_per_field(method):
+    state = method.supernet.state_dict()
+    alpha = torch.arange(3 * 4, dtype=torch.float32).reshape(3, 4)
+    assert not any("offered" in k or "candidate_bytes" in k for k in state)  # derived from the layout, not saved
+    old = {k: v for k, v in state.items() if ".alphas." not in k} | {"embeddings.alpha": alpha}
+    method.supernet.load_state_dict(old)
+    assert torch.equal(method.embeddings.alpha, alpha)

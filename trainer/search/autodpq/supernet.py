@@ -50,6 +50,13 @@ from trainer.search.gumbel import GumbelClock, GumbelSchedule
 PHASES = ("pretrain", "search", "eval")
 
 
+def _split_alpha(state: dict, prefix: str, *_) -> None:
+    """A supernet saved when α was one [F, T] parameter loads into the per-field α."""
+    alpha = state.pop(f"{prefix}alpha", None)
+    if alpha is not None:
+        state.update({f"{prefix}alphas.{i}": row.clone() for i, row in enumerate(alpha)})
+
+
 def candidate_bytes(t: FieldTable, c: Compression) -> int:
     """Bytes the bundle stores for field t's table if its low-frequency ids take c."""
     return replace(t, compression=c).embedding_bytes
@@ -102,10 +109,11 @@ class SearchEmbeddings(CompressedEmbeddings):
         })
         self.alphas = nn.ParameterList(nn.Parameter(torch.zeros(len(self.candidates))) for _ in tables)
         self.register_buffer("offered", torch.tensor([[offered(t, c, prune) for c in self.candidates] for t in tables],
-                                                     dtype=torch.bool).reshape(len(tables), len(self.candidates)))
+                                                     dtype=torch.bool).reshape(len(tables), len(self.candidates)),
+                             persistent=False)  # both derived from the layout: not part of a saved supernet
         self.register_buffer("candidate_bytes", torch.tensor(
             [[float(candidate_bytes(t, c)) if offered(t, c, prune) else 0.0 for c in self.candidates] for t in tables]
-        ).reshape(len(tables), len(self.candidates)))
+        ).reshape(len(tables), len(self.candidates)), persistent=False)
         if not bool(self.offered.any(dim=1).all()):
             raise ValueError("a searched field is offered no candidate")
         for name in self.searched:  # BN output → field scale (identity until set_target_moments)
@@ -114,6 +122,7 @@ class SearchEmbeddings(CompressedEmbeddings):
         self.clock = GumbelClock(schedule)
         self.phase = "pretrain"
         self.present: set[int] = set()  # searched fields whose α the last stochastic forward used
+        self._register_load_state_dict_pre_hook(_split_alpha)
 
     @property
     def alpha(self) -> torch.Tensor:
