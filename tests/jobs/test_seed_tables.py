@@ -1,5 +1,7 @@
 """The per-seed table runner: mean ± sample std of every report row, for any method."""
 
+from pathlib import Path
+
 import pytest
 
 from trainer.jobs import tables
@@ -30,3 +32,13 @@ def test_rows_are_aggregated_per_method_over_seeds(tmp_path, monkeypatch):
     assert "| BASE | 0.7100 ± 0.0100 | 0.2900 ± 0.0100 | 100 | 400 | 800 |" in md
     assert "| M | 0.7300 ± 0.0100 | 0.2700 ± 0.0100 | 50 | 200 | 400 | 0.0100 ± 0.0000 | 3.00 ± 0.00 |" in md
     assert "Cluster purity (test rows vs planted groups): 0.910 ± 0.010" in md
+
+
+def test_a_failed_run_exits_2_with_one_line_naming_its_log(tmp_path, capsys):
+    from trainer.jobs.tables import main
+
+    config = Path(__file__).resolve().parents[2] / "configs" / "tiny" / "autofis_synthetic.toml"
+    assert main(["--config", str(config), "--out", str(tmp_path / "out"), "--seeds", "0", "--", "search.no_such_key=1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "job.log" in err[0]
+    assert "search.no_such_key" in (tmp_path / "out" / "seed_0" / "job.log").read_text()

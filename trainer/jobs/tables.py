@@ -124,7 +124,11 @@ def main(argv: list[str] | None = None) -> int:
         futures = {(m, s): pool.submit(run_search_job, args.config, out / (m or "") / f"seed_{s}",
                                        [*([f"model.name={m}"] if m else []), f"train.seed={s}", *args.overrides], args.resume)
                    for m, s in runs}
-        reports = {(m, s): f.result() for (m, s), f in futures.items()}
+        try:
+            reports = {(m, s): f.result() for (m, s), f in futures.items()}
+        except RuntimeError as e:  # one run failed: its own log holds the why
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     first = reports[runs[0]]
     result = {
         "method": first["method"], "dataset": first["dataset"], "seeds": args.seeds,
