@@ -32,7 +32,7 @@ RECORD = "run.json"
 # setting and seed trains in a directory of its own, and a nested search run checks its
 # own config); never what shapes the model, the data or the optimizer.
 RESUMABLE = ("train.epochs", "train.patience", "train.min_epochs", "train.log_every", "train.threads", "train.keep_checkpoints",
-             "train.eval_batch_size", "data.cache_dir", "report.", "variants.", "frontier.schemes.", "frontier.seeds",
+             "train.eval_batch_size", "data.cache_dir", "report.", "variants.", "frontier.schemes.", "frontier.scheme_configs.", "frontier.seeds",
              "frontier.infer_")
 PACKAGES = ("torch", "torchrec", "fbgemm-gpu-cpu", "fbgemm-gpu", "numpy", "grpcio", "protobuf")
 
