@@ -32,7 +32,7 @@ MAX_ORDER = 4  # highest interaction order a model computes
 NUMERICAL_ENCODINGS = ("bucketized", "autodis", "scalar")
 AGGREGATIONS = ("max", "topk", "weighted")
 PROJECTIONS = ("linear", "leaky_skip")
-QUANTIZATIONS = ("none", "int8", "fp16")
+QUANTIZATIONS = ("none", "int8", "fp16", "int4")
 SERVED_BY = ("self", "base")
 
 
@@ -212,7 +212,7 @@ class Decisions:
             field not named is bucketized.
         autodis: the AutoDis settings; required when a field is "autodis".
         router: routing parameters; None for one cluster.
-        quantize: storage of the exported tables ("none", "int8", "fp16").
+        quantize: storage of the exported tables ("none", "int8", "fp16", "int4").
         details: method diagnostics, never read by retrain or export.
         version: schema version of this record.
         shared_tables: the router and every cluster model read one set of tables (each

@@ -38,8 +38,9 @@ GOLDEN_FILES = {
     "clusters": "golden/clusters.npy",  # int64 [G], the router's choice
 }
 # Serving-time storage of the cluster models' embedding tables (torchrec's quantized
-# EmbeddingBagCollection over FBGEMM's TBE kernels; row-wise scale and bias for int8).
-QUANTIZATIONS = {"int8": torch.qint8, "fp16": torch.half}
+# EmbeddingBagCollection over FBGEMM's TBE kernels; row-wise scale and bias for int8 and
+# int4, two int4 values a byte).
+QUANTIZATIONS = {"int8": torch.qint8, "fp16": torch.half, "int4": torch.quint4x2}
 QUANTIZATION_KINDS = ("none", *QUANTIZATIONS)  # "none" = float32 tables
 _CHUNK = 1 << 20
 

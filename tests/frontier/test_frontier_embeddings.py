@@ -2,7 +2,7 @@
 
 import torch
 
-from trainer.frontier.embeddings import MappedEmbeddings, TwoTierEmbeddings, mix32
+from trainer.frontier.embeddings import MappedEmbeddings, QREmbeddings, TwoTierEmbeddings, mix32
 
 
 def _rows(emb, table):
@@ -80,3 +80,37 @@ def test_two_tier_rows_pool_exactly_each_id_at_its_tier(toy_spec, toy_batch):
             want_first[row] += w
     assert torch.allclose(first, want_first, atol=1e-5)
     assert set(emb.proj) == {"a", "g"} and "l_c" not in emb.ebc.embedding_bags
+
+
+def test_quotient_remainder_rows_combine_as_computed_by_hand(toy_spec, toy_batch):
+    torch.manual_seed(0)
+    emb = QREmbeddings(toy_spec, 4, 3, first_order=True)
+    sizes = {f.name: f.num_embeddings for f in toy_spec.fields}
+    assert emb.mapped == {n: v > 3 for n, v in sizes.items()}
+    for n, v in sizes.items():  # ⌈V / B⌉ quotient rows and B remainder rows, or the field's own rows
+        tables = {k: t.weight.shape[0] for k, t in emb.ebc.embedding_bags.items() if k.endswith(f"_{n}")}
+        assert tables == ({f"q_{n}": -(-v // 3), f"r_{n}": 3} if v > 3 else {f"t_{n}": v})
+    with torch.no_grad():  # random first-order columns too, so the test sees where they are read
+        for t in emb.ebc.embedding_bags.values():
+            t.weight.normal_()
+    embs, first = emb.lookup(toy_batch.sparse_features)
+    fields = toy_batch.sparse_features.to_dict()
+    want_first = torch.zeros(8)
+    for i, (name, jt) in enumerate(fields.items()):
+        rows = torch.repeat_interleave(torch.arange(8), jt.lengths())
+        x = jt.values()
+        if emb.mapped[name]:
+            q, r = _rows(emb, f"q_{name}")[x // 3], _rows(emb, f"r_{name}")[x % 3]
+            per_id = q[:, :4] + r[:, :4] if emb.bags[name] else q[:, :4] * r[:, :4]
+            w = q[:, 4] + r[:, 4]
+        else:
+            row = _rows(emb, f"t_{name}")[x]
+            per_id, w = row[:, :4], row[:, 4]
+        count = jt.lengths().clamp(min=1).float() if emb.bags[name] else torch.ones(8)
+        want = torch.zeros(8, 4).index_add(0, rows, per_id) / count[:, None]
+        assert torch.allclose(embs[i], want, atol=1e-6), name
+        want_first += torch.zeros(8).index_add(0, rows, w) / count
+    assert torch.allclose(first, want_first, atol=1e-6)
+    # two ids of one field never read the same (quotient, remainder) pair
+    ids = torch.arange(sizes["a"])
+    assert len({(int(i) // 3, int(i) % 3) for i in ids}) == sizes["a"]

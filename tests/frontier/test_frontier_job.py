@@ -65,7 +65,7 @@ def by(points, scheme, **settings):
 def test_every_point_has_the_keys_and_its_bundle_bytes(run):
     out, points = run
     schemes = {p["scheme"] for p in points}
-    assert schemes == {"fe_fp32", "fe_fp16", "fe_int8", "dim", "others", "hash", "lowdim"}
+    assert schemes == {"fe_fp32", "fe_fp16", "fe_int8", "fe_int4", "dim", "others", "hash", "qr", "lowdim"}
     for p in points:
         assert KEYS <= set(p), p
         assert p["seed"] == 0 and 0.0 <= p["test_auc"] <= 1.0 and p["test_logloss"] > 0 and p["infer_s_per_10k"] > 0
@@ -73,15 +73,21 @@ def test_every_point_has_the_keys_and_its_bundle_bytes(run):
         # every tensor the archives store is counted, and the rows are stored once
         assert p["served_bytes"] == total == p["stored_bytes"], p["scheme"]
         assert p["served_table_bytes"] == tables > 0, p["scheme"]
+        assert 0 < p["test_rows_low"] < 1 and 0 <= p["test_auc_low"] <= 1  # the rows holding a low-frequency id
+        if p["scheme"] != "fe_fp32":  # paired against the same seed's FE fp32: the interval holds the full-rows difference
+            d = p["auc_vs_fe_fp32"]
+            assert d["lo"] <= d["diff"] <= d["hi"] and d["resamples"] > 150
+            assert d["diff"] == pytest.approx(p["test_auc"] - by(points, "fe_fp32")["test_auc"], abs=1e-6)
 
 
 def test_bytes_order_by_storage(run):
     _, points = run
-    fp32, fp16, int8 = (by(points, f"fe_{q}") for q in ("fp32", "fp16", "int8"))
+    fp32, fp16, int8, int4 = (by(points, f"fe_{q}") for q in ("fp32", "fp16", "int8", "int4"))
     for key in ("served_bytes", "served_table_bytes"):
-        assert int8[key] < fp16[key] < fp32[key]
+        assert int4[key] <= int8[key] < fp16[key] < fp32[key]
     # FBGEMM's quantized rows: 2 bytes a value (fp16) or 1 byte a value + a 4-byte scale and
-    # bias (int8), each row padded to a multiple of 16 bytes; fp32 rows are 4 bytes a value
+    # bias (int8; int4: half a byte a value), each row padded to a multiple of 16 bytes; fp32
+    # rows are 4 bytes a value
     tables = json.loads((run[0] / fp32["bundle"] / "manifest.json").read_text())["clusters"][0]["tables"]
     pad = lambda n: -(-n // 16) * 16  # noqa: E731
     assert fp32["served_table_bytes"] == sum(t["num_embeddings"] * 4 * t["dim"] for t in tables)
@@ -89,9 +95,11 @@ def test_bytes_order_by_storage(run):
     rows16 = sum(t["num_embeddings"] * pad(2 * t["dim"]) for t in tables)
     rows8 = sum(t["num_embeddings"] * pad(t["dim"] + 4) for t in tables)
     assert rows16 <= fp16["served_table_bytes"] <= rows16 + 64 * len(tables) + 512
+    rows4 = sum(t["num_embeddings"] * pad(-(-t["dim"] // 2) + 4) for t in tables)
     assert rows8 <= int8["served_table_bytes"] <= rows8 + 64 * len(tables) + 512
+    assert rows4 <= int4["served_table_bytes"] <= rows4 + 64 * len(tables) + 512
     assert by(points, "hash", buckets=16)["served_bytes"] < by(points, "hash", buckets=64)["served_bytes"] < fp32["served_bytes"]
-    for scheme in ("others", "lowdim", "dim"):
+    for scheme in ("others", "lowdim", "dim", "qr"):
         assert by(points, scheme)["served_bytes"] < fp32["served_bytes"], scheme
 
 
@@ -104,6 +112,12 @@ def test_tables_have_the_rows_the_scheme_promises(run):
         assert sorted(t["feature"] for t in tables) == sorted(spec.names)
         assert all(t["num_embeddings"] == min(b, spec.field(t["feature"]).num_embeddings) for t in tables)
         assert any(t.get("derived", "").endswith(":hash") for t in tables)
+    # QR: a field with more than B ids stores ⌈V / B⌉ quotient rows and B remainder rows
+    tables = json.loads((out / by(points, "qr", buckets=16)["bundle"] / "manifest.json").read_text())["clusters"][0]["tables"]
+    for f in spec.fields:
+        mine = sorted((t.get("derived", t["feature"]), t["num_embeddings"]) for t in tables if t["feature"] == f.name)
+        v = f.num_embeddings
+        assert mine == ([(f"{f.name}:qr_q", -(-v // 16)), (f"{f.name}:qr_r", 16)] if v > 16 else [(f.name, v)]), mine
     # Others: a field with low-frequency ids keeps its frequent rows + one shared row
     others = by(points, "others")
     tables = json.loads((out / others["bundle"] / "manifest.json").read_text())["clusters"][0]["tables"]
@@ -152,3 +166,20 @@ def test_autodpq_settings_are_checked_by_autodpq_itself():
     with pytest.raises(ConfigError) as e:  # AutoDPQ's own cross-section rule: every D divides the dim
         load_experiment(config, ["frontier.schemes.autodpq.search.ds=[3]"])
     assert "D=3 vs dim 16" in str(e.value)
+
+
+def test_byte_aware_autodpq_points_are_served_bundles(tmp_path):
+    """Only the AutoDPQ scheme, with one byte-aware λ: AutoDPQ and the λ row are points whose
+    bytes are their bundles' tensors, and the λ point says which storage each coded field took."""
+    schemes = ('frontier.schemes={autodpq={baselines=[], size_weights=[2.0], '
+               'search={ks=[2, 4], ds=[2, 4], search_epochs=1, arch_every=2, arch_lr=0.01}}}')
+    res = frontier(tmp_path / "run", tmp_path / "cache", schemes)
+    assert res.returncode == 0, res.stderr[-4000:]
+    points = json.loads((tmp_path / "run" / "frontier.json").read_text())
+    assert sorted(p["scheme"] for p in points) == ["autodpq", "autodpq_bytes"]
+    for p in points:
+        assert KEYS <= set(p) and p["served_bytes"] == archive_bytes(tmp_path / "run" / p["bundle"])[0]
+    lam = by(points, "autodpq_bytes")
+    assert lam["settings"]["size_weight"] == 2.0 and lam["label"] == "λ=2"
+    kinds = {v if not v.startswith("K") else "dpq" for v in lam["settings"]["chosen"].values()}
+    assert lam["settings"]["chosen"] and kinds <= {"full", "others", "dpq"}

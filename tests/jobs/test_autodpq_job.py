@@ -75,3 +75,21 @@ def test_sharded_training_starts_from_the_given_weights(toy_spec, toy_batch, dis
     with torch.no_grad():
         got = train.eval()(toy_batch)[1][1]
     assert torch.allclose(got, want, atol=1e-6)
+
+
+def test_byte_aware_rows_choose_among_offered_candidates(tmp_path):
+    from trainer.jobs.search import load_experiment, run
+
+    overrides = ["variants.baselines=[]", "variants.size_weights=[0.0, 4.0]", "report.export=false", "report.plots=false",
+                 f"data.cache_dir={tmp_path / 'cache'}"]
+    report = run(load_experiment(str(CONFIG), overrides), tmp_path / "out", log=lambda _: None)
+    rows = {r["method"]: r for r in report["rows"]}
+    assert {"autodpq_bytes_0", "autodpq_bytes_4"} <= set(rows)
+    for name in ("autodpq_bytes_0", "autodpq_bytes_4"):
+        decisions = Decisions.from_json(json.loads((tmp_path / "out" / "rows" / name / "decisions.json").read_text()))
+        details = decisions.details
+        kinds = [c["kind"] if c["kind"] != "dpq" else f"dpq K={c['k']} D={c['d']}" for c in details["candidates"]]
+        assert kinds[:2] == ["full", "others"] and details["size_weight"] == float(name.rsplit("_", 1)[1])
+        for field, storage in report["storage_by_row"][name].items():
+            assert details["offered"][field][kinds.index(storage)]  # never a candidate the field was not offered
+            assert sum(details["probs"][field][j] for j, ok in enumerate(details["offered"][field]) if not ok) == 0

@@ -75,6 +75,19 @@ def test_config_diff_flattens_sections():
     assert config_diff({"report": {"export": True}}, {"report": {"export": False}}) == []
 
 
+def test_a_key_added_since_the_run_started_resumes_at_its_default(tmp_path):
+    out = tmp_path / "out"
+    _open(out)
+    record = json.loads((out / RECORD).read_text())
+    del record["config"]["train"]["lr"]  # as if the run had started before train.lr existed
+    (out / RECORD).write_text(json.dumps(record))
+    _open(out, resume=True)  # the new key at its default: what the old run did
+    with pytest.raises(RunDirError, match="train.lr"):
+        _open(out, Exp(replace(TrainConfig(), lr=0.5)), resume=True)  # the new key set to something else
+    assert config_diff({"a": {}}, {"a": {"b": 1}}, {"a": {"b": 1}}) == []
+    assert config_diff({"a": {}}, {"a": {"b": 2}}, {"a": {"b": 1}}) == ["a.b"]
+
+
 def test_json_files_never_hold_nan(tmp_path):
     write_json(tmp_path / "m.json", {"auc": float("nan"), "x": [float("inf"), 1.0]})
     assert json.loads((tmp_path / "m.json").read_text()) == {"auc": None, "x": [None, 1.0]}

@@ -111,19 +111,28 @@ def test_function_wise_tables_per_field_and_function_with_the_searched_dims(toy_
     d = Decisions("aim", (cluster,), interactions=inter, interaction_model="aim", function_wise=True)
     model = build_model(toy_spec, cfg, cluster=cluster, **{k: v for k, v in d.model_options().items()})
     assert isinstance(model, AIMModel) and model.embeddings.sets == ("inner", "vector_kernel", "outer")
+    dims = {"a": 2, "n": D, "g": 1, "c": 3}
+    # a set stores the fields its function's interactions read; the first set every field (the MLP reads them)
+    stores = {"inner": ["a", "n", "g", "c"], "vector_kernel": ["n", "c"], "outer": ["a", "g"]}
     for s, emb in model.embeddings.tables.items():
         widths = {c.name: c.embedding_dim for c in emb.ebc.embedding_bag_configs()}
-        assert set(widths) == {"t_a", "t_n", "t_g", "t_c"}
-        assert emb.layout.dims == (2, D, 1, 3)
+        assert set(widths) == {f"t_{f}" for f in stores[s]}, s
+        assert emb.layout.dims == tuple(dims[f] for f in stores[s])
     shared = build_model(toy_spec, cfg, cluster=cluster, interactions=inter, interaction_model="aim", function_wise=False)
     assert shared.embeddings.sets == ("shared",)
-    assert model.embeddings.layout.embedding_params == 3 * shared.embeddings.layout.embedding_params
-    # Map_i: a field's stored values land at its kept positions, zeros elsewhere
+    per_field = {f: p for f, p in zip(shared.embeddings.layout.fields, [8 * 2, 5 * D, 4 * 1, 3 * 3])}
+    assert shared.embeddings.layout.embedding_params == sum(per_field.values())
+    assert model.embeddings.layout.embedding_params == sum(per_field[f] for fs in stores.values() for f in fs)
+    fm = build_model(toy_spec, ModelConfig(name="fm", embedding_dim=D), cluster=cluster, **d.model_options())
+    assert fm.embeddings.tables["inner"].layout.fields == ("a", "n", "c")  # without an MLP g is read by outer only
+    # Map_i: a field's stored values land at its kept positions, zeros elsewhere and for fields a set does not store
     with torch.no_grad():
         embs = model.embeddings.tables["inner"](toy_batch.sparse_features)
-        placed = model.embeddings.placed_stack(embs)
+        placed = model.embeddings.placed_stack("inner", embs)
         assert torch.equal(placed[:, 0, [1, 3]], embs[0]) and torch.equal(placed[:, 0, [0, 2]], torch.zeros(8, 2))
         assert torch.equal(placed[:, 2, 2], embs[2][:, 0]) and torch.equal(placed[:, 3, :3], embs[3])
+        outer = model.embeddings.placed_stack("outer", model.embeddings.tables["outer"](toy_batch.sparse_features))
+        assert torch.equal(outer[:, 1], torch.zeros(8, D)) and torch.equal(outer[:, 3], torch.zeros(8, D))
         assert model(toy_batch.dense_features, toy_batch.sparse_features).shape == (8,)
     assert sorted((tuple(t.index.shape), t.function) for t in model.terms) == [((2, 1), "outer"), ((2, 1), "vector_kernel"),
                                                                                ((3, 1), "inner")]

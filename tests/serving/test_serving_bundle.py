@@ -229,7 +229,7 @@ def test_first_order_column_model_serves_its_offline_scores(dims, tmp_path, spec
     assert float(np.max(np.abs(got.probabilities - want))) < 1e-6
 
 
-@pytest.mark.parametrize("kind", ["int8", "fp16"])
+@pytest.mark.parametrize("kind", ["int8", "fp16", "int4"])
 def test_quantized_bundle_routes_identically_and_scores_close(kind, tmp_path, spec, models, bundle):
     cluster_models, router = models
     rows = random_rows(spec, 500, seed=13)

@@ -125,16 +125,18 @@ class Bench:
 
 @torch.no_grad()
 def score_bundle(path: Path, ds, batch_size: int = 4096) -> dict:
-    """Test AUC / logloss of the whole test split scored through the loaded bundle, and its bytes."""
+    """Test AUC / logloss of the whole test split scored through the loaded bundle, its bytes,
+    and its test probabilities ("probs", in test-row order; not written to frontier.json)."""
     predictor = Predictor(load_bundle(path, dataset=ds.spec.dataset))
     probs = []
     for b in iterate_batches(ds, "test", batch_size, shuffle=False, seed=0, epoch=0):
         probs.append(predictor.predict(FeatureBatch.from_inputs(ds.spec, b.dense_features, b.sparse_features)).probabilities)
     labels = ds.labels[ds.indices("test")]
-    m = summary(np.concatenate(probs), labels)
+    probs = np.concatenate(probs)
+    m = summary(probs, labels)
     size = served_bytes(path)
     return {"test_auc": m["auc"], "test_logloss": m["logloss"], "served_bytes": size["total"],
-            "served_table_bytes": size["embedding"], "stored_bytes": archived_tensor_bytes(path)}
+            "served_table_bytes": size["embedding"], "stored_bytes": archived_tensor_bytes(path), "probs": probs}
 
 
 def time_bundles(paths: dict[str, Path], ds, batch_size: int, repeats: int) -> dict[str, float]:

@@ -1,6 +1,6 @@
 """Embedding storage forms the compression frontier compares beside the stack's own.
 
-Two modules, each with the interface every embeddings module of the stack exposes
+Three modules, each with the interface every embeddings module of the stack exposes
 (`layout`, `lookup(sparse) -> (per-field embeddings, first-order sum or None)`,
 `first_order_in_column`), so any head of trainer.models.ctr runs over them and the
 export path writes them like any other model:
@@ -15,6 +15,14 @@ export path writes them like any other model:
   field's dim X; low-frequency ids get rows of a smaller dim x, projected to X by one
   learned x → X matrix per field. The projection is linear, so summing a bag's ids
   before or after it gives the same vector and bags stay exact.
+* `QREmbeddings` (quotient-remainder compositional embeddings, Shi et al. 2020): a field
+  with more than B ids stores a quotient table of ⌈V / B⌉ rows and a remainder table of B
+  rows; id i reads q[i // B] and r[i mod B], two ids never share both. A single-id field
+  combines them by element-wise product (the paper's best operation; both tables start
+  uniform in ±√init_scale, so a product starts at the scale other schemes' rows start
+  at); a bag field by their sum, which commutes with the bag's mean (a product of pooled
+  rows would not be the pool of products). The first-order weight is the sum of the two
+  rows' first-order columns.
 
 The mapping is computed inside the module, so it is part of the exported program and a
 served request carries the field's plain ids; the tables read features named
@@ -236,4 +244,73 @@ class TwoTierEmbeddings(nn.Module):
                 w = w / count if w is not None else None
             embs.append(e)
             first.append(w)
+        return embs, torch.stack(first, dim=1).sum(dim=1) if self.first_order_in_column else None
+
+
+class QREmbeddings(nn.Module):
+    """Quotient-remainder compositional embeddings (see the module docstring).
+
+    Args:
+        spec: the dataset's fields (every field kept).
+        dim: X, the embedding dim of every field.
+        buckets: B, the remainder table's rows; fields with <= B ids keep one row per id.
+        first_order: also hold each row's first-order weight (column X).
+        init_scale: plain tables start uniform in ±init_scale, quotient and remainder tables
+            in ±√init_scale (first-order columns at 0).
+        device: where the tables live.
+    """
+
+    def __init__(self, spec: FeatureSpec, dim: int, buckets: int, first_order: bool, init_scale: float = 0.01, device=None):
+        super().__init__()
+        self.dim, self.buckets, self.first_order_in_column = dim, buckets, first_order
+        self.bags = {f.name: f.kind == "bag" for f in spec.fields}
+        self.mapped = {f.name: f.num_embeddings > buckets for f in spec.fields}
+        width, fo = dim + int(first_order), dim if first_order else None
+        configs = []
+        for f in spec.fields:
+            n = f.name
+            if self.mapped[n]:
+                scale = init_scale ** 0.5
+                configs += [_config(f"q_{n}", self.quotient(n), -(-f.num_embeddings // buckets), width, self.bags[n], scale, fo, False),
+                            _config(f"r_{n}", self.remainder(n), buckets, width, self.bags[n], scale, fo, False)]
+            else:
+                configs.append(_config(f"t_{n}", n, f.num_embeddings, width, self.bags[n], init_scale, fo, False))
+        self.ebc = EmbeddingBagCollection(tables=configs, device=device)
+        names = tuple(f.name for f in spec.fields)
+        self.layout = StoredLayout(names, (dim,) * len(names), sum(c.num_embeddings * width for c in configs),
+                                   sum(c.num_embeddings * c.embedding_dim * 4 for c in configs))
+
+    def quotient(self, name: str) -> str:
+        return f"{name}{DERIVED_SEP}qr_q"
+
+    def remainder(self, name: str) -> str:
+        return f"{name}{DERIVED_SEP}qr_r"
+
+    def forward(self, sparse: KeyedJaggedTensor) -> list[torch.Tensor]:
+        return self.lookup(sparse)[0]
+
+    def lookup(self, sparse: KeyedJaggedTensor) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        fields = sparse.to_dict()
+        keys, values, lengths = [], [], []
+        for n, jt in fields.items():
+            x = jt.values()
+            if self.mapped[n]:
+                keys += [self.quotient(n), self.remainder(n)]
+                values += [torch.div(x, self.buckets, rounding_mode="floor"), torch.remainder(x, self.buckets)]
+                lengths += [jt.lengths(), jt.lengths()]
+            else:
+                keys.append(n)
+                values.append(x)
+                lengths.append(jt.lengths())
+        pooled = self.ebc(_kjt(keys, values, lengths)).to_dict()
+        embs, first = [], []
+        for n in fields:
+            if not self.mapped[n]:
+                row = pooled[n]
+                embs.append(row[:, : self.dim])
+                first.append(row[:, self.dim] if self.first_order_in_column else None)
+                continue
+            q, r = pooled[self.quotient(n)], pooled[self.remainder(n)]
+            embs.append(q[:, : self.dim] + r[:, : self.dim] if self.bags[n] else q[:, : self.dim] * r[:, : self.dim])
+            first.append(q[:, self.dim] + r[:, self.dim] if self.first_order_in_column else None)
         return embs, torch.stack(first, dim=1).sum(dim=1) if self.first_order_in_column else None

@@ -10,7 +10,10 @@ read with `serving.bundle.served_bytes`, and all bundles are timed together as
 `trainer.bench_served` times them. Writes:
   OUT/run.json, OUT/run.log     the run record and its log (trainer.jobs.rundir)
   OUT/seed_<s>/<key>/           each trained model (model/) and bundle (bundle/)
-  OUT/frontier.json             the points, one per (scheme, setting, seed)
+  OUT/frontier.json             the points, one per (scheme, setting, seed); each with the AUC
+                                of the test rows holding a low-frequency id (`test_auc_low`)
+                                and, against the same seed's FE fp32, a paired-bootstrap
+                                interval of the AUC difference (`auc_vs_fe_fp32`)
   OUT/frontier.md               one row per (scheme, setting): seed means, frontier marked
   OUT/frontier.png              AUC vs log bytes, Pareto frontier, seeds as error bars
 One process (the bundles are written by the process that trains them).
@@ -25,9 +28,10 @@ from trainer.config import ConfigError, build_section, load_sections
 from trainer.data.config import DataConfig, dense_input_problems
 from trainer.distributed import init_distributed
 from trainer.frontier.bundles import Bench, score_bundle, time_bundles
+from trainer.frontier.intervals import low_frequency_rows, paired_bootstrap, rank_auc
 from trainer.frontier.plot import plot_frontier
 from trainer.frontier.registry import SCHEMES
-from trainer.frontier.table import group_points, mark_frontier, markdown
+from trainer.frontier.table import REFERENCE, group_points, mark_frontier, markdown
 from trainer.jobs.rundir import check_data, open_run
 from trainer.jobs.train import prepare
 from trainer.jsonfile import write_json
@@ -103,6 +107,21 @@ def load_experiment(path: str, overrides: list[str]) -> FrontierExperiment:
     return exp
 
 
+def add_intervals(points: list[dict], ds, threshold: int, log) -> None:
+    """Each point's low-frequency-row AUC and its paired-bootstrap AUC difference against the
+    same seed's FE fp32 point (when the run has one); drops the points' probabilities."""
+    labels = ds.labels[ds.indices("test")]
+    low = low_frequency_rows(ds, "test", threshold)
+    log(f"{low.mean():.1%} of test rows hold a low-frequency id (train count < {threshold})")
+    refs = {p["seed"]: p["probs"] for p in points if p["scheme"] == REFERENCE}
+    for p in points:
+        probs = p.pop("probs")
+        p["test_rows_low"] = float(low.mean())
+        p["test_auc_low"] = rank_auc(probs[low], labels[low]) if 0 < labels[low].sum() < low.sum() else None
+        if p["seed"] in refs and p["scheme"] != REFERENCE:
+            p[f"auc_vs_{REFERENCE}"] = paired_bootstrap(probs, refs[p["seed"]], labels, seed=p["seed"])
+
+
 def run(exp: FrontierExperiment, out: str | Path, *, resume: bool = False, overwrite: bool = False, log=print) -> list[dict]:
     env = init_distributed()
     if env.world_size > 1:
@@ -123,6 +142,7 @@ def run(exp: FrontierExperiment, out: str | Path, *, resume: bool = False, overw
         points.append({"scheme": e.scheme, "label": e.label, "settings": e.settings, "seed": e.seed,
                        **score_bundle(e.bundle, ds), "train_seconds": e.train_seconds,
                        "bundle": str(e.bundle.relative_to(out))})
+    add_intervals(points, ds, exp.frontier.threshold, log)
     log(f"== timing {len(exported)} bundles (one thread, batches of {exp.frontier.infer_batch}, "
         f"median of {exp.frontier.infer_repeats} interleaved passes)")
     seconds = time_bundles({p["bundle"]: out / p["bundle"] for p in points}, ds, exp.frontier.infer_batch,

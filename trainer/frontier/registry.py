@@ -3,6 +3,6 @@
 from __future__ import annotations
 
 from trainer.frontier.autodpq import AutoDPQ
-from trainer.frontier.schemes import FE, Dim, Hash, LowDim, Others
+from trainer.frontier.schemes import FE, QR, Dim, Hash, LowDim, Others
 
-SCHEMES = {"fe": FE, "dim": Dim, "others": Others, "hash": Hash, "lowdim": LowDim, "autodpq": AutoDPQ}
+SCHEMES = {"fe": FE, "dim": Dim, "others": Others, "hash": Hash, "qr": QR, "lowdim": LowDim, "autodpq": AutoDPQ}

@@ -16,11 +16,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from trainer.frontier.bundles import Bench, Exported
-from trainer.frontier.embeddings import MappedEmbeddings, TwoTierEmbeddings
+from trainer.frontier.embeddings import MappedEmbeddings, QREmbeddings, TwoTierEmbeddings
 from trainer.models.build import build_model
 from trainer.models.ctr import MODELS
 
-QUANTIZE_LABELS = {"none": "fp32", "fp16": "fp16", "int8": "int8"}
+QUANTIZE_LABELS = {"none": "fp32", "fp16": "fp16", "int8": "int8", "int4": "int4"}
 
 
 def _uses_first_order(bench: Bench) -> bool:
@@ -38,7 +38,7 @@ class FEConfig:
     """Full embeddings (every id its own fp32 row), exported with each table storage.
 
     Args:
-        quantize: table storages of the bundle ("none" = fp32, "fp16", "int8": torchrec's
+        quantize: table storages of the bundle ("none" = fp32, "fp16", "int8", "int4": torchrec's
             quantized tables, the bundle's own quantize path); one trained model, one point each.
     """
 
@@ -202,4 +202,39 @@ class LowDim:
             trained = bench.train(f"lowdim_{x}", build)
             out.append(Exported("lowdim", {"low_dim": x, "threshold": bench.threshold}, f"x={x}", bench.seed,
                                 bench.export(f"lowdim_{x}", trained), trained.seconds))
+        return out
+
+
+@dataclass
+class QRConfig:
+    """Quotient-remainder compositional embeddings (trainer.frontier.embeddings.QREmbeddings).
+
+    Args:
+        buckets: B, the remainder table's rows per field, one point each (fields with <= B
+            ids keep theirs).
+    """
+
+    buckets: list[int] = field(default_factory=lambda: [64])
+
+    def validate(self) -> list[str]:
+        return [f"frontier.schemes.qr.buckets: need B >= 2, got {self.buckets}"] if not self.buckets or min(self.buckets) < 2 else []
+
+
+class QR:
+    Config = QRConfig
+
+    @staticmethod
+    def check(exp) -> list[str]:
+        return _one_dim(exp)
+
+    @staticmethod
+    def points(cfg: QRConfig, bench: Bench) -> list[Exported]:
+        out = []
+        for b in cfg.buckets:
+            def build(device=None, b=b):
+                emb = QREmbeddings(bench.spec, bench.model.embedding_dim, b, _uses_first_order(bench), bench.model.init_scale, device)
+                return build_model(bench.spec, bench.model, device=device, embeddings=emb)
+
+            trained = bench.train(f"qr_{b}", build)
+            out.append(Exported("qr", {"buckets": b}, f"QR B={b}", bench.seed, bench.export(f"qr_{b}", trained), trained.seconds))
         return out

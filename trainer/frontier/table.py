@@ -25,6 +25,9 @@ def group_points(points: list[dict]) -> list[dict]:
         for k in ("test_auc", "test_logloss", "served_bytes", "served_table_bytes", "stored_bytes", "infer_s_per_10k"):
             values = [p[k] for p in ps]
             row[k], row[f"{k}_std"] = float(np.mean(values)), _std(values)
+        low = [p["test_auc_low"] for p in ps if p.get("test_auc_low") is not None]
+        row["test_auc_low"] = float(np.mean(low)) if len(low) == len(ps) else None
+        row["auc_vs_reference"] = [p[f"auc_vs_{REFERENCE}"] for p in ps if f"auc_vs_{REFERENCE}" in p]
         rows.append(row)
     return rows
 
@@ -49,15 +52,18 @@ def best_shrunk(rows: list[dict]) -> dict | None:
 def markdown(rows: list[dict]) -> str:
     """The rows as a markdown table, ordered by bytes; frontier rows marked."""
     ref = next((r for r in rows if r["scheme"] == REFERENCE), None)
-    lines = ["| scheme | setting | served bytes | × fewer than FE fp32 | stored bytes | test AUC | logloss | s / 10k rows | frontier |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| scheme | setting | served bytes | × fewer than FE fp32 | stored bytes | test AUC | logloss | "
+             "low-freq rows AUC | AUC − FE fp32 [95% paired bootstrap], per seed | s / 10k rows | frontier |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: r["served_bytes"]):
         ratio = f"{ref['served_bytes'] / r['served_bytes']:.1f}" if ref else ""
         pm = len(r["seeds"]) > 1
         auc = f"{r['test_auc']:.4f}" + (f" ± {r['test_auc_std']:.4f}" if pm else "")
         ll = f"{r['test_logloss']:.4f}" + (f" ± {r['test_logloss_std']:.4f}" if pm else "")
+        low = f"{r['test_auc_low']:.4f}" if r.get("test_auc_low") is not None else "-"
+        diff = "; ".join(f"{d['diff']:+.4f} [{d['lo']:+.4f}, {d['hi']:+.4f}]" for d in r.get("auc_vs_reference", [])) or "-"
         lines.append(f"| {r['scheme']} | {r['label']} | {r['served_bytes']:,.0f} | {ratio} | {r['stored_bytes']:,.0f} | {auc} | {ll} | "
-                     f"{r['infer_s_per_10k']:.4f} | {'yes' if r['on_frontier'] else ''} |")
+                     f"{low} | {diff} | {r['infer_s_per_10k']:.4f} | {'yes' if r['on_frontier'] else ''} |")
     best = best_shrunk(rows)
     if ref is not None:
         if best is None:

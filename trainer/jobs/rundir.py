@@ -16,7 +16,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, fields, is_dataclass
 from importlib import metadata
 from pathlib import Path
 
@@ -28,10 +28,12 @@ from trainer.jsonfile import write_json
 
 RECORD = "run.json"
 # Keys a resumed run may change: how long and how loudly it runs, where the cache lives,
-# what it reports and which extra rows it adds (each variant searches and retrains in a
-# directory of its own); never what shapes the model, the data or the optimizer.
+# what it reports and which extra rows or frontier points it adds (each variant, scheme
+# setting and seed trains in a directory of its own, and a nested search run checks its
+# own config); never what shapes the model, the data or the optimizer.
 RESUMABLE = ("train.epochs", "train.patience", "train.min_epochs", "train.log_every", "train.threads", "train.keep_checkpoints",
-             "train.eval_batch_size", "data.cache_dir", "report.", "variants.")
+             "train.eval_batch_size", "data.cache_dir", "report.", "variants.", "frontier.schemes.", "frontier.scheme_configs.", "frontier.seeds",
+             "frontier.infer_")
 PACKAGES = ("torch", "torchrec", "fbgemm-gpu-cpu", "fbgemm-gpu", "numpy", "grpcio", "protobuf")
 
 
@@ -45,10 +47,26 @@ def _flat(obj, prefix: str = "") -> dict:
     return {prefix[:-1]: obj}
 
 
-def config_diff(old: dict, new: dict) -> list[str]:
-    """Keys (section.key) whose values differ, except RESUMABLE ones."""
-    a, b = _flat(old), _flat(new)
-    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and not k.startswith(RESUMABLE))
+def config_diff(old: dict, new: dict, defaults: dict | None = None) -> list[str]:
+    """Keys (section.key) whose values differ, except RESUMABLE ones and keys the old record
+    lacks whose new value is their default (an option added since, left off: the run
+    started with what that default does)."""
+    a, b, d = _flat(old), _flat(new), _flat(defaults or {})
+    return sorted(k for k in set(a) | set(b)
+                  if a.get(k) != b.get(k) and not k.startswith(RESUMABLE) and not (k not in a and k in d and b[k] == d[k]))
+
+
+def section_defaults(exp) -> dict:
+    """Each dataclass section of `exp` at its class's defaults (as JSON values)."""
+    out = {}
+    for f in fields(exp):
+        section = getattr(exp, f.name)
+        if is_dataclass(section):
+            try:
+                out[f.name] = json.loads(json.dumps(asdict(type(section)()), default=str))
+            except TypeError:  # a section without defaults for every field
+                continue
+    return out
 
 
 def _versions() -> dict:
@@ -121,7 +139,7 @@ def _open(out: Path, exp, resume: bool, overwrite: bool, holds: tuple[str, ...],
     if resume and overwrite:
         raise RunDirError(str(out), ["--resume and --overwrite exclude each other"])
     if resume and record.exists():
-        diff = config_diff(json.loads(record.read_text())["config"], config)
+        diff = config_diff(json.loads(record.read_text())["config"], config, section_defaults(exp))
         if diff:
             raise RunDirError(str(out), [f"--resume with a different {k}: the run in OUT was started with another value "
                                          "(start a new OUT, or --overwrite)" for k in diff])

@@ -11,7 +11,9 @@ Functions of p embeddings (p = 2 gives the pairwise forms):
     outer          Π_s (w_{t,s}ᵀ e_s)           (the outer product approximated by projections)
 
 Embeddings are either shared by every function or function-wise (one TorchRec table per
-field per function). A field keeps d_i of the D dims (the embedding dimension search):
+field per function). A set stores only the fields some interaction of its function reads
+(the first set every field when an MLP reads the embeddings): a (field, function) table
+no kept interaction reads would be stored and never used. A field keeps d_i of the D dims (the embedding dimension search):
 its table is d_i wide and Map_i places the values at their original positions of a
 D-vector, zeros elsewhere, so interactions between fields with different kept dims
 multiply matching coordinates and no parameter is added.
@@ -31,6 +33,7 @@ from torch import nn
 from serving.features import FeatureSpec
 from trainer.models.blocks import centre_fields, mlp, tuple_index
 from trainer.models.ctr import ModelConfig
+from trainer.models.layout import layout_for
 from trainer.models.tables import FieldEmbeddings, LinearWeights
 
 FUNCTIONS = ("inner", "vector_kernel", "scalar_kernel", "outer")
@@ -110,20 +113,24 @@ class AIMEmbeddings(nn.Module):
         positions: per field, the kept positions (sorted, length = dim); missing = the first dim.
         sets: the embedding sets: the functions' names, or ("shared",).
         device: "meta" under DistributedModelParallel.
+        stored: per set, the fields it stores (default: every kept field); the others read as zeros.
     """
 
     def __init__(self, spec: FeatureSpec, cfg: ModelConfig, dims: dict[str, int], positions: dict[str, tuple[int, ...]],
-                 sets: tuple[str, ...], device=None):
+                 sets: tuple[str, ...], device=None, stored: dict[str, set[str]] | None = None):
         super().__init__()
         self.sets = sets
         self.width = cfg.embedding_dim
-        self.tables = nn.ModuleDict({s: FieldEmbeddings(spec, dims, cfg.init_scale, device) for s in sets})
-        first = self.tables[sets[0]].layout
-        self.fields = first.fields
-        self.layout = AIMLayout(first.fields, first.dims, sum(t.layout.embedding_params for t in self.tables.values()),
+        every = layout_for(spec, dims)
+        stored = stored or {}
+        self.tables = nn.ModuleDict({
+            s: FieldEmbeddings(spec, {f: d for f, d in dims.items() if s not in stored or f in stored[s]}, cfg.init_scale, device)
+            for s in sets})
+        self.fields = every.fields
+        self.layout = AIMLayout(every.fields, every.dims, sum(t.layout.embedding_params for t in self.tables.values()),
                                 sum(t.layout.embedding_bytes for t in self.tables.values()))
         self.placed = []  # fields whose kept dims are not simply the first ones
-        for f, d in zip(first.fields, first.dims):
+        for f, d in zip(every.fields, every.dims):
             pos = tuple(positions.get(f, range(d)))
             if len(pos) != d or any(not 0 <= x < self.width for x in pos) or list(pos) != sorted(set(pos)):
                 raise ValueError(f"field {f!r}: kept positions {pos} do not fit dim {d} of width {self.width}")
@@ -132,14 +139,21 @@ class AIMEmbeddings(nn.Module):
                 self.placed.append(f)
 
     def lookup(self, sparse) -> dict[str, list[torch.Tensor]]:
-        """Per set, the per-field short embeddings [B, d_i]."""
+        """Per set, the per-field short embeddings [B, d_i] of the fields it stores."""
         return {s: t(sparse) for s, t in self.tables.items()}
 
-    def placed_stack(self, embs: list[torch.Tensor]) -> torch.Tensor:
-        """Map_i of every field: [B, N, D], each field's values at its kept positions."""
+    def placed_stack(self, s: str, embs: list[torch.Tensor]) -> torch.Tensor:
+        """Map_i of every field from set s's embeddings: [B, N, D], each field's values at its
+        kept positions (zeros for a field the set does not store)."""
+        mine = dict(zip(self.tables[s].layout.fields, embs))
+        batch = embs[0].shape[0]
         out = []
-        for f, e in zip(self.fields, embs):
-            full = e.new_zeros(e.shape[0], self.width)
+        for f in self.fields:
+            e = mine.get(f)
+            full = embs[0].new_zeros(batch, self.width)
+            if e is None:
+                out.append(full)
+                continue
             if f in self.placed:
                 out.append(full.index_copy(1, getattr(self, f"pos_{f}"), e))
             else:
@@ -174,7 +188,13 @@ class AIMModel(nn.Module):
             raise ValueError(f"AIM's interaction model has bases {AIM_BASES}, not {cfg.name!r}")
         dims = dims if dims is not None else {n: cfg.embedding_dim for n in spec.names}
         used = tuple(f for f in FUNCTIONS if any(fn == f for _, fn in terms)) or ("inner",)
-        self.embeddings = AIMEmbeddings(spec, cfg, dims, positions or {}, used if function_wise else ("shared",), device)
+        sets = used if function_wise else ("shared",)
+        kept = {n for n, d in dims.items() if d > 0}
+        read = {s: {n for names, fn in terms if fn == s or not function_wise for n in names} & kept for s in sets}
+        if cfg.name != "fm":  # the MLP reads every field's embedding from the first set
+            read[sets[0]] = kept
+        stored = {s: fs for s, fs in read.items() if fs}  # a set reading nothing keeps every field (no interaction at all)
+        self.embeddings = AIMEmbeddings(spec, cfg, dims, positions or {}, sets, device, stored)
         fields = self.embeddings.fields
         pos = {f: i for i, f in enumerate(fields)}
         groups: dict[tuple[int, str, bool], list] = {}
@@ -205,7 +225,7 @@ class AIMModel(nn.Module):
 
     def forward(self, dense: torch.Tensor, sparse) -> torch.Tensor:
         by_set = self.embeddings.lookup(sparse)
-        stacks = {s: self.embeddings.placed_stack(e) for s, e in by_set.items()}
+        stacks = {s: self.embeddings.placed_stack(s, e) for s, e in by_set.items()}
         if self.beta is not None:
             stacks = {s: x * self.beta for s, x in stacks.items()}
         values = [t(stacks[self.set_of(t.function)]) for t in self.terms]

@@ -27,7 +27,7 @@ from trainer.decisions import ClusterDecision, Decisions, Storage, uniform
 from trainer.models.build import build_model
 from trainer.models.ctr import CTRModel
 from trainer.models.dpq import TAU_KD
-from trainer.models.layout import OTHERS, Compression, EmbeddingLayout, dpq, plan_layout
+from trainer.models.layout import FULL, OTHERS, Compression, EmbeddingLayout, dpq, plan_layout
 from trainer.search.autodpq.supernet import SearchEmbeddings
 from trainer.search.gumbel import GumbelSchedule
 from trainer.search.interface import SearchContext, Variant
@@ -53,6 +53,12 @@ class AutoDPQConfig(SearchLoopConfig):
         bn_restore: map each candidate's BN output back to the field's pretrained per-dim
             mean/std (constants shared by the field's candidates; see supernet.py); false =
             the paper's eq. (2) exactly (zero mean, unit variance).
+        byte_aware: the byte-aware search (not the paper's): every field may also keep its
+            raw rows ("full") or share one row ("others"), is offered only candidates that
+            fit (K <= its low-frequency ids) and store fewer bytes than its raw rows, and
+            its α learns only from architecture batches holding its low-frequency ids.
+        size_weight: λ in α's loss = BCE + λ · E_α[stored bytes] / (Base's embedding
+            bytes): λ nats of BCE are worth the whole uncompressed table set (0 = the paper).
     """
 
     method: str = "autodpq"
@@ -65,6 +71,8 @@ class AutoDPQConfig(SearchLoopConfig):
     gumbel_decay: float = 5e-5
     gumbel_min: float = 0.01
     bn_restore: bool = True
+    byte_aware: bool = False
+    size_weight: float = 0.0
 
     @property
     def candidates(self) -> list[tuple[int, int]]:
@@ -78,6 +86,8 @@ class AutoDPQConfig(SearchLoopConfig):
             p.append(f"search.ks: need K >= 1, got {self.ks}")
         if not self.ds or any(d < 1 for d in self.ds):
             p.append(f"search.ds: need D >= 1, got {self.ds}")
+        if not self.size_weight >= 0:
+            p.append(f"search.size_weight: must be >= 0, got {self.size_weight}")
         if not self.tau_kd > 0:
             p.append(f"search.tau_kd: must be > 0, got {self.tau_kd}")
         if not (self.gumbel_min > 0 and self.gumbel_start >= self.gumbel_min and self.gumbel_decay >= 0):
@@ -93,10 +103,13 @@ class AutoDPQVariants:
         baselines: "others" (low-frequency ids of a field share one row), "grid" (one
             global (K, D), best on validation), "random" (random (K, D) per field).
         random_trials: draws of the Random baseline (the best on validation is kept).
+        size_weights: one byte-aware AutoDPQ row per λ (`search.byte_aware` with
+            `search.size_weight` = λ; each runs its own search; not the paper's).
     """
 
     baselines: list[str] = field(default_factory=lambda: list(BASELINES))
     random_trials: int = 1
+    size_weights: list[float] = field(default_factory=list)
 
     def validate(self) -> list[str]:
         p = []
@@ -105,6 +118,8 @@ class AutoDPQVariants:
             p.append(f"variants.baselines: {unknown} not in {list(BASELINES)}")
         if self.random_trials < 1:
             p.append(f"variants.random_trials: must be >= 1, got {self.random_trials}")
+        if any(not w >= 0 for w in self.size_weights):
+            p.append(f"variants.size_weights: each must be >= 0, got {self.size_weights}")
         return p
 
 
@@ -139,6 +154,9 @@ class AutoDPQ:
         self.split = plan_layout(ctx.spec, ctx.counts, ctx.model.field_dims(ctx.spec), cfg.threshold)
         self.searched = [t.name for t in self.split.tables if t.n_low > 0]
         self.retrain_options = {"tau_kd": cfg.tau_kd}
+        grid = [dpq(k, d) for k, d in cfg.candidates]
+        self.candidates = [FULL, OTHERS, *grid] if cfg.byte_aware else grid
+        self.full_bytes = self.split.embedding_bytes  # Base's tables: every id a full row
         self.supernet: CTRModel | None = None
         self.phase = "pretrain"
 
@@ -165,7 +183,8 @@ class AutoDPQ:
         layout = self.layout({name: first for name in self.searched})
         model = build_model(self.spec, self.model_cfg, dims={n: 0 for n in self.spec.names} | dict(zip(layout.fields, layout.dims)))
         schedule = GumbelSchedule(self.cfg.gumbel_start, self.cfg.gumbel_decay, self.cfg.gumbel_min)
-        model.embeddings = SearchEmbeddings(layout, self.cfg.candidates, self.model_cfg.init_scale, self.cfg.tau_kd, schedule)
+        model.embeddings = SearchEmbeddings(layout, self.candidates, self.model_cfg.init_scale, self.cfg.tau_kd, schedule,
+                                            prune=self.cfg.byte_aware, low_batches_only=self.cfg.byte_aware)
         if self.pretrained is not None:
             load_pretrained(model, self.pretrained, self.seed)
         self.supernet = model
@@ -176,7 +195,7 @@ class AutoDPQ:
         return self.supernet.embeddings
 
     def arch_parameters(self) -> list[torch.nn.Parameter]:
-        return [self.embeddings.alpha]
+        return list(self.embeddings.alphas)
 
     def set_phase(self, phase: str) -> None:
         self.phase = phase
@@ -185,14 +204,19 @@ class AutoDPQ:
     def init_architecture(self) -> None:
         """α = 0 (uniform) and centroids drawn from the (pre)trained raw rows."""
         with torch.no_grad():
-            self.embeddings.alpha.zero_()
+            for a in self.embeddings.alphas:
+                a.zero_()
         self.embeddings.init_codebooks(self.seed)
         if self.cfg.bn_restore:
             self.embeddings.set_target_moments(self.counts)
 
     def arch_loss(self, bce: torch.Tensor) -> torch.Tensor:
+        """BCE, plus λ · the expected stored bytes (relative to Base's tables) of the fields
+        the batch's forward mixed (with `low_batches_only`, those holding low-frequency ids)."""
         self.embeddings.clock.arch_steps += 1
-        return bce
+        if not self.cfg.size_weight:
+            return bce
+        return bce + self.cfg.size_weight * self.embeddings.expected_bytes() / self.full_bytes
 
     def decisions(self, name: str, choices: dict[str, Compression]) -> Decisions:
         """One cluster: the named fields' low-frequency ids stored as chosen, the rest full."""
@@ -209,11 +233,13 @@ class AutoDPQ:
         emb = self.embeddings
         alpha = emb.alpha.detach()
         chosen = emb.chosen()
-        details = {"threshold": self.cfg.threshold, "candidates": [list(c) for c in self.cfg.candidates],
+        details = {"threshold": self.cfg.threshold, "candidates": [c.to_json() for c in emb.candidates],
+                   "offered": {n: emb.offered[i].tolist() for i, n in enumerate(emb.searched)},
+                   "size_weight": self.cfg.size_weight,
                    "gumbel_tau_final": emb.clock.tau, "weight_steps": emb.clock.weight_steps,
                    "arch_steps": emb.clock.arch_steps,
                    "alpha": {n: [round(float(a), 5) for a in alpha[i]] for i, n in enumerate(emb.searched)},
-                   "probs": {n: [round(float(p), 5) for p in torch.softmax(alpha[i], 0)] for i, n in enumerate(emb.searched)}}
+                   "probs": {n: [round(float(p), 5) for p in torch.softmax(emb.logits(i).detach(), 0)] for i, n in enumerate(emb.searched)}}
         return self.decisions("autodpq", chosen).replace(details=details)
 
     def router(self, decisions: Decisions) -> None:
@@ -234,6 +260,8 @@ class AutoDPQ:
                 picks = rng.integers(len(self.cfg.candidates), size=len(coded))
                 trials.append(self.decisions(f"trial_{trial}", {n: dpq(*self.cfg.candidates[i]) for n, i in zip(coded, picks)}))
             rows.append(Variant("random", "Random", "baseline", tuple(trials), init="method"))
+        rows += [Variant(f"autodpq_bytes_{w:g}", f"AutoDPQ, byte-aware, λ = {w:g} (not the paper's)", "variant",
+                         search={"byte_aware": True, "size_weight": w}, init="method") for w in wanted.size_weights]
         rows.append(Variant("autodpq", "AutoDPQ", "method", (decisions,), init="method"))
         return rows
 
@@ -248,4 +276,7 @@ class AutoDPQ:
             "split": {t.name: {"n_full": t.n_full, "n_low": t.n_low, "num_embeddings": t.num_embeddings} for t in split},
             "coded_share_of_ids": sum(t.n_low for t in split) / sum(t.num_embeddings for t in split),
             "chosen": {n: [f.storage.k, f.storage.d] for n, f in chosen.items() if f.storage.kind == "dpq"},
+            "storage_by_row": {row: {n: f.storage.kind if f.storage.kind != "dpq" else f"dpq K={f.storage.k} D={f.storage.d}"
+                                     for n, f in dec.clusters[0].fields.items() if n in self.searched}
+                               for row, dec in searched.items()},
         }

@@ -17,6 +17,17 @@ back to the field's pretrained per-dim mean and std — constants computed once 
 uncompressed rows weighted by their train counts, the same for every candidate of the
 field — so the candidates are still compared at one magnitude, the pretrained one.
 
+Candidates are Compressions: the paper's (K, D) grid, and with the byte-aware search also
+"full" (the raw rows kept) and "others" (one shared row, initialised to the mean of the
+field's low-frequency rows). `offered[m, t]` says which candidates field m may take:
+every one for the paper; with `prune`, only those that fit (K ≤ n_low) and store fewer
+bytes than the raw rows, besides "full" itself. Each field's α is its own parameter, so
+an architecture batch without any of field m's low-frequency ids (with `low_batches_only`)
+leaves α_m out of the graph: its gradient stays None and the optimizer skips it, instead of
+Adam turning a float residue (the candidates then differ only by their batch norms) into a
+full-size step. `candidate_bytes[m, t]` is what the bundle would store for field m's table
+with candidate t (FieldTable.embedding_bytes), for the expected-bytes term of α's loss.
+
 Phases (set by the method): "pretrain" = the uncompressed model (raw rows used as they
 are, no BN) — AutoDPQ's pretrain step when it runs inside the search loop; "search" =
 the stochastic mixture; "eval" = the derived architecture, argmax α per field (its BN,
@@ -25,56 +36,119 @@ in running-statistics mode under model.eval()).
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 from torch import nn
 from torchrec import KeyedJaggedTensor
 
 from trainer.models.dpq import CompressedEmbeddings, DPQCodebook, pool_rows
-from trainer.models.layout import Compression, EmbeddingLayout, FieldTable
+from trainer.models.layout import FULL, Compression, EmbeddingLayout, FieldTable
 from trainer.search.gumbel import GumbelClock, GumbelSchedule
 
 PHASES = ("pretrain", "search", "eval")
 
 
+def _split_alpha(state: dict, prefix: str, *_) -> None:
+    """A supernet saved when α was one [F, T] parameter loads into the per-field α."""
+    alpha = state.pop(f"{prefix}alpha", None)
+    if alpha is not None:
+        state.update({f"{prefix}alphas.{i}": row.clone() for i, row in enumerate(alpha)})
+
+
+def candidate_bytes(t: FieldTable, c: Compression) -> int:
+    """Bytes the bundle stores for field t's table if its low-frequency ids take c."""
+    return replace(t, compression=c).embedding_bytes
+
+
+def offered(t: FieldTable, c: Compression, prune: bool) -> bool:
+    """Whether field t may take candidate c: every candidate for the paper; with `prune`
+    only "full" and candidates that fit and store fewer bytes than the raw rows."""
+    if c.kind == "dpq" and t.dim % c.d:
+        return False
+    if not prune or c.kind == "full":
+        return True
+    if c.kind == "dpq" and c.k > t.n_low:
+        return False
+    return candidate_bytes(t, c) < candidate_bytes(t, FULL)
+
+
 class SearchEmbeddings(CompressedEmbeddings):
-    """CompressedEmbeddings whose dpq fields hold T candidate codebooks, T BNs and α.
+    """CompressedEmbeddings whose dpq fields mix T candidates, each with its own BN, under α.
 
     Args:
         layout: the frequency split; every field with kind "dpq" is searched (its own
             compression is ignored), the others are used as they are.
-        candidates: the T (K, D) pairs every searched field chooses from.
+        candidates: the T Compressions every searched field chooses from.
         init_scale: initial table range (before `init_from_full`).
         tau_kd: DPQ-SX temperature.
         schedule: Gumbel temperature per weight step.
+        prune: offer a field only the candidates that fit and save bytes (see `offered`).
+        low_batches_only: α_m learns only from architecture batches holding field m's
+            low-frequency ids.
     """
 
-    def __init__(self, layout: EmbeddingLayout, candidates: list[tuple[int, int]], init_scale: float = 0.01,
-                 tau_kd: float = 1e-4, schedule: GumbelSchedule | None = None):
+    def __init__(self, layout: EmbeddingLayout, candidates: list[Compression], init_scale: float = 0.01,
+                 tau_kd: float = 1e-4, schedule: GumbelSchedule | None = None, prune: bool = False,
+                 low_batches_only: bool = False):
         super().__init__(layout, init_scale, tau_kd)
-        self.candidates = [tuple(c) for c in candidates]
+        self.candidates = list(candidates)
         self.searched = [t.name for t in layout.tables if t.kind == "dpq"]
+        self.low_batches_only = low_batches_only
+        tables = [layout.table(n) for n in self.searched]
         self.codebooks = nn.ModuleDict({
-            name: nn.ModuleList(DPQCodebook(k, d, layout.table(name).dim, tau_kd) for k, d in self.candidates)
-            for name in self.searched
+            t.name: nn.ModuleList(DPQCodebook(c.k, c.d, t.dim, tau_kd) if c.kind == "dpq" and t.dim % c.d == 0
+                                  else nn.Identity() for c in self.candidates)
+            for t in tables
         })
+        self.others = nn.ParameterDict({t.name: nn.Parameter(torch.zeros(t.dim)) for t in tables}
+                                       if any(c.kind == "others" for c in self.candidates) else {})
         self.bns = nn.ModuleDict({
-            name: nn.ModuleList(nn.BatchNorm1d(layout.table(name).dim, affine=False) for _ in self.candidates)
-            for name in self.searched
+            t.name: nn.ModuleList(nn.BatchNorm1d(t.dim, affine=False) for _ in self.candidates) for t in tables
         })
-        self.alpha = nn.Parameter(torch.zeros(len(self.searched), len(self.candidates)))
+        self.alphas = nn.ParameterList(nn.Parameter(torch.zeros(len(self.candidates))) for _ in tables)
+        self.register_buffer("offered", torch.tensor([[offered(t, c, prune) for c in self.candidates] for t in tables],
+                                                     dtype=torch.bool).reshape(len(tables), len(self.candidates)),
+                             persistent=False)  # both derived from the layout: not part of a saved supernet
+        self.register_buffer("candidate_bytes", torch.tensor(
+            [[float(candidate_bytes(t, c)) if offered(t, c, prune) else 0.0 for c in self.candidates] for t in tables]
+        ).reshape(len(tables), len(self.candidates)), persistent=False)
+        if not bool(self.offered.any(dim=1).all()):
+            raise ValueError("a searched field is offered no candidate")
         for name in self.searched:  # BN output → field scale (identity until set_target_moments)
             self.register_buffer(f"target_mean_{name}", torch.zeros(layout.table(name).dim))
             self.register_buffer(f"target_std_{name}", torch.ones(layout.table(name).dim))
         self.clock = GumbelClock(schedule)
         self.phase = "pretrain"
+        self.present: set[int] = set()  # searched fields whose α the last stochastic forward used
+        self._register_load_state_dict_pre_hook(_split_alpha)
+
+    @property
+    def alpha(self) -> torch.Tensor:
+        """[F, T] α of every searched field (a copy; set values through `alphas`)."""
+        return torch.stack([a.detach() for a in self.alphas]) if len(self.alphas) else torch.zeros(0, len(self.candidates))
+
+    def logits(self, i: int) -> torch.Tensor:
+        """α of searched field i with the candidates it is not offered at -inf."""
+        return self.alphas[i].masked_fill(~self.offered[i], float("-inf"))
+
+    def expected_bytes(self) -> torch.Tensor:
+        """Σ over the fields the last stochastic forward used of E_softmax(α)[candidate bytes]."""
+        if not self.present:
+            return torch.zeros(())
+        return sum((torch.softmax(self.logits(i), 0) * self.candidate_bytes[i]).sum() for i in sorted(self.present))
 
     @torch.no_grad()
     def init_codebooks(self, seed: int) -> None:
+        """dpq candidates' centroids drawn from the raw rows; the "others" rows = their mean."""
         gen = torch.Generator().manual_seed(seed)
         for name, books in self.codebooks.items():
             for book in books:
-                book.init_from(self.raw[name].weight, gen)
+                if isinstance(book, DPQCodebook):
+                    book.init_from(self.raw[name].weight, gen)
+        for name, row in self.others.items():
+            row.copy_(self.raw[name].weight.mean(0))
 
     @torch.no_grad()
     def set_target_moments(self, counts: dict) -> None:
@@ -94,9 +168,8 @@ class SearchEmbeddings(CompressedEmbeddings):
         return bn(x) * getattr(self, f"target_std_{name}") + getattr(self, f"target_mean_{name}")
 
     def chosen(self) -> dict[str, Compression]:
-        """argmax α per searched field."""
-        best = self.alpha.argmax(dim=1).tolist()
-        return {name: Compression("dpq", *self.candidates[i]) for name, i in zip(self.searched, best)}
+        """argmax α per searched field, among the candidates it is offered."""
+        return {name: self.candidates[int(self.logits(i).argmax())] for i, name in enumerate(self.searched)}
 
     def _stochastic(self) -> bool:
         """Whether this forward draws the Gumbel-softmax mixture (search-phase training)."""
@@ -107,7 +180,17 @@ class SearchEmbeddings(CompressedEmbeddings):
             raise ValueError(f"phase {self.phase!r} is not one of {PHASES}")
         if self._stochastic():
             self.clock.tick()
+        self.present = set()
         return super().forward(sparse)
+
+    def _candidate(self, t: FieldTable, j: int, raw: torch.Tensor) -> torch.Tensor:
+        """Candidate j's version of field t's low-frequency rows `raw` [m, X]."""
+        c = self.candidates[j]
+        if c.kind == "full":
+            return raw
+        if c.kind == "others":
+            return self.others[t.name].expand_as(raw)
+        return self.codebooks[t.name][j](raw)
 
     def _field(self, t: FieldTable, e: torch.Tensor, jt) -> torch.Tensor:
         if t.kind != "dpq":
@@ -117,10 +200,13 @@ class SearchEmbeddings(CompressedEmbeddings):
         if self.phase == "pretrain":
             return self._finish(t, e + pool_rows(rows, raw, batch), jt)
         i = self.searched.index(t.name)
-        books, bns = self.codebooks[t.name], self.bns[t.name]
-        if self._stochastic():
-            p = nn.functional.gumbel_softmax(self.alpha[i], tau=self.clock.tau, hard=False)
-            terms = [self._normed(t.name, bn, self._finish(t, e + pool_rows(rows, book(raw), batch), jt)) for book, bn in zip(books, bns)]
-            return sum(w * x for w, x in zip(p, terms))
-        c = int(self.alpha[i].argmax())
-        return self._normed(t.name, bns[c], self._finish(t, e + pool_rows(rows, books[c](raw), batch), jt))
+        bns = self.bns[t.name]
+
+        def out(j: int) -> torch.Tensor:
+            return self._normed(t.name, bns[j], self._finish(t, e + pool_rows(rows, self._candidate(t, j, raw), batch), jt))
+
+        if self._stochastic() and not (self.low_batches_only and raw.shape[0] == 0):
+            self.present.add(i)
+            p = nn.functional.gumbel_softmax(self.logits(i), tau=self.clock.tau, hard=False)
+            return sum(p[j] * out(j) for j in range(len(self.candidates)) if self.offered[i, j])
+        return out(int(self.logits(i).argmax()))
