@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from trainer.frontier.intervals import low_frequency_rows, paired_bootstrap, rank_auc
+from trainer.frontier.intervals import _Ranked, low_frequency_rows, paired_bootstrap, rank_auc
 from trainer.metrics import auc
 
 
@@ -13,6 +13,18 @@ def test_rank_auc_equals_the_trapezoidal_auc_with_ties():
     probs = np.round(rng.random(3000) * 0.5 + labels * 0.2, 2)  # rounded: many ties, across classes too
     # trainer.metrics.auc returns a float32: equal to its rounding
     assert rank_auc(probs, labels) == pytest.approx(auc(probs, labels), abs=1e-6)
+
+
+def test_a_resample_scored_from_counts_equals_rank_auc_of_the_drawn_rows():
+    rng = np.random.default_rng(2)
+    labels = (rng.random(2000) < 0.3).astype(np.float32)
+    probs = np.round(rng.random(2000) * 0.5 + labels * 0.2, 2)  # ties inside and across classes
+    ranked = _Ranked(probs)
+    for _ in range(5):
+        rows = rng.integers(0, 2000, 2000)
+        counts = np.bincount(rows, minlength=2000).astype(np.float64)
+        # the same Mann-Whitney sums in another order: equal to float64 rounding
+        assert ranked.auc(counts, labels) == pytest.approx(rank_auc(probs[rows], labels[rows]), abs=1e-12)
 
 
 def test_paired_bootstrap_of_a_model_against_itself_and_against_a_worse_one():
