@@ -199,14 +199,26 @@ def shard(
     return dmp
 
 
-def dense_optimizer(params: dict[str, nn.Parameter], lr: float, weight_decay: float) -> KeyedOptimizerWrapper:
-    return KeyedOptimizerWrapper(params, lambda ps: torch.optim.Adam(ps, lr=lr, weight_decay=weight_decay))
+def sparse_rows(model: nn.Module) -> set[int]:
+    """ids of the parameters that get sparse gradients (nn.Embedding(sparse=True) weights)."""
+    return {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding) and m.sparse}
+
+
+def dense_optimizer(params: dict[str, nn.Parameter], lr: float, weight_decay: float,
+                    sparse: set[int] = frozenset()) -> KeyedOptimizerWrapper | CombinedOptimizer:
+    """Adam for the parameters, lazy Adam (SparseAdam) for those whose id is in `sparse`."""
+    dense = {n: p for n, p in params.items() if id(p) not in sparse}
+    rows = {n: p for n, p in params.items() if id(p) in sparse}
+    adam = KeyedOptimizerWrapper(dense, lambda ps: torch.optim.Adam(ps, lr=lr, weight_decay=weight_decay))
+    if not rows:  # the optimizer (and its checkpointed state) of every model without sparse rows
+        return adam
+    return CombinedOptimizer([adam, KeyedOptimizerWrapper(rows, lambda ps: torch.optim.SparseAdam(ps, lr=lr))])
 
 
 def combined_optimizer(model: nn.Module, *, lr: float, weight_decay: float) -> CombinedOptimizer:
-    """Fused table optimizer (if sharded) + Adam for every parameter not updated in backward."""
+    """Fused table optimizer (if sharded) + dense_optimizer for every parameter not updated in backward."""
     dense_params = dict(in_backward_optimizer_filter(model.named_parameters()))
-    parts = [dense_optimizer(dense_params, lr, weight_decay)]
+    parts = [dense_optimizer(dense_params, lr, weight_decay, sparse_rows(model))]
     if isinstance(model, DistributedModelParallel):
         parts.insert(0, model.fused_optimizer)
     return CombinedOptimizer(parts)

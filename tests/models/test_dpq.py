@@ -121,6 +121,24 @@ def test_training_gradients_reach_raw_rows_centroids_and_tables(toy_spec, toy_ba
     assert all(table_grad[i].abs().sum() > 0 for i in high)
 
 
+def test_sparse_raw_rows_move_only_the_batch_rows(toy_spec, toy_batch):
+    from trainer.distributed import dense_optimizer, sparse_rows
+
+    torch.manual_seed(0)
+    emb = CompressedEmbeddings(layout(toy_spec, a=dpq(4, 2)), init_scale=1.0, sparse=True)
+    emb.init_codebooks(0)
+    emb.codebooks["a"].tau = 1.0  # soft: every raw row of the batch gets a gradient
+    opt = dense_optimizer(dict(emb.named_parameters()), 0.1, 0.0, sparse_rows(emb))
+    before = emb.raw["a"].weight.detach().clone()
+    sum(e.pow(2).sum() for e in emb(toy_batch.sparse_features)).backward()
+    assert emb.raw["a"].weight.grad.is_sparse
+    opt.step()
+    ids = toy_batch.sparse_features.to_dict()["a"].values()
+    used = set((ids[ids >= 4] - 4).tolist())
+    moved = {i for i in range(4) if not torch.equal(emb.raw["a"].weight[i], before[i])}
+    assert used and moved == used  # lazy Adam: the batch's rows, and no other
+
+
 def test_straight_through_at_tau_kd_1e4():
     """Forward = the hard choice exactly; near a tie the softmax passes gradient to the raw row."""
     book = DPQCodebook(k=2, d=1, dim=2)  # τ_KD = 1e-4

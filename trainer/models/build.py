@@ -27,7 +27,7 @@ def embeddings_for(spec: FeatureSpec, cfg: ModelConfig, layout: EmbeddingLayout,
         in_column = MODELS[cfg.name].uses_linear and cfg.first_order_column
         return FieldEmbeddings(spec, dims, cfg.init_scale, device, first_order_column=in_column)
     require_separate_first_order(cfg)
-    return CompressedEmbeddings(layout, cfg.init_scale, tau_kd, device)
+    return CompressedEmbeddings(layout, cfg.init_scale, tau_kd, device, sparse=cfg.raw_rows == "sparse")
 
 
 def build_model(spec: FeatureSpec, cfg: ModelConfig, dims: dict[str, int] | None = None, device=None, *,

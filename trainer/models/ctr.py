@@ -24,6 +24,8 @@ from serving.features import FeatureSpec
 from trainer.models.blocks import CrossNetwork, fm_interaction, mlp, pairwise_inner, stack_zero_padded, tuple_index
 from trainer.models.tables import LinearWeights
 
+RAW_ROWS = ("dense", "sparse")
+
 
 @dataclass
 class ModelConfig:
@@ -42,6 +44,11 @@ class ModelConfig:
         first_order_column: keep FM / Wide&Deep / DeepFM first-order weights as an extra
             column of each field's table instead of separate tables (one lookup per id;
             see trainer.models.tables).
+        raw_rows: how the raw rows of DPQ-coded (low-frequency) ids train: "dense" (one
+            nn.Embedding under the dense Adam: every row that was ever touched keeps moving
+            with Adam's momentum, and each step costs all rows) or "sparse" (sparse
+            gradients under lazy Adam, torch.optim.SparseAdam: a step reads and moves only
+            the batch's rows, what millions of coded ids need; weight_decay does not apply).
     """
 
     name: str = "deepfm"
@@ -53,6 +60,7 @@ class ModelConfig:
     dense_input: bool = False
     init_scale: float = 0.01
     first_order_column: bool = False
+    raw_rows: str = "dense"
 
     def validate(self) -> list[str]:
         problems = []
@@ -62,6 +70,8 @@ class ModelConfig:
             problems.append(f"model.embedding_dim: must be > 0, got {self.embedding_dim}")
         problems += [f"model.dims.{k}: must be >= 0, got {v}" for k, v in self.dims.items() if v < 0]
         problems += [f"model.mlp: sizes must be > 0, got {self.mlp}"] if any(h <= 0 for h in self.mlp) else []
+        if self.raw_rows not in RAW_ROWS:
+            problems.append(f"model.raw_rows: {self.raw_rows!r} is not one of {list(RAW_ROWS)}")
         if not 0 <= self.dropout < 1:
             problems.append(f"model.dropout: must be in [0, 1), got {self.dropout}")
         return problems

@@ -174,16 +174,18 @@ class CompressedEmbeddings(_SplitEmbeddings):
         init_scale: tables and raw rows start uniform in ±init_scale (until `init_from_full`).
         tau_kd: DPQ-SX softmax temperature τ_KD.
         device: where the tables live.
+        sparse: raw rows with sparse gradients (ModelConfig.raw_rows = "sparse").
     """
 
-    def __init__(self, layout: EmbeddingLayout, init_scale: float = 0.01, tau_kd: float = TAU_KD, device=None):
+    def __init__(self, layout: EmbeddingLayout, init_scale: float = 0.01, tau_kd: float = TAU_KD, device=None,
+                 sparse: bool = False):
         super().__init__(layout)
         self.ebc = _ebc([_table(f"t_{t.name}", [t.feature], t.rows, t.dim, init_scale) for t in layout.tables], device)
         self.raw = nn.ModuleDict()
         self.codebooks = nn.ModuleDict()
         for t in layout.tables:
             if t.kind == "dpq":
-                self.raw[t.name] = nn.Embedding(t.n_low, t.dim, device=device)
+                self.raw[t.name] = nn.Embedding(t.n_low, t.dim, device=device, sparse=sparse)
                 nn.init.uniform_(self.raw[t.name].weight, -init_scale, init_scale)
                 self.codebooks[t.name] = DPQCodebook(t.compression.k, t.compression.d, t.dim, tau_kd).to(device)
 

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from trainer.data.batches import iterate_batches
-from trainer.distributed import DistEnv, dense_optimizer
+from trainer.distributed import DistEnv, dense_optimizer, sparse_rows
 from trainer.search.grda import GRDA
 from trainer.search.interface import SearchMethod
 from trainer.training import CTRTrain, Log, TrainConfig, evaluate, train_epoch
@@ -141,7 +141,7 @@ def run_search(method: SearchMethod, ds, loop: SearchLoopConfig, tcfg: TrainConf
     arch = method.arch_parameters()
     arch_ids = {id(p) for p in arch}
     weights = {n: p for n, p in supernet.named_parameters() if id(p) not in arch_ids}
-    w_opt = dense_optimizer(weights, tcfg.lr, tcfg.weight_decay)
+    w_opt = dense_optimizer(weights, tcfg.lr, tcfg.weight_decay, sparse_rows(supernet))
     history = []
     if loop.arch_split == "gate":
         ds = GateSplit(ds, loop.gate_fraction, tcfg.seed)

@@ -184,7 +184,8 @@ class AutoDPQ:
         model = build_model(self.spec, self.model_cfg, dims={n: 0 for n in self.spec.names} | dict(zip(layout.fields, layout.dims)))
         schedule = GumbelSchedule(self.cfg.gumbel_start, self.cfg.gumbel_decay, self.cfg.gumbel_min)
         model.embeddings = SearchEmbeddings(layout, self.candidates, self.model_cfg.init_scale, self.cfg.tau_kd, schedule,
-                                            prune=self.cfg.byte_aware, low_batches_only=self.cfg.byte_aware)
+                                            prune=self.cfg.byte_aware, low_batches_only=self.cfg.byte_aware,
+                                            sparse=self.model_cfg.raw_rows == "sparse")
         if self.pretrained is not None:
             load_pretrained(model, self.pretrained, self.seed)
         self.supernet = model

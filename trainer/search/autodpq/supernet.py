@@ -87,12 +87,13 @@ class SearchEmbeddings(CompressedEmbeddings):
         prune: offer a field only the candidates that fit and save bytes (see `offered`).
         low_batches_only: α_m learns only from architecture batches holding field m's
             low-frequency ids.
+        sparse: raw rows with sparse gradients (ModelConfig.raw_rows = "sparse").
     """
 
     def __init__(self, layout: EmbeddingLayout, candidates: list[Compression], init_scale: float = 0.01,
                  tau_kd: float = 1e-4, schedule: GumbelSchedule | None = None, prune: bool = False,
-                 low_batches_only: bool = False):
-        super().__init__(layout, init_scale, tau_kd)
+                 low_batches_only: bool = False, sparse: bool = False):
+        super().__init__(layout, init_scale, tau_kd, sparse=sparse)
         self.candidates = list(candidates)
         self.searched = [t.name for t in layout.tables if t.kind == "dpq"]
         self.low_batches_only = low_batches_only
