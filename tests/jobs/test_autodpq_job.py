@@ -36,12 +36,14 @@ def test_deepfm_with_every_baseline(tiny_run):
     assert any(t.get("derived", "").endswith(":dpq0") for t in manifest["clusters"][0]["tables"])
 
 
-@pytest.mark.parametrize("model,storage,rows", [("ipnn", "local", "dense"), ("dcn", "sharded", "sparse")])
-def test_other_models_and_storage_in_process(model, storage, rows, tmp_path):
+@pytest.mark.parametrize("model,storage,extra", [
+    ("ipnn", "local", []), ("dcn", "sharded", ["model.raw_rows=sparse"]),
+    ("deepfm", "sharded", ["model.raw_rows=sparse", "model.first_order_low=shared"]),
+])
+def test_other_models_and_storage_in_process(model, storage, extra, tmp_path):
     from trainer.jobs.search import load_experiment, run
 
-    overrides = [f"model.name={model}", f"train.storage={storage}", f"model.raw_rows={rows}", 'variants.baselines=["others"]',
-                 "report.export=false",
+    overrides = [f"model.name={model}", f"train.storage={storage}", *extra, 'variants.baselines=["others"]', "report.export=false",
                  "report.plots=false", f"data.cache_dir={tmp_path / 'cache'}"]
     report = run(load_experiment(str(CONFIG), overrides), tmp_path / model, log=lambda _: None)
     _check(tmp_path / model, report, model, ["others"])

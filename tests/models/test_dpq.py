@@ -174,19 +174,29 @@ def test_reported_bytes_are_the_bytes_stored(toy_spec, k):
     assert not any("raw" in key for key in served.state_dict())
 
 
-def test_bundle_round_trip_serves_the_offline_scores(toy_spec, toy_batch, tmp_path):
+@pytest.mark.parametrize("first_order_low", ["own", "shared"])
+def test_bundle_round_trip_serves_the_offline_scores(toy_spec, toy_batch, tmp_path, first_order_low):
     from serving.batch import FeatureBatch
     from serving.bundle import load_bundle, served_bytes, write_bundle
     from serving.predictor import Predictor
 
-    cfg = ModelConfig(name="deepfm", embedding_dim=DIM, mlp=[8])
+    cfg = ModelConfig(name="deepfm", embedding_dim=DIM, mlp=[8], first_order_low=first_order_low)
     fe = build_model(toy_spec, cfg)
     torch.nn.init.normal_(fe.embeddings.ebc.embedding_bags["t_g"].weight)
     torch.nn.init.normal_(fe.embeddings.ebc.embedding_bags["t_a"].weight)
+    torch.nn.init.normal_(fe.linear.ebc.embedding_bags["w_a"].weight)
     model = build_model(toy_spec, cfg, layout=layout(toy_spec, a=dpq(4, 2), n=OTHERS, g=dpq(2, 2)))
     from trainer.search.autodpq.method import load_pretrained
 
     load_pretrained(model, fe, seed=0)
+    w_a, fe_w_a = model.linear.ebc.embedding_bags["w_a"].weight, fe.linear.ebc.embedding_bags["w_a"].weight
+    if first_order_low == "shared":  # field a: ids 4..7 coded; c has no low-frequency ids
+        assert w_a.shape[0] == 5 and model.linear.ebc.embedding_bags["w_c"].weight.shape[0] == 3
+        assert torch.equal(w_a[:4], fe_w_a[:4]) and torch.allclose(w_a[4], fe_w_a[4:].mean(0))
+        coded = model.linear(single("a", [4, 5, 6, 7, 3], toy_spec.names))
+        assert torch.equal(coded[:4], coded[:1].expand(4)) and coded[4] != coded[0]
+    else:
+        assert torch.equal(w_a, fe_w_a)
     model.eval()
     dense, sparse = toy_batch.dense_features, toy_batch.sparse_features
     served = served_model(model)

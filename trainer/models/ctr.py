@@ -25,6 +25,7 @@ from trainer.models.blocks import CrossNetwork, fm_interaction, mlp, pairwise_in
 from trainer.models.tables import LinearWeights
 
 RAW_ROWS = ("dense", "sparse")
+FIRST_ORDER_LOW = ("own", "shared")
 
 
 @dataclass
@@ -49,6 +50,9 @@ class ModelConfig:
             with Adam's momentum, and each step costs all rows) or "sparse" (sparse
             gradients under lazy Adam, torch.optim.SparseAdam: a step reads and moves only
             the batch's rows, what millions of coded ids need; weight_decay does not apply).
+        first_order_low: first-order weights (own tables) of the low-frequency ids of a
+            compressed field: "own" (each id its weight, stored for every id) or "shared"
+            (one weight per field, as "others" shares a row; trainer.models.tables.LinearWeights).
     """
 
     name: str = "deepfm"
@@ -61,6 +65,7 @@ class ModelConfig:
     init_scale: float = 0.01
     first_order_column: bool = False
     raw_rows: str = "dense"
+    first_order_low: str = "own"
 
     def validate(self) -> list[str]:
         problems = []
@@ -70,6 +75,8 @@ class ModelConfig:
             problems.append(f"model.embedding_dim: must be > 0, got {self.embedding_dim}")
         problems += [f"model.dims.{k}: must be >= 0, got {v}" for k, v in self.dims.items() if v < 0]
         problems += [f"model.mlp: sizes must be > 0, got {self.mlp}"] if any(h <= 0 for h in self.mlp) else []
+        if self.first_order_low not in FIRST_ORDER_LOW:
+            problems.append(f"model.first_order_low: {self.first_order_low!r} is not one of {list(FIRST_ORDER_LOW)}")
         if self.raw_rows not in RAW_ROWS:
             problems.append(f"model.raw_rows: {self.raw_rows!r} is not one of {list(RAW_ROWS)}")
         if not 0 <= self.dropout < 1:
@@ -132,8 +139,10 @@ class CTRModel(nn.Module):
                              "set model.dense_input = true")
         embedded = set(numerical.names) if numerical is not None else set()
         linear_fields = tuple(n for n in spec.names if n not in embedded)
-        self.linear = LinearWeights(spec, linear_fields, device) if self.uses_linear and not in_column else None
-        self.first_order_params = sum(spec.field(n).num_embeddings for n in linear_fields) if self.uses_linear else 0
+        shared = ({t.name: t.n_full for t in layout.tables if t.kind != "full"} if cfg.first_order_low == "shared" else {})
+        self.linear = LinearWeights(spec, linear_fields, device, shared) if self.uses_linear and not in_column else None
+        self.first_order_params = sum(shared[n] + 1 if n in shared else spec.field(n).num_embeddings
+                                      for n in linear_fields) if self.uses_linear else 0
         self.bias = nn.Parameter(torch.zeros(1))
         index, self.high_orders = None, ()
         if interactions is not None:

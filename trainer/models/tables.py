@@ -15,14 +15,14 @@ is that row-wise Adagrad shares one accumulator between a row's embedding and it
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor, PoolingType
 
 from serving.features import FeatureSpec
-from trainer.models.layout import layout_for, stored_dim
+from trainer.models.layout import DERIVED, layout_for, stored_dim
 
 @dataclass(frozen=True)
 class FirstOrderColumnInit:
@@ -129,14 +129,33 @@ class LinearWeights(nn.Module):
 
     Each weight is column 0 of a 4-wide table (the fused-kernel alignment); tables stay
     in TorchRec storage so they shard and use the fused optimizer like the embeddings.
+    A field named in `shared` (field → n_full) keeps n_full + 1 weights: its ids
+    >= n_full (the low-frequency ids of a compressed field) share weight n_full, as an
+    "others" field's ids share its row; the table then reads the derived feature
+    ``<field>:w``, the clamped ids, which the module computes itself.
     """
 
-    def __init__(self, spec: FeatureSpec, fields: tuple[str, ...], device=None):
+    def __init__(self, spec: FeatureSpec, fields: tuple[str, ...], device=None, shared: dict[str, int] | None = None):
         super().__init__()
         self.fields = fields
+        self.shared = dict(shared or {})
         configs = table_configs(spec, {f: 1 for f in fields}, prefix="w_", init_scale=0.0)
+        configs = [replace(c, num_embeddings=self.shared[f] + 1, feature_names=[f"{f}{DERIVED}w"]) if f in self.shared else c
+                   for c, f in zip(configs, fields)]
         self.ebc = EmbeddingBagCollection(tables=configs, device=device) if configs else None
 
     def forward(self, sparse: KeyedJaggedTensor) -> torch.Tensor:
+        if self.shared:
+            sparse = self._clamped(sparse)
         pooled = self.ebc(sparse).to_dict()
-        return torch.stack([pooled[f][:, 0] for f in self.fields], dim=1).sum(dim=1)
+        return torch.stack([pooled[self.feature(f)][:, 0] for f in self.fields], dim=1).sum(dim=1)
+
+    def feature(self, f: str) -> str:
+        return f"{f}{DERIVED}w" if f in self.shared else f
+
+    def _clamped(self, sparse: KeyedJaggedTensor) -> KeyedJaggedTensor:
+        fields = sparse.to_dict()
+        values = [fields[f].values().clamp(max=self.shared[f]) if f in self.shared else fields[f].values() for f in self.fields]
+        return KeyedJaggedTensor(keys=[self.feature(f) for f in self.fields], values=torch.cat(values),
+                                 lengths=torch.cat([fields[f].lengths() for f in self.fields]),
+                                 stride=fields[self.fields[0]].lengths().shape[0], length_per_key=[v.shape[0] for v in values])

@@ -124,8 +124,12 @@ class AutoDPQVariants:
 
 
 def load_pretrained(model: CTRModel, pretrained: CTRModel, seed: int) -> None:
-    """Copy an uncompressed model's head and tables into a compressed (or search) model."""
+    """Copy an uncompressed model's head and tables into a compressed (or search) model; a
+    first-order weight the low-frequency ids share starts at the mean of theirs."""
     head = {k: v for k, v in pretrained.state_dict().items() if not k.startswith("embeddings.")}
+    for f, n_full in (model.linear.shared if model.linear is not None else {}).items():
+        key = f"linear.ebc.embedding_bags.w_{f}.weight"
+        head[key] = torch.cat([head[key][:n_full], head[key][n_full:].mean(0, keepdim=True)])
     missing, unexpected = model.load_state_dict(head, strict=False)
     if unexpected or any(not k.startswith("embeddings.") for k in missing):
         raise ValueError(f"pretrained model does not match: missing {missing}, unexpected {unexpected}")
