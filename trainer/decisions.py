@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field, replace
 # record reads as the same decisions (numerical fields bucketized, the base model's pairs).
 VERSION = 2
 READABLE_VERSIONS = (1, 2)
-STORAGE_KINDS = ("full", "others", "dpq")
+STORAGE_KINDS = ("full", "others", "dpq", "int8", "int4")
 INTERACTION_FUNCTIONS = ("inner", "vector_kernel", "scalar_kernel", "outer")
 INTERACTION_MODELS = ("base", "aim")
 MAX_ORDER = 4  # highest interaction order a model computes
@@ -45,8 +45,9 @@ class Storage:
     """How one field's ids are stored.
 
     Args:
-        kind: "full" (every id its own row), "others" (ids >= n_full share one row) or
-            "dpq" (ids >= n_full product-quantized with K centroids in D sub-spaces).
+        kind: "full" (every id its own row), "others" (ids >= n_full share one row),
+            "dpq" (ids >= n_full product-quantized with K centroids in D sub-spaces) or
+            "int8" / "int4" (ids >= n_full keep rows of 8- / 4-bit integers).
         n_full: ids [0, n_full) keep full rows; 0 with kind "full" means every id.
         k: dpq: centroids per sub-space.
         d: dpq: sub-spaces (divides the field's dim).

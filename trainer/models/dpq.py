@@ -35,7 +35,8 @@ from torch import nn
 from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor, PoolingType
 
 from trainer.models.ctr import CTRModel, ModelConfig
-from trainer.models.layout import EmbeddingLayout, FieldTable, code_dtype, stored_dim
+from trainer.models.layout import CODED, EmbeddingLayout, FieldTable, code_dtype, stored_dim
+from trainer.models.rowwise import ROW_BITS, fake_quantize, pack, unpack
 from trainer.models.tables import FieldEmbeddings
 
 TAU_KD = 1e-4
@@ -97,9 +98,10 @@ class DPQCodebook(nn.Module):
         return hard + relax
 
 
-def _row_index(lengths: torch.Tensor) -> torch.Tensor:
-    """Row of each id of a jagged field: [0]*len_0 + [1]*len_1 + ..."""
-    return torch.repeat_interleave(torch.arange(lengths.numel(), device=lengths.device), lengths.long())
+def _row_index(lengths: torch.Tensor, nnz: int) -> torch.Tensor:
+    """Row of each of the nnz ids of a jagged field: [0]*len_0 + [1]*len_1 + ... (the known
+    size keeps exported programs free of data-dependent shapes)."""
+    return torch.repeat_interleave(torch.arange(lengths.numel(), device=lengths.device), lengths.long(), output_size=nnz)
 
 
 def pool_rows(rows: torch.Tensor, vec: torch.Tensor, batch: int) -> torch.Tensor:
@@ -184,9 +186,10 @@ class CompressedEmbeddings(_SplitEmbeddings):
         self.raw = nn.ModuleDict()
         self.codebooks = nn.ModuleDict()
         for t in layout.tables:
-            if t.kind == "dpq":
+            if t.kind in CODED:
                 self.raw[t.name] = nn.Embedding(t.n_low, t.dim, device=device, sparse=sparse)
                 nn.init.uniform_(self.raw[t.name].weight, -init_scale, init_scale)
+            if t.kind == "dpq":
                 self.codebooks[t.name] = DPQCodebook(t.compression.k, t.compression.d, t.dim, tau_kd).to(device)
 
     def forward(self, sparse: KeyedJaggedTensor) -> list[torch.Tensor]:
@@ -198,6 +201,8 @@ class CompressedEmbeddings(_SplitEmbeddings):
         """Field t's embedding [B, X] from its pooled frequent rows `e` and its ids `jt`."""
         if t.kind == "dpq":
             e = e + self.low_pooled(t, jt, self.codebooks[t.name])
+        elif t.kind in ROW_BITS:
+            e = e + self.low_pooled(t, jt, lambda raw: fake_quantize(raw, t.kind))
         return self._finish(t, e, jt)
 
     def low_pooled(self, t: FieldTable, jt, quantize) -> torch.Tensor:
@@ -209,7 +214,7 @@ class CompressedEmbeddings(_SplitEmbeddings):
         """(row of each low-frequency id in the batch, its raw embedding [m, X])."""
         x = jt.values()
         low = torch.nonzero(x >= t.n_full).squeeze(1)
-        return _row_index(jt.lengths())[low], self.raw[t.name](x[low] - t.n_full)
+        return _row_index(jt.lengths(), x.shape[0])[low], self.raw[t.name](x[low] - t.n_full)
 
     @torch.no_grad()
     def init_from_full(self, full: FieldEmbeddings, seed: int) -> None:
@@ -226,7 +231,7 @@ class CompressedEmbeddings(_SplitEmbeddings):
                 dst.copy_(src)
             elif t.kind == "others":
                 dst[t.n_full].copy_(src[t.n_full :].mean(0))
-            else:
+            else:  # a coded kind: its raw rows
                 self.raw[t.name].weight.copy_(src[t.n_full :, : t.dim])
         self.init_codebooks(seed)
 
@@ -254,6 +259,10 @@ class ServedEmbeddings(_SplitEmbeddings):
             if c.kind == "dpq":
                 configs.append(_table(f"c_{t.name}", t.sub_features(), c.d * c.k, t.dim // c.d, 0.0))
                 self.register_buffer(f"codes_{t.name}", torch.zeros(t.n_low, c.d, dtype=code_dtype(c.k), device=device))
+            elif c.kind in ROW_BITS:
+                self.register_buffer(f"rows_{t.name}", torch.zeros(t.n_low, t.dim * ROW_BITS[c.kind] // 8, dtype=torch.uint8,
+                                                                   device=device))
+                self.register_buffer(f"qparams_{t.name}", torch.zeros(t.n_low, 2, dtype=torch.float16, device=device))
         self.ebc = _ebc(configs, device)
 
     def forward(self, sparse: KeyedJaggedTensor) -> list[torch.Tensor]:
@@ -281,8 +290,19 @@ class ServedEmbeddings(_SplitEmbeddings):
             if t.kind == "dpq":
                 width = t.dim // t.compression.d
                 e = e + torch.cat([pooled[s][:, :width] for s in t.sub_features()], dim=1)
+            elif t.kind in ROW_BITS:
+                e = e + self._int_rows(t, fields[t.name])
             out.append(self._finish(t, e, fields[t.name]))
         return out
+
+    def _int_rows(self, t: FieldTable, jt) -> torch.Tensor:
+        """[B, X] sum over each row's low-frequency ids of their stored integer rows (every id
+        is read, the frequent ones at slot 0 and masked: no data-dependent shapes)."""
+        x = jt.values()
+        low = x >= t.n_full
+        slot = torch.where(low, x - t.n_full, torch.zeros_like(x))
+        rows = unpack(getattr(self, f"rows_{t.name}")[slot], getattr(self, f"qparams_{t.name}")[slot], t.kind)
+        return pool_rows(_row_index(jt.lengths(), x.shape[0]), rows * low.unsqueeze(1).to(rows.dtype), jt.lengths().numel())
 
     def stored_bytes(self) -> int:
         """Bytes of every tensor the module holds (tables + codes)."""
@@ -296,6 +316,10 @@ def to_served(emb: CompressedEmbeddings) -> ServedEmbeddings:
     served = ServedEmbeddings(emb.layout)
     for t in emb.layout.tables:
         served.ebc.embedding_bags[f"t_{t.name}"].weight.copy_(emb.ebc.embedding_bags[f"t_{t.name}"].weight)
+        if t.kind in ROW_BITS:
+            q, qparams = pack(emb.raw[t.name].weight, t.kind)
+            getattr(served, f"rows_{t.name}").copy_(q)
+            getattr(served, f"qparams_{t.name}").copy_(qparams)
         if t.kind != "dpq":
             continue
         book = emb.codebooks[t.name]

@@ -14,6 +14,8 @@ field's low-frequency ids are stored one of three ways (`Compression.kind`):
   others  all low-frequency ids share one extra row n_full (ids clamped);
   dpq     product-quantized with (K, D): the dim-X vector is split into D sub-spaces of
           X/D; each sub-space has K centroids; an id is stored as D codes.
+  int8 / int4  each id its own row of 8- / 4-bit integers with an fp16 scale and bias
+          (trainer.models.rowwise).
 
 FBGEMM's fused TBE kernels need every table's column count to be a multiple of 4, so a
 table is stored with its dim rounded up to a multiple of 4; `embedding_params` counts
@@ -30,8 +32,10 @@ import torch
 from serving.contract import DERIVED_SEP as DERIVED  # <field>:<tag> names a feature the model derives from the field's ids
 from serving.features import FeatureSpec
 from trainer.decisions import ClusterDecision
+from trainer.models.rowwise import ROW_BITS, row_bytes
 
-KINDS = ("full", "others", "dpq")
+KINDS = ("full", "others", "dpq", *ROW_BITS)
+CODED = ("dpq", *ROW_BITS)  # kinds that keep raw rows while training and store each low-frequency id
 FUSED_DIM_ALIGN = 4
 
 
@@ -53,7 +57,7 @@ class Compression:
     """How a field stores its low-frequency ids.
 
     Args:
-        kind: "full" | "others" | "dpq" (see the module docstring).
+        kind: "full" | "others" | "dpq" | "int8" | "int4" (see the module docstring).
         k: dpq: centroids per sub-space.
         d: dpq: sub-spaces (must divide the field's dim).
     """
@@ -112,6 +116,8 @@ class FieldTable:
             raise ValueError(f"field {self.name!r}: no low-frequency ids to compress with {c.kind!r}")
         if c.kind == "dpq" and self.dim % c.d:
             raise ValueError(f"field {self.name!r}: D={c.d} does not divide dim {self.dim}")
+        if c.kind in ROW_BITS and self.dim * ROW_BITS[c.kind] % 8:
+            raise ValueError(f"field {self.name!r}: {c.kind} rows need dim * bits % 8 == 0, got dim {self.dim}")
 
     @property
     def n_low(self) -> int:
@@ -124,7 +130,7 @@ class FieldTable:
     @property
     def rows(self) -> int:
         """Rows of the field's table t_<field>."""
-        return {"full": self.num_embeddings, "others": self.n_full + 1, "dpq": self.n_full}[self.kind]
+        return {"full": self.num_embeddings, "others": self.n_full + 1}.get(self.kind, self.n_full)
 
     @property
     def feature(self) -> str:
@@ -138,7 +144,7 @@ class FieldTable:
     def embedding_params(self) -> int:
         """Logical parameters at inference (codes count one each)."""
         c = self.compression
-        extra = self.n_low * c.d + c.k * self.dim if c.kind == "dpq" else 0
+        extra = self.n_low * c.d + c.k * self.dim if c.kind == "dpq" else self.n_low * self.dim if c.kind in ROW_BITS else 0
         return self.rows * self.dim + extra
 
     @property
@@ -149,6 +155,8 @@ class FieldTable:
         if c.kind == "dpq":
             codes = self.n_low * c.d * torch.empty(0, dtype=code_dtype(c.k)).element_size()
             stored += codes + c.d * c.k * stored_dim(self.dim // c.d) * 4
+        elif c.kind in ROW_BITS:
+            stored += self.n_low * row_bytes(c.kind, self.dim)
         return stored
 
     def to_json(self) -> dict:

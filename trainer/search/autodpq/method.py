@@ -54,9 +54,10 @@ class AutoDPQConfig(SearchLoopConfig):
             mean/std (constants shared by the field's candidates; see supernet.py); false =
             the paper's eq. (2) exactly (zero mean, unit variance).
         byte_aware: the byte-aware search (not the paper's): every field may also keep its
-            raw rows ("full") or share one row ("others"), is offered only candidates that
-            fit (K <= its low-frequency ids) and store fewer bytes than its raw rows, and
-            its α learns only from architecture batches holding its low-frequency ids.
+            raw rows ("full"), share one row ("others") or store int8 / int4 rows; it is
+            offered only candidates that fit (K <= its low-frequency ids) and store fewer
+            bytes than its raw rows, and its α learns only from architecture batches
+            holding its low-frequency ids.
         size_weight: λ in α's loss = BCE + λ · E_α[stored bytes] / (Base's embedding
             bytes): λ nats of BCE are worth the whole uncompressed table set (0 = the paper).
     """
@@ -159,7 +160,7 @@ class AutoDPQ:
         self.searched = [t.name for t in self.split.tables if t.n_low > 0]
         self.retrain_options = {"tau_kd": cfg.tau_kd}
         grid = [dpq(k, d) for k, d in cfg.candidates]
-        self.candidates = [FULL, OTHERS, *grid] if cfg.byte_aware else grid
+        self.candidates = [FULL, OTHERS, Compression("int8"), Compression("int4"), *grid] if cfg.byte_aware else grid
         self.full_bytes = self.split.embedding_bytes  # Base's tables: every id a full row
         self.supernet: CTRModel | None = None
         self.phase = "pretrain"

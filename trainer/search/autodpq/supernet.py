@@ -18,8 +18,9 @@ uncompressed rows weighted by their train counts, the same for every candidate o
 field — so the candidates are still compared at one magnitude, the pretrained one.
 
 Candidates are Compressions: the paper's (K, D) grid, and with the byte-aware search also
-"full" (the raw rows kept) and "others" (one shared row, initialised to the mean of the
-field's low-frequency rows). `offered[m, t]` says which candidates field m may take:
+"full" (the raw rows kept), "others" (one shared row, initialised to the mean of the
+field's low-frequency rows) and "int8" / "int4" (the raw rows read through their row-wise
+integer form, trainer.models.rowwise). `offered[m, t]` says which candidates field m may take:
 every one for the paper; with `prune`, only those that fit (K ≤ n_low) and store fewer
 bytes than the raw rows, besides "full" itself. Each field's α is its own parameter, so
 an architecture batch without any of field m's low-frequency ids (with `low_batches_only`)
@@ -45,6 +46,7 @@ from torchrec import KeyedJaggedTensor
 
 from trainer.models.dpq import CompressedEmbeddings, DPQCodebook, pool_rows
 from trainer.models.layout import FULL, Compression, EmbeddingLayout, FieldTable
+from trainer.models.rowwise import ROW_BITS, fake_quantize
 from trainer.search.gumbel import GumbelClock, GumbelSchedule
 
 PHASES = ("pretrain", "search", "eval")
@@ -65,7 +67,7 @@ def candidate_bytes(t: FieldTable, c: Compression) -> int:
 def offered(t: FieldTable, c: Compression, prune: bool) -> bool:
     """Whether field t may take candidate c: every candidate for the paper; with `prune`
     only "full" and candidates that fit and store fewer bytes than the raw rows."""
-    if c.kind == "dpq" and t.dim % c.d:
+    if c.kind == "dpq" and t.dim % c.d or c.kind in ROW_BITS and t.dim * ROW_BITS[c.kind] % 8:
         return False
     if not prune or c.kind == "full":
         return True
@@ -191,6 +193,8 @@ class SearchEmbeddings(CompressedEmbeddings):
             return raw
         if c.kind == "others":
             return self.others[t.name].expand_as(raw)
+        if c.kind in ROW_BITS:
+            return fake_quantize(raw, c.kind)
         return self.codebooks[t.name][j](raw)
 
     def _field(self, t: FieldTable, e: torch.Tensor, jt) -> torch.Tensor:
