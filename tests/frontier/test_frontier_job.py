@@ -29,7 +29,8 @@ def frontier(out: Path, cache: Path, *overrides: str) -> subprocess.CompletedPro
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("frontier")
-    res = frontier(tmp / "run", tmp / "cache")
+    # the million-id config's model options: every scheme must build with them
+    res = frontier(tmp / "run", tmp / "cache", "model.first_order_low=shared", "model.raw_rows=sparse")
     assert res.returncode == 0, res.stderr[-4000:]
     return tmp / "run", json.loads((tmp / "run" / "frontier.json").read_text())
 
@@ -182,4 +183,4 @@ def test_byte_aware_autodpq_points_are_served_bundles(tmp_path):
     lam = by(points, "autodpq_bytes")
     assert lam["settings"]["size_weight"] == 2.0 and lam["label"] == "λ=2"
     kinds = {v if not v.startswith("K") else "dpq" for v in lam["settings"]["chosen"].values()}
-    assert lam["settings"]["chosen"] and kinds <= {"full", "others", "dpq"}
+    assert lam["settings"]["chosen"] and kinds <= {"full", "others", "int8", "int4", "dpq"}

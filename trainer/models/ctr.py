@@ -139,8 +139,11 @@ class CTRModel(nn.Module):
                              "set model.dense_input = true")
         embedded = set(numerical.names) if numerical is not None else set()
         linear_fields = tuple(n for n in spec.names if n not in embedded)
-        shared = ({t.name: t.n_full for t in layout.tables if t.kind != "full"} if cfg.first_order_low == "shared" else {})
-        self.linear = LinearWeights(spec, linear_fields, device, shared) if self.uses_linear and not in_column else None
+        own_tables = self.uses_linear and not in_column
+        # only a frequency-split layout (EmbeddingLayout, not the frontier's StoredLayout) has low-frequency ids to share
+        shared = ({t.name: t.n_full for t in getattr(layout, "tables", ()) if t.kind != "full"}
+                  if own_tables and cfg.first_order_low == "shared" else {})
+        self.linear = LinearWeights(spec, linear_fields, device, shared) if own_tables else None
         self.first_order_params = sum(shared[n] + 1 if n in shared else spec.field(n).num_embeddings
                                       for n in linear_fields) if self.uses_linear else 0
         self.bias = nn.Parameter(torch.zeros(1))
