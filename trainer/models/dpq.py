@@ -14,6 +14,10 @@ tables (TorchRec tables ``t_<field>``):
   feature per sub-space (id = code + K·sub-space). Pooling is linear and commutes with
   concatenating sub-spaces, so sum/mean pooling of bags is exact.
 
+An int8 / int4 field (trainer.models.rowwise) also trains raw rows, read through their
+integer form; served, it keeps a uint8 buffer of packed rows and an fp16 [n_low, 2] buffer
+of scales and biases, gathered per id and pooled by index_add.
+
 All tables live in one weighted EmbeddingBagCollection whose input the module builds
 from the field ids: features it computes itself are named ``<field>:<tag>`` (serving's
 bundle treats them as *derived*: only the field is checked against the spec). Weights
