@@ -184,3 +184,18 @@ def test_byte_aware_autodpq_points_are_served_bundles(tmp_path):
     assert lam["settings"]["size_weight"] == 2.0 and lam["label"] == "λ=2"
     kinds = {v if not v.startswith("K") else "dpq" for v in lam["settings"]["chosen"].values()}
     assert lam["settings"]["chosen"] and kinds <= {"full", "others", "int8", "int4", "dpq"}
+
+
+def test_autodim_and_ihas2_dims_are_served_bundles(tmp_path):
+    """The AutoDim scheme: AutoDim's and iHAS-2's dims as points whose bytes are their bundles'
+    tensors, every field at one of the candidate dims (iHAS-2: at most the model's dim)."""
+    schemes = ('frontier.schemes={autodim={ihas_2=true, ihas={pretrain_epochs=1, search_epochs=1}, '
+               'search={candidates=[2, 4, 8], search_epochs=1, arch_every=1, arch_lr=0.1}}}')
+    res = frontier(tmp_path / "run", tmp_path / "cache", schemes)
+    assert res.returncode == 0, res.stderr[-4000:]
+    points = json.loads((tmp_path / "run" / "frontier.json").read_text())
+    assert sorted(p["scheme"] for p in points) == ["autodim", "ihas_2"]
+    for p in points:
+        assert KEYS <= set(p) and p["served_bytes"] == archive_bytes(tmp_path / "run" / p["bundle"])[0]
+    assert set(by(points, "autodim")["settings"]["dims"].values()) <= {2, 4, 8}
+    assert max(by(points, "ihas_2")["settings"]["dims"].values()) <= 8
