@@ -5,6 +5,7 @@ the tensor files inside each bundle's .pt2 archives, independently of serving.bu
 """
 
 import json
+import re
 import subprocess
 import sys
 import zipfile
@@ -144,6 +145,8 @@ def test_frontier_files(run):
     for p in on:  # no point beats a frontier point on both axes
         assert not any(q["served_bytes"] <= p["served_bytes"] and q["test_auc"] > p["test_auc"] for q in points)
     assert "| scheme |" in (out / "frontier.md").read_text()
+    # the machine a run needs: its wall time and peak resident set, in the run's log
+    assert re.search(r"\(\d+\.\d min, peak RSS \d+\.\d\d GiB\)", (out / "run.log").read_text())
 
 
 def test_bad_config_is_one_error_and_exit_2(tmp_path):

@@ -21,6 +21,8 @@ One process (the bundles are written by the process that trains them).
 
 from __future__ import annotations
 
+import resource
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -123,6 +125,7 @@ def add_intervals(points: list[dict], ds, threshold: int, log) -> None:
 
 
 def run(exp: FrontierExperiment, out: str | Path, *, resume: bool = False, overwrite: bool = False, log=print) -> list[dict]:
+    start = time.perf_counter()
     env = init_distributed()
     if env.world_size > 1:
         raise ConfigError("frontier", ["runs in one process (it exports every bundle it trains); start it without torchrun"])
@@ -160,5 +163,8 @@ def run(exp: FrontierExperiment, out: str | Path, *, resume: bool = False, overw
     plot_frontier(rows, front, out / "frontier.png",
                   f"{ds.spec.dataset}, {exp.model.name} dim {exp.model.embedding_dim}, seeds {exp.frontier.seeds}")
     log("\n" + table)
-    log(f"frontier → {out / 'frontier.json'}, {out / 'frontier.png'}")
+    # what a 2-core, 24 GiB machine must hold: this process's peak resident set (ru_maxrss, KiB on Linux)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    log(f"frontier → {out / 'frontier.json'}, {out / 'frontier.png'} ({(time.perf_counter() - start) / 60:.1f} min, "
+        f"peak RSS {peak:.2f} GiB)")
     return points
