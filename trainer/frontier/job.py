@@ -148,7 +148,7 @@ def run(exp: FrontierExperiment, out: str | Path, *, resume: bool = False, overw
     add_intervals(points, ds, exp.frontier.threshold, log)
     log(f"== timing {len(exported)} bundles (one thread, batches of {exp.frontier.infer_batch}, "
         f"median of {exp.frontier.infer_repeats} passes interleaved over each seed's bundles)")
-    # one seed's bundles loaded at a time: 27 million-id bundles held at once took 19.7 GB
+    # one seed's bundles loaded at a time: 27 million-id bundles held at once took 18.8 GiB
     # and the machine's memory (measured); passes interleave within a seed
     seconds = {}
     for seed in exp.frontier.seeds:
