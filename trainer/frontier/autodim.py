@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from trainer.config import build_section
+from trainer.frontier import recipe
 from trainer.frontier.bundles import Bench, Exported, bundle_decisions
 from trainer.search.autodim.method import AutoDim as Method
 from trainer.search.autodim.method import AutoDimConfig, AutoDimVariants
@@ -59,21 +60,14 @@ class AutoDim:
 
     @staticmethod
     def check(exp) -> list[str]:
-        problems: list[str] = []
-        sexp = experiment(exp, exp.frontier.scheme_configs["autodim"], exp.train.seed, problems)
-        return problems + (Method.check_config(sexp) if sexp is not None else [])
+        return recipe.check(exp, "autodim", experiment, Method)
 
     @staticmethod
     def points(cfg: AutoDimSchemeConfig, bench: Bench) -> list[Exported]:
-        from trainer.jobs.search import run
-
-        sexp = experiment(bench.exp, cfg, bench.seed, [])
-        where = bench.out / "autodim" / "run"
-        bench.log(f"== AutoDim search recipe (seed {bench.seed}) → {where}")
-        report = run(sexp, where, resume=bench.resume, log=bench.log)
-        rows = {r["method"]: r for r in report["rows"]}
+        _, rows, bundles = recipe.run_recipe(bench, experiment(bench.exp, cfg, bench.seed, []), "autodim", "AutoDim",
+                                             cfg.rows())
         out = []
-        for name, path in [("autodim", where / "bundle")] + [(r, where / "bundles" / r) for r in cfg.rows()]:
+        for name, path in bundles:
             fields = bundle_decisions(path)["clusters"][0]["fields"]
             # AutoDim: its search + retraining; iHAS-2: its retraining only (its iHAS search runs
             # inside the recipe's variants, untimed; the recipe books AutoDim's search on the row)

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from trainer.config import build_section
+from trainer.frontier import recipe
 from trainer.frontier.bundles import Bench, Exported, bundle_decisions
 from trainer.search.autodpq.method import AutoDPQ as Method
 from trainer.search.autodpq.method import AutoDPQConfig, AutoDPQVariants
@@ -74,21 +75,14 @@ class AutoDPQ:
 
     @staticmethod
     def check(exp) -> list[str]:
-        problems: list[str] = []
-        sexp = experiment(exp, exp.frontier.scheme_configs["autodpq"], exp.train.seed, problems)
-        return problems + (Method.check_config(sexp) if sexp is not None else [])
+        return recipe.check(exp, "autodpq", experiment, Method)
 
     @staticmethod
     def points(cfg: AutoDPQSchemeConfig, bench: Bench) -> list[Exported]:
-        from trainer.jobs.search import run
-
-        sexp = experiment(bench.exp, cfg, bench.seed, [])
-        where = bench.out / "autodpq" / "run"
-        bench.log(f"== AutoDPQ search recipe (seed {bench.seed}) → {where}")
-        report = run(sexp, where, resume=bench.resume, log=bench.log)
-        rows = {r["method"]: r for r in report["rows"]}
+        report, rows, bundles = recipe.run_recipe(bench, experiment(bench.exp, cfg, bench.seed, []), "autodpq", "AutoDPQ",
+                                                  cfg.rows())
         out = []
-        for name, path in [("autodpq", where / "bundle")] + [(b, where / "bundles" / b) for b in cfg.rows()]:
+        for name, path in bundles:
             fields = bundle_decisions(path)["clusters"][0]["fields"]
             chosen = {n: f"K{f['storage']['k']}xD{f['storage']['d']}" if f["storage"]["kind"] == "dpq" else f["storage"]["kind"]
                       for n, f in fields.items() if f["storage"]["kind"] != "full" or n in report["split"] and report["split"][n]["n_low"]}
