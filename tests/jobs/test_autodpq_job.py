@@ -96,3 +96,38 @@ def test_byte_aware_rows_choose_among_offered_candidates(tmp_path):
         for field, storage in report["storage_by_row"][name].items():
             assert details["offered"][field][kinds.index(storage)]  # never a candidate the field was not offered
             assert sum(details["probs"][field][j] for j, ok in enumerate(details["offered"][field]) if not ok) == 0
+
+
+def test_holdout_search_never_shows_a_weight_a_row_twice(tmp_path):
+    """The one-pass schedule: Base trains outside the gate split, the search moves only α,
+    codebooks and shared rows (every Base weight it copied stays as trained), and the rows
+    that start from the Base fine-tune on the gate rows alone."""
+    import torch
+
+    from trainer.jobs.search import load_experiment, run
+    from trainer.search.loop import gate_mask
+
+    overrides = ["search.holdout=true", 'search.arch_split="gate"', "search.arch_every=1", "model.first_order_low=shared",
+                 'variants.baselines=["others"]', "variants.size_weights=[1.0]", "report.export=false", "report.plots=false",
+                 f"data.cache_dir={tmp_path / 'cache'}"]
+    out = tmp_path / "run"
+    report = run(load_experiment(str(CONFIG), overrides), out, log=lambda _: None)
+    def train_rows(row: str) -> int:
+        return json.loads((out / "rows" / row / "cluster_0" / "metrics.json").read_text())["train_rows"]
+
+    gate = int(gate_mask(train_rows("base") + train_rows("autodpq"), 0.1, 0).sum())
+    assert train_rows("base") > gate > 0
+    assert train_rows("others") == train_rows("autodpq_bytes_1") == train_rows("autodpq") == gate
+
+    base = torch.load(out / "rows" / "base" / "cluster_0" / "model.pt", weights_only=True)
+    supernet = torch.load(out / "search" / "supernet.pt", weights_only=True)
+    moved = [k for k in supernet if k.startswith(("embeddings.codebooks.", "embeddings.alphas."))]
+    assert moved and any(supernet[k].abs().sum() > 0 for k in moved if "alphas" in k)
+    head = [k for k in supernet if not k.startswith(("embeddings.", "linear."))]
+    assert head
+    for k in head:
+        assert torch.equal(base[k], supernet[k]), k
+    for name, split in report["split"].items():
+        if split["n_low"]:
+            table = base[f"embeddings.ebc.embedding_bags.t_{name}.weight"]
+            assert torch.equal(supernet[f"embeddings.raw.{name}.weight"], table[split["n_full"]:]), name

@@ -51,3 +51,11 @@ def test_autodim_mistakes_together(tmp_path):
         assert key in msg
     assert "7 problem(s)" in msg
     assert "unknown iHAS keys ['warm']" in _errors(tmp_path, '[search]\nmethod = "autodim"\n[variants]\nihas = {warm = true}\n')
+
+
+def test_holdout_needs_a_gate_split_and_search_parameters(tmp_path):
+    msg = _errors(tmp_path, '[search]\nmethod = "autodpq"\nholdout = true\narch_split = "val"\npretrain_epochs = 1\n'
+                            '[model]\nfirst_order_column = false\n')
+    assert "search.holdout: needs arch_split = 'gate' and pretrain_epochs = 0" in msg and "1 problem(s)" in msg
+    msg = _errors(tmp_path, '[search]\nmethod = "ihas"\nholdout = true\narch_split = "gate"\npretrain_epochs = 0\n')
+    assert "search.holdout: ihas has no search parameters" in msg

@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -48,6 +49,7 @@ from trainer.jsonfile import write_json
 from trainer.models.ctr import ModelConfig
 from trainer.models.layout import EmbeddingLayout
 from trainer.search.interface import SearchContext
+from trainer.search.loop import gate_mask
 from trainer.search.registry import METHODS
 from trainer.training import CTRTrain, TrainConfig, evaluate
 
@@ -89,6 +91,8 @@ def load_experiment(path: str, overrides: list[str]) -> SearchExperiment:
                 "variants": cls.Variants, "report": ReportConfig}
     exp = SearchExperiment(**load_sections(path, sections, overrides))
     problems = dense_input_problems(exp.data, exp.model.reads_dense) + cls.check_config(exp)
+    if getattr(exp.search, "holdout", False) and not hasattr(cls, "search_parameters"):
+        problems.append(f"search.holdout: {name} has no search parameters to train with its weights frozen")
     if problems:
         raise ConfigError(str(path), problems)
     return exp
@@ -111,6 +115,17 @@ def load_or_derive(method, ctx: SearchContext, out: Path, resume: bool, name: st
     return decisions
 
 
+def holdout_gate(search, n_train: int, seed: int) -> np.ndarray | None:
+    """The gate split's train rows under a holdout search (the search loop draws the same
+    rows), else None."""
+    return gate_mask(n_train, search.gate_fraction, seed) if getattr(search, "holdout", False) else None
+
+
+def train_on(assign: dict, rows: np.ndarray) -> dict:
+    """`assign` with the train rows outside `rows` in no cluster (-1): no model trains on them."""
+    return {**assign, "train": np.where(rows, assign["train"], -1)}
+
+
 RUN_FILES = ("report.json", "decisions.json", "search", "rows", "bundle", "bundles")
 
 
@@ -125,10 +140,14 @@ def run(exp: SearchExperiment, out: str | Path, *, resume: bool = False, overwri
     cls = METHODS[exp.search.method]
     tcfg, rows_dir = exp.train, out / "rows"
 
-    log("== Base: every field at its configured dim, all rows")
     one = route(None, ds, tcfg.eval_batch_size)
-    base_dec = uniform("base", ds.spec.names, exp.model.field_dims(ds.spec), len(ds.indices("train")))
-    base = retrain(ds, base_dec, one, exp.model, tcfg, env, rows_dir / "base", resume, log)
+    # a holdout search: the Base trains outside the gate split, warm-started rows inside it
+    gate = holdout_gate(exp.search, len(one["train"]), tcfg.seed)
+    base_assign = one if gate is None else train_on(one, ~gate)
+    log("== Base: every field at its configured dim, " + ("all rows" if gate is None else
+                                                          "the train rows outside the gate split (holdout search)"))
+    base_dec = uniform("base", ds.spec.names, exp.model.field_dims(ds.spec), int((base_assign["train"] == 0).sum()))
+    base = retrain(ds, base_dec, base_assign, exp.model, tcfg, env, rows_dir / "base", resume, log)
     rows = [trained_row("base", "Base", "baseline", base, None, one, ds)]
     exportable = {"base": (base, rows[0], None)}
 
@@ -169,6 +188,8 @@ def run(exp: SearchExperiment, out: str | Path, *, resume: bool = False, overwri
         elif v.decisions[0].router != decisions.router:  # the same search, clustered another way
             v_router = method.router(v.decisions[0])
             v_assign = route(v_router, ds, tcfg.eval_batch_size)
+        if v.init == "method" and gate is not None:
+            v_assign = train_on(v_assign, gate)
         model_cfg = replace(exp.model, name=v.model) if v.model else exp.model
         init = (lambda c, m, v=v: method.init_retrain(v, c, m)) if v.init == "method" else None
         runs = []

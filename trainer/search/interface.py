@@ -123,6 +123,10 @@ class SearchMethod(Protocol):
     def set_phase(self, phase: str) -> None:
         """"pretrain" (architecture fixed), "search" (stochastic) or "eval" (deterministic)."""
 
+    def search_parameters(self) -> list[nn.Parameter]:
+        """Optional: the weights a holdout search trains besides the architecture (every
+        other weight stays frozen; trainer.search.loop.SearchLoopConfig.holdout)."""
+
     def init_architecture(self) -> None:
         """(Re)initialise the architecture parameters when the search starts after pretraining."""
 

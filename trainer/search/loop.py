@@ -52,6 +52,13 @@ class SearchLoopConfig:
         pretrain_patience: 0 = pretrain exactly pretrain_epochs (the papers); n > 0 = stop
             pretraining after n epochs without a better validation AUC and go on from the
             best pretrained state.
+        holdout: the one-pass schedule, for data where a second pass over the train rows
+            memorises (million-id vocabularies trained for one epoch): the recipe's Base
+            trains on train minus the gate split; the search keeps every weight of the
+            Base frozen and trains only the architecture and the method's own search
+            parameters (`search_parameters()`, e.g. AutoDPQ's codebooks) on the gate rows;
+            rows that start from the method's weights fine-tune on the gate rows only. No
+            weight sees a row twice. Needs arch_split = "gate" and pretrain_epochs = 0.
     """
 
     pretrain_epochs: int = 5
@@ -66,6 +73,7 @@ class SearchLoopConfig:
     arch_split: str = "val"
     gate_fraction: float = 0.1
     pretrain_patience: int = 0
+    holdout: bool = False
 
     def validate(self) -> list[str]:
         p = []
@@ -84,6 +92,9 @@ class SearchLoopConfig:
                 p.append(f"search.{key}: must be >= 1, got {getattr(self, key)}")
         if self.pretrain_epochs < 0:
             p.append(f"search.pretrain_epochs: must be >= 0, got {self.pretrain_epochs}")
+        if self.holdout and (self.arch_split != "gate" or self.pretrain_epochs):
+            p.append(f"search.holdout: needs arch_split = 'gate' and pretrain_epochs = 0, got {self.arch_split!r} and "
+                     f"{self.pretrain_epochs}")
         if not self.arch_lr > 0:
             p.append(f"search.arch_lr: must be > 0, got {self.arch_lr}")
         if self.keep not in (KEEP_BEST, KEEP_LAST):
@@ -98,21 +109,27 @@ def _arch_batches(ds, split: str, tcfg: TrainConfig, env: DistEnv):
                                    rank=env.rank, world_size=env.world_size)
 
 
+def gate_mask(n_train: int, fraction: float, seed: int) -> np.ndarray:
+    """Which train rows (in split order) form the gate split: a seeded random share."""
+    return np.random.default_rng((seed, 4099)).random(n_train) < fraction
+
+
 class GateSplit:
-    """Dataset view with a "gate" split carved from train (a seeded random share of its
-    rows); "train" keeps the rest, the other splits are unchanged.
+    """Dataset view with a "gate" split carved from train (`gate_mask`); "train" keeps the
+    rest (or, with `weights_on_gate`, is the gate rows too), the other splits are unchanged.
 
     Args:
         ds: the dataset.
         fraction: share of train rows in the gate split.
         seed: seed of the draw.
+        weights_on_gate: "train" = the gate rows (the holdout search's parameters learn there).
     """
 
-    def __init__(self, ds, fraction: float, seed: int):
+    def __init__(self, ds, fraction: float, seed: int, weights_on_gate: bool = False):
         self._ds = ds
         rows = ds.indices("train")
-        gate = np.random.default_rng((seed, 4099)).random(len(rows)) < fraction
-        self._split = {"train": rows[~gate], "gate": rows[gate]}
+        gate = gate_mask(len(rows), fraction, seed)
+        self._split = {"train": rows[gate] if weights_on_gate else rows[~gate], "gate": rows[gate]}
 
     def indices(self, split: str) -> np.ndarray:
         return self._split[split] if split in self._split else self._ds.indices(split)
@@ -135,18 +152,27 @@ def run_search(method: SearchMethod, ds, loop: SearchLoopConfig, tcfg: TrainConf
         The history: per epoch phase, train loss, samples/s and validation AUC / logloss.
     """
     supernet = method.build()
-    train = CTRTrain(supernet)
-    if env.world_size > 1:  # gates are unused while pretraining, weights unused by nothing else
-        train = nn.parallel.DistributedDataParallel(train, find_unused_parameters=True)
     arch = method.arch_parameters()
     arch_ids = {id(p) for p in arch}
     weights = {n: p for n, p in supernet.named_parameters() if id(p) not in arch_ids}
+    if loop.holdout:  # the Base's weights stay as trained: no gradient, no optimizer state
+        own = {id(p) for p in method.search_parameters()}
+        weights = {n: p for n, p in weights.items() if id(p) in own}
+        for p in supernet.parameters():
+            p.requires_grad_(id(p) in own or id(p) in arch_ids)
+    train = CTRTrain(supernet)
+    if env.world_size > 1:  # gates are unused while pretraining, weights unused by nothing else
+        train = nn.parallel.DistributedDataParallel(train, find_unused_parameters=True)
     w_opt = dense_optimizer(weights, tcfg.lr, tcfg.weight_decay, sparse_rows(supernet))
     history = []
     if loop.arch_split == "gate":
-        ds = GateSplit(ds, loop.gate_fraction, tcfg.seed)
-        log(f"architecture steps on a gate split of {len(ds.indices('gate')):,} train rows; weights on the other "
-            f"{len(ds.indices('train')):,}; validation only picks epochs")
+        ds = GateSplit(ds, loop.gate_fraction, tcfg.seed, weights_on_gate=loop.holdout)
+        if loop.holdout:
+            log(f"holdout search on a gate split of {len(ds.indices('gate')):,} train rows the Base never saw: "
+                f"architecture and {len(weights)} search parameters learn there, every other weight is frozen")
+        else:
+            log(f"architecture steps on a gate split of {len(ds.indices('gate')):,} train rows; weights on the other "
+                f"{len(ds.indices('train')):,}; validation only picks epochs")
 
     method.set_phase("pretrain")
     best_pre, best_pre_state, best_pre_epoch = -1.0, None, -1

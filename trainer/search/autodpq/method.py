@@ -203,6 +203,10 @@ class AutoDPQ:
     def arch_parameters(self) -> list[torch.nn.Parameter]:
         return list(self.embeddings.alphas)
 
+    def search_parameters(self) -> list[torch.nn.Parameter]:
+        """What a holdout search trains besides α: every candidate's centroids and the shared rows."""
+        return [*self.embeddings.codebooks.parameters(), *self.embeddings.others.parameters()]
+
     def set_phase(self, phase: str) -> None:
         self.phase = phase
         self.embeddings.phase = phase
