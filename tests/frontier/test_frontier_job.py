@@ -31,7 +31,8 @@ def frontier(out: Path, cache: Path, *overrides: str) -> subprocess.CompletedPro
 def run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("frontier")
     # the million-id config's model options: every scheme must build with them
-    res = frontier(tmp / "run", tmp / "cache", "model.first_order_low=shared", "model.raw_rows=sparse")
+    res = frontier(tmp / "run", tmp / "cache", "model.first_order_low=shared", "model.raw_rows=sparse",
+                   'frontier.schemes.others.quantize=["int8"]', 'frontier.schemes.lowdim.quantize=["int4"]')
     assert res.returncode == 0, res.stderr[-4000:]
     return tmp / "run", json.loads((tmp / "run" / "frontier.json").read_text())
 
@@ -61,7 +62,7 @@ def archive_bytes(bundle: Path) -> tuple[int, int]:
 
 
 def by(points, scheme, **settings):
-    return next(p for p in points if p["scheme"] == scheme and all(p["settings"][k] == v for k, v in settings.items()))
+    return next(p for p in points if p["scheme"] == scheme and all(p["settings"].get(k) == v for k, v in settings.items()))
 
 
 def test_every_point_has_the_keys_and_its_bundle_bytes(run):
@@ -135,6 +136,12 @@ def test_quantized_tables_keep_the_scores(run):
     # can swap only near-tied pairs (on ML-100K the shift measured 3e-6 AUC)
     assert abs(by(points, "fe_fp16")["test_auc"] - fp32) < 2e-3
     assert abs(by(points, "fe_int8")["test_auc"] - fp32) < 5e-3
+    # a scheme's extra storages are the same trained model with its tables quantized at export
+    for scheme, q in (("others", "int8"), ("lowdim", "int4")):
+        plain = next(p for p in points if p["scheme"] == scheme and "quantize" not in p["settings"])
+        stored = by(points, scheme, quantize=q)
+        assert stored["label"] == f"{plain['label']} {q}" and stored["served_bytes"] < plain["served_bytes"]
+        assert abs(stored["test_auc"] - plain["test_auc"]) < 5e-3
 
 
 def test_frontier_files(run):
@@ -173,17 +180,21 @@ def test_autodpq_settings_are_checked_by_autodpq_itself():
 
 
 def test_byte_aware_autodpq_points_are_served_bundles(tmp_path):
-    """Only the AutoDPQ scheme, with one byte-aware λ: AutoDPQ and the λ row are points whose
-    bytes are their bundles' tensors, and the λ point says which storage each coded field took."""
-    schemes = ('frontier.schemes={autodpq={baselines=[], size_weights=[2.0], '
-               'search={ks=[2, 4], ds=[2, 4], search_epochs=1, arch_every=2, arch_lr=0.01}}}')
+    """Only the AutoDPQ scheme (the holdout schedule), with one byte-aware λ and int8 tables:
+    AutoDPQ and the λ row, each also with its tables quantized, are points whose bytes are
+    their bundles' tensors, and the λ point says which storage each coded field took."""
+    schemes = ('frontier.schemes={autodpq={baselines=[], size_weights=[2.0], quantize=["int8"], '
+               'search={ks=[2, 4], ds=[2, 4], search_epochs=1, arch_every=2, arch_lr=0.01, arch_split="gate", holdout=true}}}')
     res = frontier(tmp_path / "run", tmp_path / "cache", schemes)
     assert res.returncode == 0, res.stderr[-4000:]
     points = json.loads((tmp_path / "run" / "frontier.json").read_text())
-    assert sorted(p["scheme"] for p in points) == ["autodpq", "autodpq_bytes"]
+    assert sorted(p["scheme"] for p in points) == ["autodpq", "autodpq", "autodpq_bytes", "autodpq_bytes"]
     for p in points:
         assert KEYS <= set(p) and p["served_bytes"] == archive_bytes(tmp_path / "run" / p["bundle"])[0]
-    lam = by(points, "autodpq_bytes")
+    for scheme in ("autodpq", "autodpq_bytes"):
+        plain = next(p for p in points if p["scheme"] == scheme and "quantize" not in p["settings"])
+        assert by(points, scheme, quantize="int8")["served_bytes"] < plain["served_bytes"]
+    lam = next(p for p in points if p["scheme"] == "autodpq_bytes" and "quantize" not in p["settings"])
     assert lam["settings"]["size_weight"] == 2.0 and lam["label"] == "λ=2"
     kinds = {v if not v.startswith("K") else "dpq" for v in lam["settings"]["chosen"].values()}
     assert lam["settings"]["chosen"] and kinds <= {"full", "others", "int8", "int4", "dpq"}

@@ -59,3 +59,8 @@ def test_holdout_needs_a_gate_split_and_search_parameters(tmp_path):
     assert "search.holdout: needs arch_split = 'gate' and pretrain_epochs = 0" in msg and "1 problem(s)" in msg
     msg = _errors(tmp_path, '[search]\nmethod = "ihas"\nholdout = true\narch_split = "gate"\npretrain_epochs = 0\n')
     assert "search.holdout: ihas has no search parameters" in msg
+
+
+def test_report_quantize_names_a_table_storage(tmp_path):
+    msg = _errors(tmp_path, '[search]\nmethod = "ihas"\n[report]\nexport = false\nquantize = ["int3"]\n')
+    assert "report.quantize: ['int3'] not in" in msg and "report.quantize: needs report.export = true" in msg

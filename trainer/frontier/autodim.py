@@ -67,7 +67,7 @@ class AutoDim:
         _, rows, bundles = recipe.run_recipe(bench, experiment(bench.exp, cfg, bench.seed, []), "autodim", "AutoDim",
                                              cfg.rows())
         out = []
-        for name, path in bundles:
+        for name, _, path in bundles:
             fields = bundle_decisions(path)["clusters"][0]["fields"]
             # AutoDim: its search + retraining; iHAS-2: its retraining only (its iHAS search runs
             # inside the recipe's variants, untimed; the recipe books AutoDim's search on the row)

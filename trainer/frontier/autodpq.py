@@ -30,12 +30,15 @@ class AutoDPQSchemeConfig:
         baselines: AutoDPQ's baselines to take as points besides AutoDPQ: "grid", "random".
         random_trials: draws of the Random baseline (the best on validation is kept).
         size_weights: one byte-aware AutoDPQ point per λ (AutoDPQVariants.size_weights).
+        quantize: table storages ("fp16", "int8", "int4"): every point again with its tables
+            (frequent rows, centroids, first-order weights) quantized at export, post-training.
     """
 
     search: dict = field(default_factory=dict)
     baselines: list[str] = field(default_factory=lambda: list(BASELINES))
     random_trials: int = 1
     size_weights: list[float] = field(default_factory=list)
+    quantize: list[str] = field(default_factory=list)
 
     def rows(self) -> list[str]:
         """The recipe rows exported besides AutoDPQ itself."""
@@ -47,6 +50,8 @@ class AutoDPQSchemeConfig:
         p += [f"frontier.schemes.autodpq.search.{k}: set by the frontier, not here" for k in ("method", "threshold") if k in self.search]
         p += [f"frontier.schemes.autodpq.size_weights: each must be >= 0, got {self.size_weights}"] if any(
             not w >= 0 for w in self.size_weights) else []
+        bad = sorted(set(self.quantize) - {"fp16", "int8", "int4"})
+        p += [f"frontier.schemes.autodpq.quantize: {bad} not in ['fp16', 'int4', 'int8']"] if bad else []
         return p + ([f"frontier.schemes.autodpq.random_trials: must be >= 1, got {self.random_trials}"] if self.random_trials < 1 else [])
 
 
@@ -66,7 +71,7 @@ def experiment(frontier_exp, cfg: AutoDPQSchemeConfig, seed: int, problems: list
         train=replace(frontier_exp.train, seed=seed), search=search,
         variants=AutoDPQVariants(baselines=list(cfg.baselines), random_trials=cfg.random_trials,
                                  size_weights=list(cfg.size_weights)),
-        report=ReportConfig(export=True, plots=False, export_rows=cfg.rows()),
+        report=ReportConfig(export=True, plots=False, export_rows=cfg.rows(), quantize=list(cfg.quantize)),
     )
 
 
@@ -82,7 +87,7 @@ class AutoDPQ:
         report, rows, bundles = recipe.run_recipe(bench, experiment(bench.exp, cfg, bench.seed, []), "autodpq", "AutoDPQ",
                                                   cfg.rows())
         out = []
-        for name, path in bundles:
+        for name, q, path in bundles:
             fields = bundle_decisions(path)["clusters"][0]["fields"]
             chosen = {n: f"K{f['storage']['k']}xD{f['storage']['d']}" if f["storage"]["kind"] == "dpq" else f["storage"]["kind"]
                       for n, f in fields.items() if f["storage"]["kind"] != "full" or n in report["split"] and report["split"][n]["n_low"]}
@@ -95,5 +100,8 @@ class AutoDPQ:
             label = {"autodpq": "AutoDPQ", "grid": "Grid", "random": "Random"}.get(name) or f"λ={name.rsplit('_', 1)[1]}"
             if scheme == "autodpq_bytes":
                 settings["size_weight"] = float(name.rsplit("_", 1)[1])
+            if q != "none":
+                settings["quantize"] = q
+                label = f"{label} {q}"
             out.append(Exported(scheme, settings, label, bench.seed, path, seconds))
         return out

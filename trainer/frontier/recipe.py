@@ -15,12 +15,15 @@ def check(exp, name: str, experiment, method) -> list[str]:
     return problems + (method.check_config(sexp) if sexp is not None else [])
 
 
-def run_recipe(bench: Bench, sexp, name: str, label: str, rows: list[str]) -> tuple[dict, dict, list[tuple[str, Path]]]:
-    """(report, report rows by method, [(row, bundle)]): the method's bundle first, then `rows`'."""
+def run_recipe(bench: Bench, sexp, name: str, label: str, rows: list[str]) -> tuple[dict, dict, list[tuple[str, str, Path]]]:
+    """(report, report rows by method, [(row, table storage, bundle)]): the method's bundle
+    first, then `rows`', each as trained ("none") and then with every storage of the
+    experiment's `report.quantize`."""
     from trainer.jobs.search import run
 
     where = bench.out / name / "run"
     bench.log(f"== {label} search recipe (seed {bench.seed}) → {where}")
     report = run(sexp, where, resume=bench.resume, log=bench.log)
-    bundles = [(name, where / "bundle")] + [(r, where / "bundles" / r) for r in rows]
+    bundles = [(name, "none", where / "bundle")] + [(r, "none", where / "bundles" / r) for r in rows]
+    bundles += [(r, q, where / "bundles" / f"{r}_{q}") for q in sexp.report.quantize for r in [name, *rows]]
     return report, {r["method"]: r for r in report["rows"]}, bundles

@@ -27,6 +27,21 @@ def _uses_first_order(bench: Bench) -> bool:
     return MODELS[bench.model.name].uses_linear
 
 
+def _stored(bench: Bench, key: str, trained, quantize: list[str], scheme: str, settings: dict, label: str) -> list[Exported]:
+    """The fp32 point of a trained model, then one per extra table storage of `quantize` (the
+    same model, its tables quantized at export: post-training, no retraining)."""
+    out = [Exported(scheme, settings, label, bench.seed, bench.export(key, trained), trained.seconds)]
+    for q in quantize:
+        out.append(Exported(scheme, {**settings, "quantize": q}, f"{label} {q}", bench.seed,
+                            bench.export(f"{key}_{q}", trained, q), trained.seconds))
+    return out
+
+
+def _quantize_problems(name: str, quantize: list[str]) -> list[str]:
+    bad = sorted(set(quantize) - set(QUANTIZE_LABELS) - {"none"})
+    return [f"frontier.schemes.{name}.quantize: {bad} not in {sorted(set(QUANTIZE_LABELS) - {'none'})}"] if bad else []
+
+
 def _one_dim(exp) -> list[str]:
     if exp.model.dims:
         return [f"model.dims: the frontier compresses every field at model.embedding_dim; got per-field dims {exp.model.dims}"]
@@ -74,12 +89,15 @@ class DimConfig:
 
     Args:
         dims: embedding dims, one point each.
+        quantize: extra table storages ("fp16", "int8", "int4"), one more point each per dim.
     """
 
     dims: list[int] = field(default_factory=lambda: [4, 8])
+    quantize: list[str] = field(default_factory=list)
 
     def validate(self) -> list[str]:
-        return [f"frontier.schemes.dim.dims: need dims >= 1, got {self.dims}"] if not self.dims or min(self.dims) < 1 else []
+        p = [f"frontier.schemes.dim.dims: need dims >= 1, got {self.dims}"] if not self.dims or min(self.dims) < 1 else []
+        return p + _quantize_problems("dim", self.quantize)
 
 
 class Dim:
@@ -95,17 +113,23 @@ class Dim:
         for d in cfg.dims:
             model = replace(bench.model, embedding_dim=d)
             trained = bench.train(f"dim_{d}", lambda device=None, m=model: build_model(bench.spec, m, device=device), model)
-            out.append(Exported("dim", {"dim": d}, f"d={d}", bench.seed, bench.export(f"dim_{d}", trained), trained.seconds))
+            out += _stored(bench, f"dim_{d}", trained, cfg.quantize, "dim", {"dim": d}, f"d={d}")
         return out
 
 
 @dataclass
 class OthersConfig:
     """Every low-frequency id of a field (train count < frontier.threshold) shares one row,
-    first-order weight included. No settings: the threshold is the frontier's."""
+    first-order weight included; the threshold is the frontier's.
+
+    Args:
+        quantize: extra table storages ("fp16", "int8", "int4"), one more point each.
+    """
+
+    quantize: list[str] = field(default_factory=list)
 
     def validate(self) -> list[str]:
-        return []
+        return _quantize_problems("others", self.quantize)
 
 
 class Others:
@@ -126,8 +150,8 @@ class Others:
 
         trained = bench.train("others", build)
         low = sum(f.num_embeddings - n_full[f.name] for f in bench.spec.fields)
-        return [Exported("others", {"threshold": bench.threshold, "low_frequency_ids": low}, f"t={bench.threshold}",
-                         bench.seed, bench.export("others", trained), trained.seconds)]
+        return _stored(bench, "others", trained, cfg.quantize, "others", {"threshold": bench.threshold, "low_frequency_ids": low},
+                       f"t={bench.threshold}")
 
 
 @dataclass
@@ -173,12 +197,15 @@ class LowDimConfig:
 
     Args:
         low_dims: x, one point each (each < model.embedding_dim).
+        quantize: extra table storages ("fp16", "int8", "int4"), one more point each per x.
     """
 
     low_dims: list[int] = field(default_factory=lambda: [3])
+    quantize: list[str] = field(default_factory=list)
 
     def validate(self) -> list[str]:
-        return [f"frontier.schemes.lowdim.low_dims: need x >= 1, got {self.low_dims}"] if not self.low_dims or min(self.low_dims) < 1 else []
+        p = [f"frontier.schemes.lowdim.low_dims: need x >= 1, got {self.low_dims}"] if not self.low_dims or min(self.low_dims) < 1 else []
+        return p + _quantize_problems("lowdim", self.quantize)
 
 
 class LowDim:
@@ -200,8 +227,8 @@ class LowDim:
                 return build_model(bench.spec, bench.model, device=device, embeddings=emb)
 
             trained = bench.train(f"lowdim_{x}", build)
-            out.append(Exported("lowdim", {"low_dim": x, "threshold": bench.threshold}, f"x={x}", bench.seed,
-                                bench.export(f"lowdim_{x}", trained), trained.seconds))
+            out += _stored(bench, f"lowdim_{x}", trained, cfg.quantize, "lowdim", {"low_dim": x, "threshold": bench.threshold},
+                           f"x={x}")
         return out
 
 

@@ -64,11 +64,20 @@ class ReportConfig:
         export_rows: more rows to export and verify, each to OUT/bundles/<row> (e.g. "base",
             the method's row as retrained, a labelled variant), for side-by-side serving
             benchmarks.
+        quantize: table storages ("fp16", "int8", "int4"); the method's bundle and every
+            export_rows bundle are also written with their tables quantized at export
+            (post-training), to OUT/bundles/<row>_<q> (the method's as <method>_<q>).
     """
 
     export: bool = True
     plots: bool = True
     export_rows: list[str] = field(default_factory=list)
+    quantize: list[str] = field(default_factory=list)
+
+    def validate(self) -> list[str]:
+        bad = sorted(set(self.quantize) - {"fp16", "int8", "int4"})
+        p = [f"report.quantize: {bad} not in ['fp16', 'int4', 'int8']"] if bad else []
+        return p + (["report.quantize: needs report.export = true"] if self.quantize and not self.export else [])
 
 
 @dataclass
@@ -242,6 +251,10 @@ def run(exp: SearchExperiment, out: str | Path, *, resume: bool = False, overwri
         if exp.report.export:
             report["bundle"] = export_bundle(ds, *main, tcfg.seed, out / "bundle", log)
         report["bundles"] = {n: export_bundle(ds, *exportable[n], tcfg.seed, out / "bundles" / n, log) for n in exp.report.export_rows}
+        for q in exp.report.quantize:
+            for n, (trained, row, router) in [(exp.search.method, main)] + [(n, exportable[n]) for n in exp.report.export_rows]:
+                stored = replace(trained, decisions=trained.decisions.replace(quantize=q))
+                report["bundles"][f"{n}_{q}"] = export_bundle(ds, stored, row, router, tcfg.seed, out / "bundles" / f"{n}_{q}", log)
         report |= method.report(ctx, searched, out / "plots" if exp.report.plots else None)
         write_json(out / "report.json", report)
         log("\n" + format_rows(rows))
