@@ -101,7 +101,7 @@ def test_byte_aware_rows_choose_among_offered_candidates(tmp_path):
 def test_holdout_search_never_shows_a_weight_a_row_twice(tmp_path):
     """The one-pass schedule: Base trains outside the gate split, the search moves only α,
     codebooks and shared rows (every Base weight it copied stays as trained), and the rows
-    that start from the Base fine-tune on the gate rows alone."""
+    that start from the Base train their codebooks alone on the gate rows."""
     import torch
 
     from trainer.jobs.search import load_experiment, run
@@ -127,6 +127,11 @@ def test_holdout_search_never_shows_a_weight_a_row_twice(tmp_path):
     assert head
     for k in head:
         assert torch.equal(base[k], supernet[k]), k
+    # the retrained rows train only their codebooks: the head is still the Base's
+    for row in ("autodpq", "others"):
+        model = torch.load(out / "rows" / row / "cluster_0" / "model.pt", weights_only=True)
+        for k in head:
+            assert torch.equal(base[k], model[k]), (row, k)
     for name, split in report["split"].items():
         if split["n_low"]:
             table = base[f"embeddings.ebc.embedding_bags.t_{name}.weight"]

@@ -27,7 +27,7 @@ from trainer.jsonfile import write_json
 from trainer.metrics import summary
 from trainer.models.build import build_model
 from trainer.models.ctr import CTRModel, ModelConfig
-from trainer.training import Log, TrainConfig, TrainingError, fit, predict, wrap
+from trainer.training import FitResult, Log, TrainConfig, TrainingError, evaluate, fit, predict, wrap
 from trainer.unshard import load_full_state, unshard_into
 
 SPLITS = ("train", "val", "test")
@@ -98,7 +98,12 @@ def train_cluster(ds, assign: dict, cluster: ClusterDecision, model_cfg: ModelCo
     train, opt = wrap(model, tcfg, env, log)
     if state is not None:
         load_full_state(train, state)
-    result = fit(train, opt, view, tcfg, env, out / "checkpoints", log, resume=False)
+    if sharded or any(p.requires_grad for p in model.parameters()):
+        result = fit(train, opt, view, tcfg, env, out / "checkpoints", log, resume=False)
+    else:  # a warm start that froze every weight (e.g. a holdout AutoDPQ row of int8 / shared rows only)
+        val = evaluate(train, view, "val", tcfg, env)
+        result = FitResult(best_epoch=0, best_val_auc=val["auc"])
+        log(f"nothing to train (every weight frozen): val auc {val['auc']:.4f} as initialised")
     val_probs, _ = predict(train, view, "val", tcfg, env)
     test_probs, labels = predict(train, view, "test", tcfg, env)
     plain = (unshard_into(train, build()) if sharded else model).eval()

@@ -197,8 +197,9 @@ def run(exp: SearchExperiment, out: str | Path, *, resume: bool = False, overwri
         elif v.decisions[0].router != decisions.router:  # the same search, clustered another way
             v_router = method.router(v.decisions[0])
             v_assign = route(v_router, ds, tcfg.eval_batch_size)
-        if v.init == "method" and gate is not None:
-            v_assign = train_on(v_assign, gate)
+        v_tcfg = tcfg
+        if v.init == "method" and gate is not None:  # local tables: the method's frozen weights stay frozen
+            v_assign, v_tcfg = train_on(v_assign, gate), replace(tcfg, storage="local")
         model_cfg = replace(exp.model, name=v.model) if v.model else exp.model
         init = (lambda c, m, v=v: method.init_retrain(v, c, m)) if v.init == "method" else None
         runs = []
@@ -211,7 +212,7 @@ def run(exp: SearchExperiment, out: str | Path, *, resume: bool = False, overwri
                 log(f"{v.label}: {moved:.1%} of test rows route to another cluster than the search's router sends them to")
                 v_router, v_assign = None, one
             else:
-                runs.append(retrain(ds, d, v_assign, model_cfg, tcfg, env, where, resume, log, init, method.retrain_options))
+                runs.append(retrain(ds, d, v_assign, model_cfg, v_tcfg, env, where, resume, log, init, method.retrain_options))
         best = max(runs, key=lambda t: t.metrics["val_auc"])
         row = trained_row(v.name, v.label, v.kind, best, v_router, v_assign, ds, v_search or search["seconds"])
         if ds.groups is not None and (v_router is not None or candidates[0].shared_tables):

@@ -57,8 +57,10 @@ class SearchLoopConfig:
             trains on train minus the gate split; the search keeps every weight of the
             Base frozen and trains only the architecture and the method's own search
             parameters (`search_parameters()`, e.g. AutoDPQ's codebooks) on the gate rows;
-            rows that start from the method's weights fine-tune on the gate rows only. No
-            weight sees a row twice. Needs arch_split = "gate" and pretrain_epochs = 0.
+            rows that start from the method's weights train on the gate rows only, on local
+            tables, what the method's `init_retrain` leaves trainable (AutoDPQ: the
+            codebooks). No Base weight sees a row twice. Needs arch_split = "gate" and
+            pretrain_epochs = 0.
     """
 
     pretrain_epochs: int = 5

@@ -276,7 +276,13 @@ class AutoDPQ:
         return rows
 
     def init_retrain(self, variant: Variant, cluster: ClusterDecision, model: CTRModel) -> None:
+        """FE's weights; under the holdout schedule only the codebooks stay trainable (a fresh
+        optimizer over every weight of a one-pass model costs more than it learns from the
+        gate rows)."""
         load_pretrained(model, self.pretrained, self.seed)
+        if self.cfg.holdout:
+            model.requires_grad_(False)
+            model.embeddings.codebooks.requires_grad_(True)
 
     def report(self, ctx: SearchContext, searched: dict[str, Decisions], out: Path | None) -> dict:
         split = self.split.tables
