@@ -211,13 +211,11 @@ def _quantized(models: list[nn.Module], kind: str, inputs: tuple[torch.Tensor, K
     """Copies of `models` with quantized embedding tables, and how their probabilities moved."""
     import copy
 
-    from torchrec.inference.modules import quantize_embeddings
-
     out, diffs = [], []
     with torch.no_grad():
         for model in models:
             model.eval()
-            q = quantize_embeddings(copy.deepcopy(model), dtype=QUANTIZATIONS[kind], inplace=True).eval()
+            q = _quantize_tables(copy.deepcopy(model), kind).eval()
             _drop_table_views(q)
             diffs.append((torch.sigmoid(q(*inputs)) - torch.sigmoid(model(*inputs))).abs().double())
             out.append(q)
@@ -225,6 +223,32 @@ def _quantized(models: list[nn.Module], kind: str, inputs: tuple[torch.Tensor, K
     report = {"dtype": kind, "rows": int(inputs[0].shape[0]), "max_abs_prob_change": float(every.max()),
               "mean_abs_prob_change": float(every.mean())}
     return out, report
+
+
+# bytes of one row of `dim` values as FBGEMM stores it quantized: padded to 16 bytes, int8 /
+# int4 rows with an fp16 scale and bias
+_ROW_BYTES = {"fp16": lambda dim: 2 * dim, "int8": lambda dim: dim + 4, "int4": lambda dim: -(-dim // 2) + 4}
+
+
+def _shrinks(ebc: EmbeddingBagCollection, kind: str) -> bool:
+    """Whether quantizing the tables stores fewer bytes than their float32 rows (a 1-wide
+    first-order table's float row is 4 bytes, any quantized row 16)."""
+    tables = ebc.embedding_bag_configs()
+    quantized = sum(t.num_embeddings * -(-_ROW_BYTES[kind](t.embedding_dim) // 16) * 16 for t in tables)
+    return quantized < sum(t.num_embeddings * 4 * t.embedding_dim for t in tables)
+
+
+def _quantize_tables(model: nn.Module, kind: str) -> nn.Module:
+    """torchrec's quantized tables (what `torchrec.inference.modules.quantize_embeddings`
+    builds) for the model's table collections that shrink; the others stay float32."""
+    from torch.ao.quantization import PlaceholderObserver, quantize_dynamic
+    from torchrec.modules.embedding_configs import QuantConfig
+
+    qconfig = QuantConfig(activation=PlaceholderObserver.with_args(dtype=torch.float),
+                          weight=PlaceholderObserver.with_args(dtype=QUANTIZATIONS[kind]))
+    names = {n: qconfig for n, m in model.named_modules() if isinstance(m, EmbeddingBagCollection) and _shrinks(m, kind)}
+    return quantize_dynamic(model, qconfig_spec=names, mapping={EmbeddingBagCollection: QuantEmbeddingBagCollection},
+                            inplace=True)
 
 
 def _drop_table_views(model: nn.Module) -> None:

@@ -59,3 +59,26 @@ def test_quantized_bundle_stores_and_counts_its_rows_once(tmp_path, spec, models
     assert all(b <= 64 for b in small.values()), small  # FBGEMM's offsets and placements beside the rows
     assert sizes["total"] == rest + sum(packed.values()) + sum(small.values())
     assert sizes["embedding"] == sum(packed.values()) + sum(small.values()) < in_tables(float_state)
+
+
+def test_quantizing_keeps_float_the_tables_it_would_not_shrink():
+    """A 1-wide table (a first-order weight per id) is 4 bytes a row in float32 but 16 in any
+    FBGEMM quantized form (rows padded to 16 bytes): it stays float32; a 16-wide table
+    (64 bytes float32, 32 as int8) is quantized. Scores move only by the int8 rounding."""
+    from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor
+    from torchrec.quant.embedding_modules import EmbeddingBagCollection as QuantEBC
+
+    from serving.bundle.export import _quantize_tables
+
+    model = torch.nn.Module()
+    model.first = EmbeddingBagCollection(tables=[EmbeddingBagConfig(name="w", embedding_dim=1, num_embeddings=50, feature_names=["a"])])
+    model.rows = EmbeddingBagCollection(tables=[EmbeddingBagConfig(name="t", embedding_dim=16, num_embeddings=50, feature_names=["a"])])
+    ids = KeyedJaggedTensor.from_lengths_sync(keys=["a"], values=torch.tensor([1, 7, 30]), lengths=torch.tensor([1, 2]))
+    with torch.no_grad():
+        want = model.first(ids).values(), model.rows(ids).values()
+        q = _quantize_tables(copy.deepcopy(model), "int8")
+        assert type(q.first) is EmbeddingBagCollection and isinstance(q.rows, QuantEBC)
+        assert torch.equal(q.first(ids).values(), want[0])
+        # int8 rounds each value to within a step of 1/255 of its row's range; a bag sums up to two rows
+        span = (model.rows.embedding_bags["t"].weight.max(1).values - model.rows.embedding_bags["t"].weight.min(1).values).max()
+        assert (q.rows(ids).values() - want[1]).abs().max() <= 2 * span / 255 + 1e-6
