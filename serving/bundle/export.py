@@ -231,8 +231,9 @@ _ROW_BYTES = {"fp16": lambda dim: 2 * dim, "int8": lambda dim: dim + 4, "int4": 
 
 
 def _shrinks(ebc: EmbeddingBagCollection, kind: str) -> bool:
-    """Whether quantizing the tables stores fewer bytes than their float32 rows (a 1-wide
-    first-order table's float row is 4 bytes, any quantized row 16)."""
+    """Whether quantizing the tables stores fewer bytes than their float32 rows: not for
+    tables 4 or fewer values wide (a first-order weight per id is stored 4 wide, 16 bytes a
+    row, and so is any quantized row of it, plus FBGEMM's per-table alignment)."""
     tables = ebc.embedding_bag_configs()
     quantized = sum(t.num_embeddings * -(-_ROW_BYTES[kind](t.embedding_dim) // 16) * 16 for t in tables)
     return quantized < sum(t.num_embeddings * 4 * t.embedding_dim for t in tables)

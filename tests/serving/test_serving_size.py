@@ -62,16 +62,17 @@ def test_quantized_bundle_stores_and_counts_its_rows_once(tmp_path, spec, models
 
 
 def test_quantizing_keeps_float_the_tables_it_would_not_shrink():
-    """A 1-wide table (a first-order weight per id) is 4 bytes a row in float32 but 16 in any
-    FBGEMM quantized form (rows padded to 16 bytes): it stays float32; a 16-wide table
-    (64 bytes float32, 32 as int8) is quantized. Scores move only by the int8 rounding."""
+    """A 4-wide table (how a first-order weight per id is stored) is 16 bytes a row in float32
+    and in any FBGEMM quantized form (rows padded to 16 bytes): it stays float32, exact; a
+    16-wide table (64 bytes float32, 32 as int8) is quantized. Scores move only by the int8
+    rounding."""
     from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor
     from torchrec.quant.embedding_modules import EmbeddingBagCollection as QuantEBC
 
     from serving.bundle.export import _quantize_tables
 
     model = torch.nn.Module()
-    model.first = EmbeddingBagCollection(tables=[EmbeddingBagConfig(name="w", embedding_dim=1, num_embeddings=50, feature_names=["a"])])
+    model.first = EmbeddingBagCollection(tables=[EmbeddingBagConfig(name="w", embedding_dim=4, num_embeddings=50, feature_names=["a"])])
     model.rows = EmbeddingBagCollection(tables=[EmbeddingBagConfig(name="t", embedding_dim=16, num_embeddings=50, feature_names=["a"])])
     ids = KeyedJaggedTensor.from_lengths_sync(keys=["a"], values=torch.tensor([1, 7, 30]), lengths=torch.tensor([1, 2]))
     with torch.no_grad():
