@@ -130,7 +130,7 @@ def wrap(model: nn.Module, cfg: TrainConfig, env: DistEnv, log: Log):
         train = shard(
             train, env, sharding=cfg.sharding, optimizer=cfg.embedding_optimizer, lr=cfg.embedding_lr, seed=cfg.seed, log=log
         )
-    elif env.world_size > 1:
+    elif env.world_size > 1 and any(p.requires_grad for p in model.parameters()):  # frozen: no gradient to average
         train = nn.parallel.DistributedDataParallel(train)
     return train, combined_optimizer(train, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
