@@ -54,6 +54,14 @@ def test_first_order_column_two_processes_match_one(tmp_path, cache):
     assert abs(two["test_logloss"] - one["test_logloss"]) <= 0.002
 
 
+def _alive(pid: int) -> bool:
+    """Whether process `pid` still runs (a zombie waiting to be reaped does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 def test_killed_run_resumes_to_the_same_metrics(tmp_path, cache):
     epochs = ["train.epochs=4", "train.patience=4", "data.rows=60000"]
     full = _run(tmp_path / "full", cache, 2, *epochs)
@@ -64,8 +72,16 @@ def test_killed_run_resumes_to_the_same_metrics(tmp_path, cache):
     deadline = time.time() + 300
     while not pointer.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both ranks, mid-epoch 2
+    # torchrun starts each rank in a session of its own: killing the launcher's group alone
+    # would leave both ranks running on (and racing the resumed run for its checkpoints)
+    ranks = [int(p) for p in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()]
+    for pid in ranks:
+        os.kill(pid, signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    while any(_alive(pid) for pid in ranks) and time.time() < deadline:
+        time.sleep(0.05)
+    assert len(ranks) == 2 and not any(_alive(pid) for pid in ranks), ranks
     assert pointer.exists() and not (out / "metrics.json").exists(), "the run was not interrupted after epoch 1"
     resumed = _run(out, cache, 2, *epochs, resume=True)
     assert resumed["best_epoch"] == full["best_epoch"]
