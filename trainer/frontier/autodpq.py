@@ -31,7 +31,8 @@ class AutoDPQSchemeConfig:
         random_trials: draws of the Random baseline (the best on validation is kept).
         size_weights: one byte-aware AutoDPQ point per λ (AutoDPQVariants.size_weights).
         quantize: table storages ("fp16", "int8", "int4"): every point again with its tables
-            (frequent rows, centroids, first-order weights) quantized at export, post-training.
+            (frequent rows, centroids) quantized at export, post-training; tables that
+            quantizing would not shrink (4-wide first-order weights) stay float32.
     """
 
     search: dict = field(default_factory=dict)
