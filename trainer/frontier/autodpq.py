@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from trainer.config import build_section
 from trainer.frontier import recipe
 from trainer.frontier.bundles import Bench, Exported, bundle_decisions
+from trainer.frontier.schemes import quantize_problems
 from trainer.search.autodpq.method import AutoDPQ as Method
 from trainer.search.autodpq.method import AutoDPQConfig, AutoDPQVariants
 
@@ -51,8 +52,7 @@ class AutoDPQSchemeConfig:
         p += [f"frontier.schemes.autodpq.search.{k}: set by the frontier, not here" for k in ("method", "threshold") if k in self.search]
         p += [f"frontier.schemes.autodpq.size_weights: each must be >= 0, got {self.size_weights}"] if any(
             not w >= 0 for w in self.size_weights) else []
-        bad = sorted(set(self.quantize) - {"fp16", "int8", "int4"})
-        p += [f"frontier.schemes.autodpq.quantize: {bad} not in ['fp16', 'int4', 'int8']"] if bad else []
+        p += quantize_problems("frontier.schemes.autodpq.quantize", self.quantize)
         return p + ([f"frontier.schemes.autodpq.random_trials: must be >= 1, got {self.random_trials}"] if self.random_trials < 1 else [])
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from serving.bundle.manifest import QUANTIZATIONS
 from trainer.frontier.bundles import Bench, Exported
 from trainer.frontier.embeddings import MappedEmbeddings, QREmbeddings, TwoTierEmbeddings
 from trainer.models.build import build_model
@@ -37,9 +38,10 @@ def _stored(bench: Bench, key: str, trained, quantize: list[str], scheme: str, s
     return out
 
 
-def _quantize_problems(name: str, quantize: list[str]) -> list[str]:
-    bad = sorted(set(quantize) - set(QUANTIZE_LABELS) - {"none"})
-    return [f"frontier.schemes.{name}.quantize: {bad} not in {sorted(set(QUANTIZE_LABELS) - {'none'})}"] if bad else []
+def quantize_problems(key: str, quantize: list[str]) -> list[str]:
+    """Extra table storages must be the bundle's quantization kinds (float32 is the point itself)."""
+    bad = sorted(set(quantize) - set(QUANTIZATIONS))
+    return [f"{key}: {bad} not in {sorted(QUANTIZATIONS)}"] if bad else []
 
 
 def _one_dim(exp) -> list[str]:
@@ -97,7 +99,7 @@ class DimConfig:
 
     def validate(self) -> list[str]:
         p = [f"frontier.schemes.dim.dims: need dims >= 1, got {self.dims}"] if not self.dims or min(self.dims) < 1 else []
-        return p + _quantize_problems("dim", self.quantize)
+        return p + quantize_problems("frontier.schemes.dim.quantize", self.quantize)
 
 
 class Dim:
@@ -129,7 +131,7 @@ class OthersConfig:
     quantize: list[str] = field(default_factory=list)
 
     def validate(self) -> list[str]:
-        return _quantize_problems("others", self.quantize)
+        return quantize_problems("frontier.schemes.others.quantize", self.quantize)
 
 
 class Others:
@@ -205,7 +207,7 @@ class LowDimConfig:
 
     def validate(self) -> list[str]:
         p = [f"frontier.schemes.lowdim.low_dims: need x >= 1, got {self.low_dims}"] if not self.low_dims or min(self.low_dims) < 1 else []
-        return p + _quantize_problems("lowdim", self.quantize)
+        return p + quantize_problems("frontier.schemes.lowdim.quantize", self.quantize)
 
 
 class LowDim:

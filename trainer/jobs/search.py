@@ -34,6 +34,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from serving.bundle.manifest import QUANTIZATIONS
 from trainer.config import ConfigError, load_sections, read_toml
 from trainer.data.config import DataConfig, dense_input_problems
 from trainer.decisions import Decisions, uniform
@@ -75,8 +76,8 @@ class ReportConfig:
     quantize: list[str] = field(default_factory=list)
 
     def validate(self) -> list[str]:
-        bad = sorted(set(self.quantize) - {"fp16", "int8", "int4"})
-        p = [f"report.quantize: {bad} not in ['fp16', 'int4', 'int8']"] if bad else []
+        bad = sorted(set(self.quantize) - set(QUANTIZATIONS))
+        p = [f"report.quantize: {bad} not in {sorted(QUANTIZATIONS)}"] if bad else []
         return p + (["report.quantize: needs report.export = true"] if self.quantize and not self.export else [])
 
 
