@@ -285,9 +285,15 @@ class AutoDim:
             rows.append(Variant("aim_eds", "AIM-EDS dims (AIM's dimension search)", "baseline",
                                 (aim_eds_dims(ctx, wanted.aim_config()),)))
         if wanted.paper_bn and self.cfg.bn_scale != 1.0:
-            rows.append(Variant("autodim_paper_bn", "AutoDim, BN scale 1 (the paper's)", "variant", search={"bn_scale": 1.0}))
-        rows.append(Variant("autodim", "AutoDim", "method", (decisions,)))
+            rows.append(Variant("autodim_paper_bn", "AutoDim (the paper's BN)", "variant", search={"bn_scale": 1.0}))
+        rows.append(Variant("autodim", self.label, "method", (decisions,)))
         return rows
+
+    @property
+    def label(self) -> str:
+        """The exported row's name: says so when its BN scale is not the paper's."""
+        s = self.cfg.bn_scale
+        return "AutoDim" if s == 1.0 else f"AutoDim (BN × {s:g}, not the paper's)"
 
     def init_retrain(self, variant: Variant, cluster: ClusterDecision, model: CTRModel) -> None:
         raise ValueError(f"variant {variant.name}: AutoDim retrains from scratch; it has no warm start")
