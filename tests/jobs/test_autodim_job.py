@@ -61,3 +61,26 @@ def test_unknown_aim_keys_are_refused(tmp_path):
     res = subprocess.run([sys.executable, "-m", "trainer", "search", "--config", str(cfg), "--out", str(tmp_path / "o")],
                          capture_output=True, text=True)
     assert res.returncode == 2 and "variants.aim: unknown AIM keys ['warm']" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_paper_bn_row_searches_again_at_unit_scale_and_labels_say_which_is_which(tmp_path, monkeypatch):
+    from trainer.jobs.search import load_experiment, run
+    from trainer.search.autodim import supernet
+
+    scales = []
+    init = supernet.DimSearchEmbeddings.__init__
+
+    def spy(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        scales.append(self.bn_scale)
+
+    monkeypatch.setattr(supernet.DimSearchEmbeddings, "__init__", spy)
+    overrides = ["search.bn_scale=0.1", "variants.paper_bn=true", "variants.random=false", "report.export=false",
+                 "report.plots=false", f"data.cache_dir={tmp_path / 'cache'}"]
+    report = run(load_experiment(str(CONFIG), overrides), tmp_path / "run", log=lambda _: None)
+    rows = {r["method"]: r for r in report["rows"]}
+    assert set(rows) == {"base", "autodim_supernet", "autodim_paper_bn", "autodim"}
+    assert scales == [0.1, 1.0]  # the method's supernet, then the paper row's own search
+    assert rows["autodim"]["label"] == "AutoDim (BN × 0.1, not the paper's)"
+    assert rows["autodim_paper_bn"]["label"] == "AutoDim (the paper's BN)"
+    assert set(rows["autodim_paper_bn"]["dims"][0].values()) <= set(CANDIDATES)
