@@ -17,9 +17,8 @@ from trainer.config import build_section
 from trainer.frontier import recipe
 from trainer.frontier.bundles import Bench, Exported, bundle_decisions
 from trainer.search.autodim.method import AutoDim as Method
-from trainer.search.autodim.method import AutoDimConfig, AutoDimVariants
+from trainer.search.autodim.method import AutoDimConfig, AutoDimVariants, label
 
-LABELS = {"autodim": "AutoDim", "ihas_2": "iHAS-2"}
 
 
 @dataclass
@@ -66,12 +65,13 @@ class AutoDim:
     def points(cfg: AutoDimSchemeConfig, bench: Bench) -> list[Exported]:
         _, rows, bundles = recipe.run_recipe(bench, experiment(bench.exp, cfg, bench.seed, []), "autodim", "AutoDim",
                                              cfg.rows())
+        labels = {"autodim": label(cfg.search.get("bn_scale", AutoDimConfig.bn_scale)), "ihas_2": "iHAS-2"}
         out = []
         for name, _, path in bundles:
             fields = bundle_decisions(path)["clusters"][0]["fields"]
             # AutoDim: its search + retraining; iHAS-2: its retraining only (its iHAS search runs
             # inside the recipe's variants, untimed; the recipe books AutoDim's search on the row)
             seconds = rows[name]["seconds"]["retrain"] + (rows[name]["seconds"]["search"] if name == "autodim" else 0.0)
-            out.append(Exported(name, {"dims": {n: f["dim"] for n, f in fields.items()}}, LABELS[name], bench.seed, path,
+            out.append(Exported(name, {"dims": {n: f["dim"] for n, f in fields.items()}}, labels[name], bench.seed, path,
                                 seconds))
         return out

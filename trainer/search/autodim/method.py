@@ -153,6 +153,11 @@ class AutoDimVariants:
         return p
 
 
+def label(bn_scale: float) -> str:
+    """AutoDim's row name: says so when its BN scale is not the paper's."""
+    return "AutoDim" if bn_scale == 1.0 else f"AutoDim (BN × {bn_scale:g}, not the paper's)"
+
+
 def random_dims(spec: FeatureSpec, candidates: list[int], target: dict[str, int], draws: int, seed: int,
                 tolerance: float) -> dict[str, int] | None:
     """Per field a uniformly random candidate dim, conditioned on the bytes: the first of `draws`
@@ -286,14 +291,8 @@ class AutoDim:
                                 (aim_eds_dims(ctx, wanted.aim_config()),)))
         if wanted.paper_bn and self.cfg.bn_scale != 1.0:
             rows.append(Variant("autodim_paper_bn", "AutoDim (the paper's BN)", "variant", search={"bn_scale": 1.0}))
-        rows.append(Variant("autodim", self.label, "method", (decisions,)))
+        rows.append(Variant("autodim", label(self.cfg.bn_scale), "method", (decisions,)))
         return rows
-
-    @property
-    def label(self) -> str:
-        """The exported row's name: says so when its BN scale is not the paper's."""
-        s = self.cfg.bn_scale
-        return "AutoDim" if s == 1.0 else f"AutoDim (BN × {s:g}, not the paper's)"
 
     def init_retrain(self, variant: Variant, cluster: ClusterDecision, model: CTRModel) -> None:
         raise ValueError(f"variant {variant.name}: AutoDim retrains from scratch; it has no warm start")

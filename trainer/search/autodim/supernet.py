@@ -11,8 +11,11 @@ The head sees every field at the common dim; only the searched weights ever do.
 BN output scale s: the paper's s = 1 hands the head unit-variance embeddings; DeepFM's
 FM term then sums 28 inner products of 32 unit-variance dims (ML-100K: the supernet's
 training loss went 2.52 → 1.63 and its validation AUC stayed at 0.51–0.54 over four
-search epochs, vs Base 0.79; with s = 0.1, 0.74 → 0.77 over three). A constant s < 1, the same for every candidate and field, keeps
-the candidates compared at one magnitude and brings it near what a trained table holds.
+search epochs, vs Base 0.79; with s = 0.1, 0.74 → 0.77 over three), and α collapses to the
+smallest candidate on every field. On Wide & Deep, which sums no inner products, s = 1 trains
+normally and both scales choose and score alike (docs/results.md, AutoDim). A constant s < 1,
+the same for every candidate and field, keeps the candidates compared at one magnitude and
+brings it near what a trained table holds.
 
 Gumbel noise is drawn per batch (its rows share one sample of p_m) or per row (the
 clock's `per_row`). Phases (set by the
