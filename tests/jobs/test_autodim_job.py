@@ -63,24 +63,28 @@ def test_unknown_aim_keys_are_refused(tmp_path):
     assert res.returncode == 2 and "variants.aim: unknown AIM keys ['warm']" in res.stderr and "Traceback" not in res.stderr
 
 
-def test_paper_bn_row_searches_again_at_unit_scale_and_labels_say_which_is_which(tmp_path, monkeypatch):
+def test_bn_rows_search_again_with_their_own_bn_and_labels_say_which_is_the_papers(tmp_path, monkeypatch):
     from trainer.jobs.search import load_experiment, run
     from trainer.search.autodim import supernet
 
-    scales = []
+    built = []
     init = supernet.DimSearchEmbeddings.__init__
 
     def spy(self, *args, **kwargs):
         init(self, *args, **kwargs)
-        scales.append(self.bn_scale)
+        bn = self.bns[self.fields[0]][0]
+        built.append((self.bn_scale, bn.affine))
 
     monkeypatch.setattr(supernet.DimSearchEmbeddings, "__init__", spy)
-    overrides = ["search.bn_scale=0.1", "variants.paper_bn=true", "variants.random=false", "report.export=false",
-                 "report.plots=false", f"data.cache_dir={tmp_path / 'cache'}"]
+    overrides = ["search.bn_scale=0.1", "variants.paper_bn=true", "variants.learned_bn=true", "variants.random=false",
+                 "report.export=false", "report.plots=false", f"data.cache_dir={tmp_path / 'cache'}"]
     report = run(load_experiment(str(CONFIG), overrides), tmp_path / "run", log=lambda _: None)
     rows = {r["method"]: r for r in report["rows"]}
-    assert set(rows) == {"base", "autodim_supernet", "autodim_paper_bn", "autodim"}
-    assert scales == [0.1, 1.0]  # the method's supernet, then the paper row's own search
+    assert set(rows) == {"base", "autodim_supernet", "autodim_paper_bn", "autodim_learned_bn", "autodim"}
+    # the method's supernet, then each row's own search
+    assert built == [(0.1, False), (1.0, False), (1.0, True)]
     assert rows["autodim"]["label"] == "AutoDim (BN × 0.1, not the paper's)"
     assert rows["autodim_paper_bn"]["label"] == "AutoDim (the paper's BN)"
-    assert set(rows["autodim_paper_bn"]["dims"][0].values()) <= set(CANDIDATES)
+    assert rows["autodim_learned_bn"]["label"] == "AutoDim (BN with learned γ, β, not the paper's)"
+    for row in ("autodim_paper_bn", "autodim_learned_bn"):
+        assert set(rows[row]["dims"][0].values()) <= set(CANDIDATES)

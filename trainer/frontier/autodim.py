@@ -17,7 +17,7 @@ from trainer.config import build_section
 from trainer.frontier import recipe
 from trainer.frontier.bundles import Bench, Exported, bundle_decisions
 from trainer.search.autodim.method import AutoDim as Method
-from trainer.search.autodim.method import AutoDimConfig, AutoDimVariants, label
+from trainer.search.autodim.method import AutoDimConfig, AutoDimVariants
 
 
 
@@ -65,7 +65,7 @@ class AutoDim:
     def points(cfg: AutoDimSchemeConfig, bench: Bench) -> list[Exported]:
         _, rows, bundles = recipe.run_recipe(bench, experiment(bench.exp, cfg, bench.seed, []), "autodim", "AutoDim",
                                              cfg.rows())
-        labels = {"autodim": label(cfg.search.get("bn_scale", AutoDimConfig.bn_scale)), "ihas_2": "iHAS-2"}
+        labels = {"autodim": rows["autodim"]["label"], "ihas_2": "iHAS-2"}
         out = []
         for name, _, path in bundles:
             fields = bundle_decisions(path)["clusters"][0]["fields"]

@@ -55,6 +55,8 @@ class AutoDimConfig(SearchLoopConfig):
             backward) instead of the paper's soft mixture; a labelled variant.
         bn_scale: constant multiplying every candidate's BN output (1 = the paper; below 1
             a labelled variant that keeps FM-style heads in range, see supernet.py).
+        bn_affine: the BN learns a per-coordinate scale and shift (γ = 1, β = 0 at the start;
+            PyTorch's default BN) instead of the paper's plain standardisation; a labelled variant.
         noise: "batch" (one Gumbel draw per field per batch) or "row" (one per row).
         gumbel_start: τ at weight step 0.
         gumbel_decay: τ decrease per weight step.
@@ -68,6 +70,7 @@ class AutoDimConfig(SearchLoopConfig):
     common_dim: int = 0
     hard: bool = False
     bn_scale: float = 1.0
+    bn_affine: bool = False
     noise: str = "batch"
     gumbel_start: float = 1.0
     gumbel_decay: float = 5e-5
@@ -104,6 +107,8 @@ class AutoDimVariants:
         uniform_dims: extra baselines with every field at one of these dims.
         paper_bn: also search and retrain with bn_scale = 1 (the paper's batch norm), when
             the config sets another scale.
+        learned_bn: also search and retrain with a BN that learns its scale and shift
+            (bn_scale = 1, bn_affine), when the config does not already.
         ihas_2: the iHAS-2 baseline: an iHAS search (one cluster, from every field at
             model.embedding_dim) and the dims its gates keep, retrained. The search runs
             inside `variants` and is not saved, so a resumed run searches again.
@@ -121,6 +126,7 @@ class AutoDimVariants:
     random_tolerance: float = 0.05
     uniform_dims: list[int] = field(default_factory=list)
     paper_bn: bool = False
+    learned_bn: bool = False
     ihas_2: bool = False
     ihas: dict = field(default_factory=dict)
     aim_eds: bool = False
@@ -153,9 +159,10 @@ class AutoDimVariants:
         return p
 
 
-def label(bn_scale: float) -> str:
-    """AutoDim's row name: says so when its BN scale is not the paper's."""
-    return "AutoDim" if bn_scale == 1.0 else f"AutoDim (BN × {bn_scale:g}, not the paper's)"
+def label(bn_scale: float, bn_affine: bool = False) -> str:
+    """AutoDim's row name: says so when its BN is not the paper's."""
+    changed = ([f"BN × {bn_scale:g}"] if bn_scale != 1.0 else []) + (["BN with learned γ, β"] if bn_affine else [])
+    return f"AutoDim ({', '.join(changed)}, not the paper's)" if changed else "AutoDim"
 
 
 def random_dims(spec: FeatureSpec, candidates: list[int], target: dict[str, int], draws: int, seed: int,
@@ -228,7 +235,7 @@ class AutoDim:
         clock = GumbelClock(GumbelSchedule(self.cfg.gumbel_start, self.cfg.gumbel_decay, self.cfg.gumbel_min), self.cfg.hard,
                             self.cfg.noise == "row")
         emb = DimSearchEmbeddings(self.spec, self.cfg.candidates, self.cfg.width, self.model_cfg.init_scale, clock,
-                                  self.cfg.bn_scale)
+                                  self.cfg.bn_scale, self.cfg.bn_affine)
         self.supernet = build_model(self.spec, self.model_cfg, embeddings=emb)
         return self.supernet
 
@@ -289,9 +296,12 @@ class AutoDim:
             ctx.log("== AIM search for the AIM-EDS dims baseline")
             rows.append(Variant("aim_eds", "AIM-EDS dims (AIM's dimension search)", "baseline",
                                 (aim_eds_dims(ctx, wanted.aim_config()),)))
-        if wanted.paper_bn and self.cfg.bn_scale != 1.0:
-            rows.append(Variant("autodim_paper_bn", "AutoDim (the paper's BN)", "variant", search={"bn_scale": 1.0}))
-        rows.append(Variant("autodim", label(self.cfg.bn_scale), "method", (decisions,)))
+        if wanted.paper_bn and (self.cfg.bn_scale != 1.0 or self.cfg.bn_affine):
+            rows.append(Variant("autodim_paper_bn", "AutoDim (the paper's BN)", "variant",
+                                search={"bn_scale": 1.0, "bn_affine": False}))
+        if wanted.learned_bn and not (self.cfg.bn_scale == 1.0 and self.cfg.bn_affine):
+            rows.append(Variant("autodim_learned_bn", label(1.0, True), "variant", search={"bn_scale": 1.0, "bn_affine": True}))
+        rows.append(Variant("autodim", label(self.cfg.bn_scale, self.cfg.bn_affine), "method", (decisions,)))
         return rows
 
     def init_retrain(self, variant: Variant, cluster: ClusterDecision, model: CTRModel) -> None:

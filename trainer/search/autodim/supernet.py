@@ -75,12 +75,13 @@ class DimSearchEmbeddings(nn.Module):
         init_scale: tables start uniform in ±init_scale.
         clock: the Gumbel temperature and hard / soft sampling of the search phase.
         bn_scale: s, the constant every BN output is multiplied by (1 = the paper).
+        bn_affine: each BN learns a per-coordinate scale and shift (not the paper's).
     """
 
     first_order_in_column = False  # the head's first-order weights keep their own tables
 
     def __init__(self, spec: FeatureSpec, candidates: list[int], common_dim: int, init_scale: float = 0.01,
-                 clock: GumbelClock | None = None, bn_scale: float = 1.0):
+                 clock: GumbelClock | None = None, bn_scale: float = 1.0, bn_affine: bool = False):
         super().__init__()
         self.candidates = list(candidates)
         self.fields = list(spec.names)
@@ -90,7 +91,7 @@ class DimSearchEmbeddings(nn.Module):
                    for c in table_configs(spec, {n: d for n in self.fields}, prefix=candidate_prefix(d), init_scale=init_scale)]
         self.ebc = EmbeddingBagCollection(tables=configs)
         self.maps = nn.ModuleDict({n: nn.ModuleList(nn.Linear(d, common_dim) for d in self.candidates) for n in self.fields})
-        self.bns = nn.ModuleDict({n: nn.ModuleList(nn.BatchNorm1d(common_dim, affine=False) for _ in self.candidates)
+        self.bns = nn.ModuleDict({n: nn.ModuleList(nn.BatchNorm1d(common_dim, affine=bn_affine) for _ in self.candidates)
                                   for n in self.fields})
         self.alpha = nn.Parameter(torch.zeros(len(self.fields), len(self.candidates)))
         self.clock = clock or GumbelClock()
