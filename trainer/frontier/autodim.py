@@ -20,7 +20,6 @@ from trainer.search.autodim.method import AutoDim as Method
 from trainer.search.autodim.method import AutoDimConfig, AutoDimVariants
 
 
-
 @dataclass
 class AutoDimSchemeConfig:
     """Args:
