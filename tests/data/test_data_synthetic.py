@@ -182,3 +182,23 @@ def test_pure_interactions_carry_no_lower_order_signal():
         u = reader._factors[triple]
         pair_mean = np.outer(u[0], u[1]) * float(q_last @ u[2])
         assert np.abs(pair_mean).max() < 1e-5 if reader is pure else np.abs(pair_mean).max() > 1e-3
+
+
+def test_rank_r_interactions_are_inner_products_of_r_wide_factors():
+    base = SyntheticParams(rows=60_000, n_categorical=6, n_numerical=0, vocab_max=50, n_groups=1,
+                           signal_fields_per_group=1, interactions_2=1, seed=4)
+    scalar = SyntheticReader(base, threads=1)
+    wide = SyntheticReader(SyntheticParams(**{**base.__dict__, "interaction_rank": 8}), threads=1)
+    # rank 1 is the default and reads as before the option existed (fingerprint, so caches)
+    assert '"interaction_rank"' not in scalar.fingerprint() and '"interaction_rank": 8' in wide.fingerprint()
+    assert wide.planted() == scalar.planted()
+    (a, b), (u_a, u_b) = wide.interactions[0], wide._factors[0]
+    assert u_a.shape == (wide.vocab_sizes[int(a[1:]) - 1] + 1, 8) and u_b.shape[1] == 8
+    y, cols, _ = concat(wide, 1 << 16)
+    # the planted term is the factors' inner product: rows whose inner product is high click
+    # more than rows whose is low (the scalar product of any one column separates far less)
+    inner = (u_a[cols[a]] * u_b[cols[b]]).sum(axis=1)
+    one = u_a[cols[a], 0] * u_b[cols[b], 0]
+    gap = lambda term: y[term >= np.quantile(term, 0.75)].mean() - y[term <= np.quantile(term, 0.25)].mean()  # noqa: E731
+    assert gap(inner) > 0.15 and gap(inner) > 2 * gap(one)
+    assert "interaction_rank" in " ".join(SyntheticParams(interaction_rank=0).problems())

@@ -82,6 +82,8 @@ class DataConfig:
             numerical fields' values (0 = none, the default; see readers/synthetic.py).
         pure_interactions: synthetic: planted factors standardised on their field's id
             distribution, so a planted tuple carries no lower-order signal (default off).
+        interaction_rank: synthetic: width r of every planted factor; a planted pair is then
+            an inner product of rank r (default 1).
     """
 
     source: str = "movielens100k"
@@ -112,6 +114,7 @@ class DataConfig:
     interactions_3: int = SyntheticParams.interactions_3
     numerical_signal: float = SyntheticParams.numerical_signal
     pure_interactions: bool = SyntheticParams.pure_interactions
+    interaction_rank: int = SyntheticParams.interaction_rank
 
     def __post_init__(self) -> None:
         if self.min_count is None:

@@ -28,6 +28,9 @@ The generating model (all drawn from the seed):
     adds INTERACTION_STD / sqrt(#tuples) · Π u_f[id_f] to its logit: a signal no sum of
     per-field effects can express, and exactly what a product of embeddings can. The
     tuples are recorded (`planted()`) so a search can be scored against them.
+    With `interaction_rank` r > 1 each factor is an r-vector u[id] ~ N(0, I) and a tuple
+    adds the same scale · Σ_k Π_f u_f[id_f, k] / sqrt(r): a pair is then an inner product
+    of rank r, which only an embedding of at least r dims per field can express.
     With `pure_interactions` (off by default) every factor is standardised on its field's
     id distribution (zero mean, unit variance over the Zipf, or group mixture, of ids that
     field draws): a planted tuple then adds nothing, on average, to the logit of any
@@ -81,6 +84,7 @@ class SyntheticParams:
         numerical_signal: s, the std scale of the logit the numerical fields add (0 = none).
         pure_interactions: planted factors standardised on their field's id distribution,
             so a planted tuple carries no lower-order signal.
+        interaction_rank: r, the width of every planted factor (1 = scalar factors).
     """
 
     rows: int = 100_000
@@ -96,6 +100,7 @@ class SyntheticParams:
     seed: int = 0
     numerical_signal: float = 0.0
     pure_interactions: bool = False
+    interaction_rank: int = 1
 
     # Ids are computed in float32, which holds every integer up to 2**24 exactly.
     MAX_VOCAB = 2**24
@@ -131,6 +136,8 @@ class SyntheticParams:
             if n < 0 or n > math.comb(self.n_categorical, order):
                 p.append(f"interactions_{order}: need 0 <= n <= C(n_categorical, {order}) = "
                          f"{math.comb(self.n_categorical, order)}, got {n}")
+        if self.interaction_rank < 1:
+            p.append(f"interaction_rank: must be >= 1, got {self.interaction_rank}")
         return p
 
 
@@ -224,12 +231,13 @@ class SyntheticReader:
             pool = list(itertools.combinations(range(p.n_categorical), order))
             picks = rng.choice(len(pool), size=getattr(p, f"interactions_{order}"), replace=False)
             tuples += [pool[i] for i in sorted(picks)]
-        factors = [[rng.normal(0.0, 1.0, self.vocab_sizes[i] + 1) for i in t] for t in tuples]
+        shape = (lambda v: v + 1) if p.interaction_rank == 1 else (lambda v: (v + 1, p.interaction_rank))
+        factors = [[rng.normal(0.0, 1.0, shape(self.vocab_sizes[i])) for i in t] for t in tuples]
         if p.pure_interactions:
             for t, fs in zip(tuples, factors):
                 for i, u_f in zip(t, fs):
                     q = self.id_distribution(i)
-                    u_f -= q @ u_f
+                    u_f -= q @ u_f  # per column when r > 1
                     u_f /= np.sqrt(q @ u_f**2)
         factors = [[u_f.astype(np.float32) for u_f in fs] for fs in factors]
         return [[f"C{i + 1}" for i in t] for t in tuples], factors
@@ -260,7 +268,8 @@ class SyntheticReader:
     def fingerprint(self) -> str:
         # options at their default (off) are left out: data without them keeps its fingerprint (and cache)
         params = {k: v for k, v in asdict(self.params).items()
-                  if not ((k.startswith("interactions_") or k in ("numerical_signal", "pure_interactions")) and not v)}
+                  if not ((k.startswith("interactions_") or k in ("numerical_signal", "pure_interactions")) and not v)
+                  and not (k == "interaction_rank" and v == 1)}
         return f"synthetic|v{GENERATOR_VERSION}|{json.dumps(params, sort_keys=True)}"
 
     def numerical_effect(self, i: int, x: np.ndarray) -> np.ndarray:
@@ -291,11 +300,12 @@ class SyntheticReader:
             columns[f"C{i + 1}"] = ids
         if self.interactions:
             scale = np.float32(INTERACTION_STD / np.sqrt(len(self.interactions)))
+            r = p.interaction_rank
             for names, factors in zip(self.interactions, self._factors):
-                term = np.full(n, scale, dtype=np.float32)
+                term = np.full((n, r) if r > 1 else n, scale / np.float32(np.sqrt(r)), dtype=np.float32)
                 for name, u_f in zip(names, factors):
-                    term *= np.take(u_f, columns[name])
-                logit += term
+                    term *= np.take(u_f, columns[name], axis=0)
+                logit += term.sum(axis=1) if r > 1 else term
         labels = (u[1] < 1.0 / (1.0 + np.exp(-logit))).astype(np.float32)
         return RawChunk(labels, columns, groups)
 
